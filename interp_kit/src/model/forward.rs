@@ -1,0 +1,192 @@
+//! The per-call forward context: positions, masks, rope tables, hooks, gradient taps.
+use super::layers::Rope;
+use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase};
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Everything a block needs to know about the current call.
+pub struct FwdCtx<'a> {
+    pub grad: bool,
+    /// Use dense weights on the inference path (exact f32 instead of quantized matmuls).
+    pub dense: bool,
+    pub keep_kv: bool,
+    pub phase: Phase,
+    pub rope: &'a Rope,
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub device: Device,
+    pub dtype: DType,
+    /// `token_index[row][col]` for the columns of this call.
+    pub token_index: Vec<Vec<Option<usize>>>,
+    /// Left padding (in cache columns) per row, and number of columns already cached.
+    pub pad: Vec<usize>,
+    pub past_cols: usize,
+    hooks: &'a Hooks<'a>,
+    active: BTreeSet<HookPoint>,
+    grad_points: BTreeSet<HookPoint>,
+    pub(crate) taps: BTreeMap<HookPoint, Var>,
+    pub(crate) activations: ActivationCache,
+    masks: RefCell<BTreeMap<Option<usize>, Tensor>>,
+}
+
+impl<'a> FwdCtx<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rope: &'a Rope,
+        hooks: &'a Hooks<'a>,
+        grad_points: &[HookPoint],
+        grad: bool,
+        dense: bool,
+        keep_kv: bool,
+        pad: Vec<usize>,
+        past_cols: usize,
+        new_cols: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let phase = if past_cols == 0 { Phase::Prefill } else { Phase::Decode };
+        let b = pad.len();
+        let mut token_index = Vec::with_capacity(b);
+        let mut pos = Vec::with_capacity(b * new_cols);
+        for &p in &pad {
+            let mut row = Vec::with_capacity(new_cols);
+            for c in 0..new_cols {
+                let g = past_cols + c;
+                if g >= p {
+                    row.push(Some(g - p));
+                    pos.push((g - p) as u32);
+                } else {
+                    row.push(None);
+                    pos.push(0);
+                }
+            }
+            token_index.push(row);
+        }
+        let positions = Tensor::from_vec(pos, (b, new_cols), device)?;
+        let (cos, sin) = rope.tables(&positions)?;
+        let active = hooks.points().chain(grad_points.iter().copied()).collect();
+        Ok(Self {
+            grad,
+            dense,
+            keep_kv,
+            phase,
+            rope,
+            cos,
+            sin,
+            device: device.clone(),
+            dtype,
+            token_index,
+            pad,
+            past_cols,
+            hooks,
+            active,
+            grad_points: grad_points.iter().copied().collect(),
+            taps: BTreeMap::new(),
+            activations: ActivationCache::default(),
+            masks: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// Additive attention mask `[B, 1, T, S]`: causal, left padding hidden, optional sliding window.
+    pub fn mask(&self, window: Option<usize>) -> Result<Tensor> {
+        if let Some(m) = self.masks.borrow().get(&window) {
+            return Ok(m.clone());
+        }
+        let b = self.pad.len();
+        let t = self.token_index.first().map_or(0, |r| r.len());
+        let s = self.past_cols + t;
+        let neg = f32::MIN / 2.0;
+        let mut m = vec![neg; b * t * s];
+        for (r, &p) in self.pad.iter().enumerate() {
+            for c in 0..t {
+                let g = self.past_cols + c;
+                let row = &mut m[(r * t + c) * s..(r * t + c + 1) * s];
+                if g < p {
+                    row[g] = 0.0; // a padding query attends to itself only; its output is unused
+                    continue;
+                }
+                let lo = match window {
+                    Some(w) => p.max((g + 1).saturating_sub(w)),
+                    None => p,
+                };
+                for v in row.iter_mut().take(g + 1).skip(lo) {
+                    *v = 0.0;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, t, s), &self.device)?.to_dtype(self.dtype)?;
+        self.masks.borrow_mut().insert(window, mask.clone());
+        Ok(mask)
+    }
+
+    /// Runs the hooks registered at `point` on `x`: writes (in order, if their phase matches),
+    /// then the gradient tap, then reads.
+    pub fn hook(&mut self, point: HookPoint, mut x: Tensor) -> Result<Tensor> {
+        if !self.active.contains(&point) {
+            return Ok(x);
+        }
+        let hooks = self.hooks;
+        for (p, phase, f) in &hooks.writes {
+            if *p != point || !phase.includes(self.phase) {
+                continue;
+            }
+            let hc = HookCtx {
+                point,
+                phase: self.phase,
+                token_index: &self.token_index,
+                device: &self.device,
+                dtype: x.dtype(),
+            };
+            let y = f(&x, &hc).with_context(|| format!("write hook at {point}"))?;
+            ensure!(
+                y.dims() == x.dims(),
+                "write hook at {point} returned shape {:?}, expected {:?}",
+                y.dims(),
+                x.dims()
+            );
+            x = y;
+        }
+        if self.grad_points.contains(&point) {
+            let tap = Var::zeros(x.shape(), x.dtype(), x.device())?;
+            x = (x + tap.as_tensor())?;
+            self.taps.insert(point, tap);
+        }
+        for (p, pos) in &hooks.reads {
+            if *p != point {
+                continue;
+            }
+            let hc = HookCtx {
+                point,
+                phase: self.phase,
+                token_index: &self.token_index,
+                device: &self.device,
+                dtype: x.dtype(),
+            };
+            let sel = hc.select(pos)?;
+            let (rows, idx) = gather_rows(&x, &sel)?;
+            self.activations.insert(point, rows, idx);
+        }
+        Ok(x)
+    }
+}
+
+/// Per row, the `[n_selected, d]` slice of `x` (`[B, T, d]`) at the selected columns.
+pub(crate) fn gather_rows(x: &Tensor, sel: &[Vec<(usize, usize)>]) -> Result<(Vec<Tensor>, Vec<Vec<usize>>)> {
+    let mut rows = Vec::with_capacity(sel.len());
+    let mut idx = Vec::with_capacity(sel.len());
+    for (r, s) in sel.iter().enumerate() {
+        let cols: Vec<u32> = s.iter().map(|(c, _)| *c as u32).collect();
+        let xr = x.get(r)?;
+        let t = if cols.is_empty() {
+            xr.narrow(0, 0, 0)?
+        } else {
+            let ci = Tensor::new(cols.as_slice(), x.device())?;
+            xr.index_select(&ci, 0)?
+        };
+        rows.push(t.detach());
+        idx.push(s.iter().map(|(_, i)| *i).collect());
+    }
+    Ok((rows, idx))
+}

@@ -1,0 +1,384 @@
+//! Building blocks shared by the architectures. Every op has two paths:
+//! - inference (`ctx.grad == false`): fused kernels and quantized matmuls, fast, no backward;
+//! - gradient (`ctx.grad == true`): differentiable ops only. candle's fused `rms_norm`,
+//!   `softmax_last_dim`, `rope` and `QMatMul` have no backward and would silently cut the graph,
+//!   so they are never used on this path. Frozen weights go through [`FrozenLinearOp`], whose
+//!   backward passes the gradient to the input only (plain matmul backward would also compute
+//!   the weight gradient: ~4x the time, 2x the memory).
+use super::forward::FwdCtx;
+use anyhow::{Context, Result};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{
+    op::BackpropOp, CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Storage, Tensor, D,
+};
+use std::sync::{Arc, OnceLock};
+
+/// `y = x W^T` with a frozen `W`: the backward pass returns dL/dx only.
+struct FrozenLinearOp {
+    /// `[out, in]`
+    w: Tensor,
+}
+
+/// Wraps a backend storage (contiguous, offset 0: ensured by [`frozen_matmul`]) as a tensor.
+fn storage_tensor(storage: Storage, layout: &Layout) -> candle_core::Result<Tensor> {
+    if layout.start_offset() != 0 || !layout.is_contiguous() {
+        candle_core::bail!("frozen-linear: input must be contiguous with offset 0")
+    }
+    Ok(Tensor::from_storage(storage, layout.shape().clone(), BackpropOp::none(), false))
+}
+
+impl FrozenLinearOp {
+    fn compute(&self, x: Tensor) -> candle_core::Result<(Storage, Shape)> {
+        let y = x.broadcast_matmul(&self.w.t()?)?.contiguous()?;
+        let shape = y.shape().clone();
+        let (st, layout) = y.storage_and_layout();
+        debug_assert_eq!(layout.start_offset(), 0);
+        let st = match &*st {
+            Storage::Cpu(c) => Storage::Cpu(c.clone()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(c) => Storage::Cuda(c.try_clone(layout)?),
+            _ => candle_core::bail!("frozen-linear: unsupported device"),
+        };
+        Ok((st, shape))
+    }
+}
+
+impl CustomOp1 for FrozenLinearOp {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = storage_tensor(Storage::Cpu(s.clone()), l)?;
+        match self.compute(x)? {
+            (Storage::Cpu(c), shape) => Ok((c, shape)),
+            _ => candle_core::bail!("frozen-linear: device mismatch"),
+        }
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let x = storage_tensor(Storage::Cuda(s.try_clone(l)?), l)?;
+        match self.compute(x)? {
+            (Storage::Cuda(c), shape) => Ok((c, shape)),
+            _ => candle_core::bail!("frozen-linear: device mismatch"),
+        }
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // dL/dx = dL/dy W ; no gradient for W.
+        Ok(Some(grad_res.broadcast_matmul(&self.w)?))
+    }
+}
+
+/// `x W^T` with a frozen `W` (differentiable in `x` only).
+pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let x = if x.is_contiguous() && x.layout().start_offset() == 0 { x.clone() } else { x.affine(1.0, 0.0)? };
+    Ok(x.apply_op1_arc(Arc::new(Box::new(FrozenLinearOp { w: w.clone() })))?)
+}
+
+/// A weight matrix `[out, in]`, dense or kept quantized (GGUF) for fast inference.
+pub enum Weight {
+    Dense(Tensor),
+    Quant {
+        qmm: QMatMul,
+        q: Arc<QTensor>,
+        /// f32 (or the model dtype) copy, made on first use by the gradient path.
+        dense: OnceLock<Tensor>,
+        dtype: DType,
+    },
+}
+
+impl Weight {
+    pub fn quant(q: Arc<QTensor>, dtype: DType) -> Result<Self> {
+        Ok(Weight::Quant { qmm: QMatMul::from_arc(q.clone())?, q, dense: OnceLock::new(), dtype })
+    }
+    /// The dense `[out, in]` matrix (dequantized once and kept, for quantized weights).
+    pub fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t),
+            Weight::Quant { q, dense, dtype, .. } => {
+                if dense.get().is_none() {
+                    let t = q.dequantize(&q.device())?.to_dtype(*dtype)?;
+                    let _ = dense.set(t);
+                }
+                Ok(dense.get().expect("set above"))
+            }
+        }
+    }
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Dense(t) => t.dims().to_vec(),
+            Weight::Quant { q, .. } => q.shape().dims().to_vec(),
+        }
+    }
+}
+
+/// A linear layer with optional bias.
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<Tensor>,
+    pub name: String,
+}
+
+impl Linear {
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    /// `grad`: differentiable (frozen-weight) path; `dense`: use dense weights even when a
+    /// quantized copy exists (exact f32 inference).
+    pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
+        let run = || -> Result<Tensor> {
+            Ok(match (&self.weight, grad) {
+            (Weight::Quant { dense: _, .. }, false) if dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
+            (Weight::Quant { qmm, .. }, false) => {
+                let dt = x.dtype();
+                qmm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?
+            }
+            (w, true) => frozen_matmul(x, w.dense()?)?,
+            (Weight::Dense(w), false) => x.broadcast_matmul(&w.t()?)?,
+            })
+        };
+        let y = run().with_context(|| format!("linear {}", self.name))?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// RMSNorm (`x / rms(x) * w`). Gemma's `(1 + w)` is folded into `w` at load time.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        if grad || x.dtype() != DType::F32 {
+            // The differentiable path: computed in f32.
+            let dt = x.dtype();
+            let x32 = x.to_dtype(DType::F32)?;
+            let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
+            let y = x32.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+            Ok(y.to_dtype(dt)?.broadcast_mul(&self.weight)?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+        }
+    }
+}
+
+/// LayerNorm with weight and bias (GPT-2, GPT-NeoX).
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(y.to_dtype(dt)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+pub enum Norm {
+    Rms(RmsNorm),
+    Layer(LayerNorm),
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        match self {
+            Norm::Rms(n) => n.forward(x, grad),
+            Norm::Layer(n) => n.forward(x),
+        }
+    }
+}
+
+/// Rotary position tables (`cos`, `sin`: `[max_pos, rot_dim/2]`), "rotate half" (NeoX) layout.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    pub rot_dim: usize,
+}
+
+impl Rope {
+    /// `inv_freq` has `rot_dim/2` entries (already scaled for llama3-style rope scaling).
+    pub fn new(inv_freq: &[f32], max_pos: usize, device: &Device, dtype: DType) -> Result<Self> {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for f in inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_pos, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), device)?.to_dtype(dtype)?,
+            rot_dim: half * 2,
+        })
+    }
+
+    /// Standard inverse frequencies `1 / theta^(2i/rot_dim)`.
+    pub fn default_inv_freq(rot_dim: usize, theta: f64) -> Vec<f32> {
+        (0..rot_dim / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / rot_dim as f64)) as f32).collect()
+    }
+
+    /// `(cos, sin)` gathered for `positions` (`[B, T]` u32): each `[B, T, rot_dim/2]`.
+    pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let max = self.cos.dim(0)?;
+        let flat = positions.flatten_all()?;
+        let top = flat.max(0)?.to_scalar::<u32>()? as usize;
+        anyhow::ensure!(top < max, "position {top} exceeds the model's maximum of {max} positions");
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, ()))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, ()))?;
+        Ok((cos, sin))
+    }
+
+    /// Applies rotary embedding to `x` `[B, H, T, hd]`; only the first `rot_dim` dims rotate.
+    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor> {
+        let hd = x.dim(D::Minus1)?;
+        if self.rot_dim < hd {
+            let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
+            let pass = x.narrow(D::Minus1, self.rot_dim, hd - self.rot_dim)?;
+            let rot = self.apply(&rot.contiguous()?, cos, sin, grad)?;
+            return Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?);
+        }
+        if grad {
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+            let half = hd / 2;
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, hd - half)?;
+            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        } else {
+            Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)?)
+        }
+    }
+}
+
+/// Softmax over the last dim (fused on the inference path).
+pub fn softmax(x: &Tensor, grad: bool) -> Result<Tensor> {
+    if grad {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+    }
+}
+
+/// Multi-head attention with GQA, optional q/k norms, logit soft-capping and sliding window.
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies q·k (default `1/sqrt(head_dim)`).
+    pub scale: f64,
+    pub softcap: Option<f64>,
+    pub sliding_window: Option<usize>,
+}
+
+impl Attention {
+    /// `x`: `[B, T, d]` (already normed). Updates `kv` (the layer's cache entry) in place.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &FwdCtx,
+        kv: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (g, dn) = (ctx.grad, ctx.dense);
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let mut q = heads(self.q.forward(x, g, dn)?, self.n_heads)?;
+        let mut k = heads(self.k.forward(x, g, dn)?, self.n_kv_heads)?;
+        let v = heads(self.v.forward(x, g, dn)?, self.n_kv_heads)?;
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q, g)?;
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k, g)?;
+        }
+        let rope = ctx.rope;
+        let q = rope.apply(&q, &ctx.cos, &ctx.sin, g)?;
+        let k = rope.apply(&k, &ctx.cos, &ctx.sin, g)?;
+        let (k, v) = match kv.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        if ctx.keep_kv {
+            *kv = Some((k.detach(), v.detach()));
+        }
+        let rep = self.n_heads / self.n_kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let mut att = (q.matmul(&k.t()?)? * self.scale)?;
+        if let Some(c) = self.softcap {
+            att = ((att / c)?.tanh()? * c)?;
+        }
+        let mask = ctx.mask(self.sliding_window)?;
+        let att = att.broadcast_add(&mask)?;
+        let att = softmax(&att, g)?;
+        let y = att.matmul(&v)?; // [B, H, T, hd]
+        let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        self.o.forward(&y, g, dn)
+    }
+}
+
+/// Activation of a gated or plain MLP.
+#[derive(Clone, Copy, Debug)]
+pub enum Act {
+    Silu,
+    GeluTanh,
+    GeluErf,
+}
+
+impl Act {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Act::Silu => x.silu()?,
+            Act::GeluTanh => x.gelu()?,
+            Act::GeluErf => x.gelu_erf()?,
+        })
+    }
+}
+
+/// `down(act(gate(x)) * up(x))`, or `down(act(up(x)))` when there is no gate.
+pub struct Mlp {
+    pub gate: Option<Linear>,
+    pub up: Linear,
+    pub down: Linear,
+    pub act: Act,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
+        let up = self.up.forward(x, grad, dense)?;
+        let h = match &self.gate {
+            Some(g) => (self.act.apply(&g.forward(x, grad, dense)?)? * up)?,
+            None => self.act.apply(&up)?,
+        };
+        self.down.forward(&h, grad, dense)
+    }
+}

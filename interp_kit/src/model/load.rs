@@ -1,0 +1,223 @@
+//! Weight sources: HF safetensors (single or sharded) and GGUF (kept quantized for inference,
+//! dequantized on demand). Both are addressed with HF weight names; GGUF names are mapped.
+use super::layers::{Linear, Weight};
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A source of named weights (HF names).
+pub trait Weights {
+    /// A dense tensor in the model dtype.
+    fn dense(&self, name: &str) -> Result<Tensor>;
+    /// A `[out, in]` matrix named `{prefix}.weight` (+ `{prefix}.bias`), checked against `shape`.
+    fn linear(&self, prefix: &str, bias: bool, shape: (usize, usize)) -> Result<Linear>;
+    fn contains(&self, name: &str) -> bool;
+    /// The file(s) the weights come from, for error messages.
+    fn origin(&self) -> String;
+}
+
+fn check_shape(name: &str, got: &[usize], want: &[usize], origin: &str) -> Result<()> {
+    ensure!(
+        got == want,
+        "{origin}: tensor {name} has shape {got:?}, the config implies {want:?}"
+    );
+    Ok(())
+}
+
+/// Safetensors files from an HF model directory.
+pub struct SafetensorsWeights {
+    st: candle_core::safetensors::MmapedSafetensors,
+    names: BTreeSet<String>,
+    files: Vec<PathBuf>,
+    device: Device,
+    dtype: DType,
+}
+
+impl SafetensorsWeights {
+    /// `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn from_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let txt = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&txt).with_context(|| format!("parsing {}", index.display()))?;
+            let map = v["weight_map"]
+                .as_object()
+                .with_context(|| format!("{}: no weight_map object", index.display()))?;
+            let uniq: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            uniq.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            ensure!(
+                single.exists(),
+                "{}: neither model.safetensors nor model.safetensors.index.json found",
+                dir.display()
+            );
+            vec![single]
+        };
+        for f in &files {
+            ensure!(f.exists(), "missing weight shard {}", f.display());
+        }
+        // SAFETY: the files are memory-mapped read-only; they must not be modified while loaded.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read safetensors {}: {e} (truncated or not a safetensors file?)",
+                files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let names = st.tensors().into_iter().map(|(n, _)| n).collect();
+        Ok(Self { st, names, files, device: device.clone(), dtype })
+    }
+}
+
+impl Weights for SafetensorsWeights {
+    fn dense(&self, name: &str) -> Result<Tensor> {
+        ensure!(self.contains(name), "{}: missing tensor {name}", self.origin());
+        let t = self
+            .st
+            .load(name, &self.device)
+            .with_context(|| format!("{}: loading {name}", self.origin()))?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+    fn linear(&self, prefix: &str, bias: bool, shape: (usize, usize)) -> Result<Linear> {
+        let wname = format!("{prefix}.weight");
+        let w = self.dense(&wname)?;
+        check_shape(&wname, w.dims(), &[shape.0, shape.1], &self.origin())?;
+        let b = if bias { Some(self.dense(&format!("{prefix}.bias"))?) } else { None };
+        Ok(Linear { weight: Weight::Dense(w), bias: b, name: prefix.to_string() })
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+    fn origin(&self) -> String {
+        match self.files.as_slice() {
+            [one] => one.display().to_string(),
+            many => format!("{} (+{} shards)", many[0].display(), many.len() - 1),
+        }
+    }
+}
+
+/// Maps an HF Llama-family weight name to llama.cpp's GGUF name.
+pub fn gguf_name(hf: &str) -> String {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    for (a, b) in fixed {
+        if hf == a {
+            return b.to_string();
+        }
+    }
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        if let Some((l, tail)) = rest.split_once('.') {
+            let map = [
+                ("self_attn.q_proj.", "attn_q."),
+                ("self_attn.k_proj.", "attn_k."),
+                ("self_attn.v_proj.", "attn_v."),
+                ("self_attn.o_proj.", "attn_output."),
+                ("self_attn.q_norm.", "attn_q_norm."),
+                ("self_attn.k_norm.", "attn_k_norm."),
+                ("mlp.gate_proj.", "ffn_gate."),
+                ("mlp.up_proj.", "ffn_up."),
+                ("mlp.down_proj.", "ffn_down."),
+                ("input_layernorm.", "attn_norm."),
+                ("post_attention_layernorm.", "ffn_norm."),
+            ];
+            for (a, b) in map {
+                if let Some(suffix) = tail.strip_prefix(a) {
+                    return format!("blk.{l}.{b}{suffix}");
+                }
+            }
+        }
+    }
+    hf.to_string()
+}
+
+/// A GGUF file: matrices stay quantized (fast inference), everything else is dequantized.
+pub struct GgufWeights {
+    pub content: gguf_file::Content,
+    file: Mutex<std::fs::File>,
+    path: PathBuf,
+    device: Device,
+    dtype: DType,
+}
+
+impl GgufWeights {
+    pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let mut file = std::fs::File::open(path).with_context(|| format!("opening GGUF {}", path.display()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+        // A truncated download reads fine up to here: check every tensor lies inside the file.
+        let len = file.metadata()?.len();
+        for (name, info) in &content.tensor_infos {
+            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            if end > len {
+                bail!(
+                    "{}: file is truncated ({len} bytes): tensor {name} ends at byte {end}",
+                    path.display()
+                );
+            }
+        }
+        Ok(Self { content, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype })
+    }
+
+    pub fn qtensor(&self, hf_name: &str) -> Result<candle_core::quantized::QTensor> {
+        let name = gguf_name(hf_name);
+        ensure!(
+            self.content.tensor_infos.contains_key(&name),
+            "{}: missing tensor {name} (HF name {hf_name})",
+            self.path.display()
+        );
+        let mut f = self.file.lock().map_err(|_| anyhow::anyhow!("GGUF file lock poisoned"))?;
+        self.content
+            .tensor(&mut *f, &name, &self.device)
+            .with_context(|| format!("{}: reading tensor {name}", self.path.display()))
+    }
+
+    pub fn metadata(&self) -> &std::collections::HashMap<String, gguf_file::Value> {
+        &self.content.metadata
+    }
+}
+
+impl Weights for GgufWeights {
+    fn dense(&self, name: &str) -> Result<Tensor> {
+        Ok(self.qtensor(name)?.dequantize(&self.device)?.to_dtype(self.dtype)?)
+    }
+    fn linear(&self, prefix: &str, bias: bool, shape: (usize, usize)) -> Result<Linear> {
+        let wname = format!("{prefix}.weight");
+        let q = self.qtensor(&wname)?;
+        check_shape(&gguf_name(&wname), q.shape().dims(), &[shape.0, shape.1], &self.origin())?;
+        let b = if bias { Some(self.dense(&format!("{prefix}.bias"))?) } else { None };
+        Ok(Linear { weight: Weight::quant(Arc::new(q), self.dtype)?, bias: b, name: prefix.to_string() })
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(&gguf_name(name))
+    }
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Reads a GGUF metadata value as f64 / usize with a clear error.
+pub fn md_f64(md: &std::collections::HashMap<String, gguf_file::Value>, key: &str) -> Result<f64> {
+    use gguf_file::Value::*;
+    Ok(match md.get(key).with_context(|| format!("GGUF metadata has no {key}"))? {
+        F32(v) => *v as f64,
+        F64(v) => *v,
+        U32(v) => *v as f64,
+        I32(v) => *v as f64,
+        U64(v) => *v as f64,
+        I64(v) => *v as f64,
+        U16(v) => *v as f64,
+        other => bail!("GGUF metadata {key}: expected a number, got {other:?}"),
+    })
+}
+
+pub fn md_usize(md: &std::collections::HashMap<String, gguf_file::Value>, key: &str) -> Result<usize> {
+    Ok(md_f64(md, key)? as usize)
+}

@@ -1,0 +1,564 @@
+//! The hookable, differentiable transformer runtime.
+//!
+//! ```no_run
+//! use interp_kit::prelude::*;
+//! let model = Model::load("path/to/model.gguf", &Device::Cpu)?;
+//! let ids = vec![vec![1u32, 2, 3]];
+//! let hooks = Hooks::new().cache(HookPoint::resid_post(3), Positions::Last);
+//! let out = model.forward(&ids, &hooks)?;
+//! let h = out.activations.row(HookPoint::resid_post(3), 0)?; // [1, d_model]
+//! # anyhow::Ok(())
+//! ```
+pub mod decoder;
+pub mod forward;
+pub mod layers;
+pub mod load;
+pub mod qwen2;
+pub mod qwen3;
+
+use crate::hooks::{ActivationCache, HookPoint, Hooks, Phase};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use decoder::Block;
+use forward::FwdCtx;
+use layers::{Linear, Norm, Rope, Weight};
+use load::{GgufWeights, SafetensorsWeights, Weights};
+use std::path::{Path, PathBuf};
+
+/// Shape facts about a loaded model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelInfo {
+    /// `qwen2`, `qwen3`, ...
+    pub arch: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    /// Where the weights came from (path or hub id).
+    pub source: String,
+    /// Whether matrices are kept quantized for inference (GGUF).
+    pub quantized: bool,
+}
+
+/// Token embedding (optionally scaled, e.g. Gemma's `sqrt(d)`).
+pub struct Embedding {
+    pub weight: Tensor,
+    pub scale: Option<f64>,
+}
+
+/// Which logits a call computes (the vocabulary projection is costly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsAt {
+    All,
+    Last,
+    None,
+}
+
+/// A model with hook points, KV cache and gradients.
+pub struct Model {
+    pub info: ModelInfo,
+    pub tokenizer: Option<Tokenizer>,
+    pub device: Device,
+    pub dtype: DType,
+    /// Inference with the GGUF's quantized matmuls (fast, default) or with dequantized f32
+    /// weights (exact, slower; the gradient path always uses dense weights).
+    pub quantized_inference: bool,
+    pub(crate) embed: Embedding,
+    pub(crate) blocks: Vec<Box<dyn Block>>,
+    pub(crate) norm: Norm,
+    pub(crate) lm_head: Linear,
+    pub(crate) final_softcap: Option<f64>,
+    pub(crate) rope: Rope,
+}
+
+/// The KV cache of a batch: a value the caller holds, clones cheaply, and may pass to later
+/// calls with other hooks (prefill with steering, decode without: the introspection protocol).
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Left padding columns per row.
+    pub(crate) pad: Vec<usize>,
+    /// Columns held (padding included).
+    pub(crate) cols: usize,
+}
+
+impl KvCache {
+    pub fn new(model: &Model) -> Self {
+        Self { layers: vec![None; model.blocks.len()], pad: vec![], cols: 0 }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cols == 0
+    }
+    pub fn batch_size(&self) -> usize {
+        self.pad.len()
+    }
+    /// Tokens held for `row` (padding excluded).
+    pub fn len(&self, row: usize) -> usize {
+        self.cols - self.pad.get(row).copied().unwrap_or(0)
+    }
+}
+
+/// The result of a forward call.
+pub struct Output {
+    /// `[B, T, V]` for [`LogitsAt::All`] (left-padded), `[B, 1, V]` for `Last`.
+    pub logits: Option<Tensor>,
+    /// What the read hooks cached.
+    pub activations: ActivationCache,
+    /// Prompt-relative token index of every column, `None` for padding.
+    pub token_index: Vec<Vec<Option<usize>>>,
+}
+
+impl Output {
+    /// The logits of row `row` without padding: `[len, V]` (or `[1, V]` for `Last`).
+    pub fn logits_row(&self, row: usize) -> Result<Tensor> {
+        let l = self.logits.as_ref().context("this call computed no logits")?;
+        let (_, t, _) = l.dims3()?;
+        let idx = &self.token_index[row];
+        if t == idx.len() {
+            let pad = idx.iter().take_while(|i| i.is_none()).count();
+            Ok(l.i(row)?.narrow(0, pad, t - pad)?)
+        } else {
+            Ok(l.i(row)?)
+        }
+    }
+    /// Logits at each row's last token: `[B, V]`.
+    pub fn last_logits(&self) -> Result<Tensor> {
+        let l = self.logits.as_ref().context("this call computed no logits")?;
+        let t = l.dim(1)?;
+        Ok(l.i((.., t - 1))?.contiguous()?)
+    }
+}
+
+/// Where a model comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// An HF directory (`config.json`, `*.safetensors`, `tokenizer.json`, ...).
+    HfDir(PathBuf),
+    /// A GGUF file (weights, tokenizer and chat template).
+    Gguf(PathBuf),
+    /// A hub repo id, downloaded with hf-hub (needs the `hub` feature and a network).
+    Hub(String),
+}
+
+impl Source {
+    /// A `.gguf` path, a directory, or else a hub id like `Qwen/Qwen2.5-7B-Instruct`.
+    pub fn parse(s: &str) -> Self {
+        let p = Path::new(s);
+        if p.is_dir() {
+            Source::HfDir(p.into())
+        } else if s.ends_with(".gguf") || p.is_file() {
+            Source::Gguf(p.into())
+        } else {
+            Source::Hub(s.into())
+        }
+    }
+}
+
+/// Architectures this build knows, for error messages.
+pub const ARCHITECTURES: &[&str] = &["qwen2", "qwen3"];
+
+/// The parts an architecture builds.
+pub(crate) struct Parts {
+    embed: Embedding,
+    blocks: Vec<Box<dyn Block>>,
+    norm: Norm,
+    lm_head: Linear,
+    final_softcap: Option<f64>,
+    rope: Rope,
+    info: ModelInfo,
+}
+
+fn llama_parts(
+    arch: &str,
+    spec: &decoder::LlamaSpec,
+    vocab_size: usize,
+    max_pos: usize,
+    theta: f64,
+    tied: bool,
+    w: &dyn Weights,
+    device: &Device,
+    dtype: DType,
+) -> Result<Parts> {
+    let embed = w.dense("model.embed_tokens.weight")?;
+    ensure!(
+        embed.dims() == [vocab_size, spec.hidden_size],
+        "{}: embedding has shape {:?}, config says [{vocab_size}, {}]",
+        w.origin(),
+        embed.dims(),
+        spec.hidden_size
+    );
+    let blocks = decoder::build_blocks(spec, w)?;
+    let norm = decoder::rms(w, "model.norm.weight", spec.rms_norm_eps, spec.norm_plus_one)?;
+    let lm_head = if !tied && w.contains("lm_head.weight") {
+        w.linear("lm_head", false, (vocab_size, spec.hidden_size))?
+    } else {
+        Linear { weight: Weight::Dense(embed.clone()), bias: None, name: "lm_head (tied)".into() }
+    };
+    // The rope tables cover the configured context, capped to keep memory small.
+    let rope_max = max_pos.min(1 << 16);
+    let rope = Rope::new(&Rope::default_inv_freq(spec.head_dim, theta), rope_max, device, dtype)?;
+    Ok(Parts {
+        embed: Embedding { weight: embed, scale: None },
+        blocks,
+        norm,
+        lm_head,
+        final_softcap: None,
+        rope,
+        info: ModelInfo {
+            arch: arch.into(),
+            n_layers: spec.num_hidden_layers,
+            d_model: spec.hidden_size,
+            n_heads: spec.num_attention_heads,
+            n_kv_heads: spec.num_key_value_heads,
+            head_dim: spec.head_dim,
+            vocab_size,
+            max_positions: rope_max,
+            source: w.origin(),
+            quantized: false,
+        },
+    })
+}
+
+impl Model {
+    /// Loads from a path (GGUF file or HF directory) or a hub id; see [`Source::parse`].
+    pub fn load(source: &str, device: &Device) -> Result<Self> {
+        let dtype = crate::device::default_dtype(device);
+        match Source::parse(source) {
+            Source::HfDir(d) => Self::from_hf_dir(&d, device, dtype),
+            Source::Gguf(p) => {
+                ensure!(p.exists(), "model file {} does not exist", p.display());
+                Self::from_gguf(&p, device, dtype)
+            }
+            Source::Hub(id) => Self::from_hub(&id, device, dtype),
+        }
+    }
+
+    /// The embedded default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M), fetched by
+    /// `scripts/fetch_model.sh`.
+    pub fn embedded(device: &Device) -> Result<Self> {
+        let p = crate::embedded_model_path()?;
+        Self::from_gguf(&p, device, crate::device::default_dtype(device))
+    }
+
+    /// An HF directory: `config.json`, `model.safetensors` (or sharded), tokenizer files.
+    pub fn from_hf_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let txt = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&txt).with_context(|| format!("parsing {}", cfg_path.display()))?;
+        let arch = v["model_type"].as_str().unwrap_or("").to_string();
+        ensure!(
+            ARCHITECTURES.contains(&arch.as_str()),
+            "{}: unknown architecture (model_type) {arch:?}; this build supports {ARCHITECTURES:?}",
+            cfg_path.display()
+        );
+        let w = SafetensorsWeights::from_dir(dir, device, dtype)?;
+        let parse = |e: serde_json::Error| anyhow::anyhow!("{}: {e}", cfg_path.display());
+        let parts = match arch.as_str() {
+            "qwen2" => {
+                let c: qwen2::Config = serde_json::from_value(v.clone()).map_err(parse)?;
+                llama_parts(
+                    "qwen2",
+                    &c.spec(),
+                    c.vocab_size,
+                    c.max_position_embeddings,
+                    c.rope_theta,
+                    c.tie_word_embeddings,
+                    &w,
+                    device,
+                    dtype,
+                )?
+            }
+            "qwen3" => {
+                let c: qwen3::Config = serde_json::from_value(v.clone()).map_err(parse)?;
+                llama_parts(
+                    "qwen3",
+                    &c.spec(),
+                    c.vocab_size,
+                    c.max_position_embeddings,
+                    c.rope_theta,
+                    c.tie_word_embeddings,
+                    &w,
+                    device,
+                    dtype,
+                )?
+            }
+            other => bail!(
+                "{}: unknown architecture (model_type) {other:?}; this build supports {ARCHITECTURES:?}",
+                cfg_path.display()
+            ),
+        };
+        let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_hf_dir(dir)?) } else { None };
+        Ok(Self::assemble(parts, tokenizer, device, dtype, dir.display().to_string()))
+    }
+
+    /// A GGUF file: matrices stay quantized for inference; tokenizer and template from metadata.
+    pub fn from_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let w = GgufWeights::open(path, device, dtype)?;
+        let md = w.metadata();
+        let arch = md
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .with_context(|| format!("{}: GGUF has no general.architecture", path.display()))?;
+        let vocab = w
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .with_context(|| format!("{}: no token_embd.weight", path.display()))?
+            .shape
+            .dims()[0];
+        let tied = !w.content.tensor_infos.contains_key("output.weight");
+        let mut parts = match arch.as_str() {
+            "qwen2" => {
+                let c = qwen2::Config::from_gguf(md, vocab, tied).with_context(|| path.display().to_string())?;
+                llama_parts("qwen2", &c.spec(), vocab, c.max_position_embeddings, c.rope_theta, tied, &w, device, dtype)?
+            }
+            "qwen3" => {
+                let c = qwen3::Config::from_gguf(md, vocab, tied).with_context(|| path.display().to_string())?;
+                llama_parts("qwen3", &c.spec(), vocab, c.max_position_embeddings, c.rope_theta, tied, &w, device, dtype)?
+            }
+            other => bail!(
+                "{}: unknown GGUF architecture {other:?}; this build supports {ARCHITECTURES:?}",
+                path.display()
+            ),
+        };
+        parts.info.quantized = true;
+        let tokenizer = Some(Tokenizer::from_gguf(&w.content).with_context(|| format!("{}: tokenizer", path.display()))?);
+        Ok(Self::assemble(parts, tokenizer, device, dtype, path.display().to_string()))
+    }
+
+    /// Downloads `repo_id` with hf-hub (config, safetensors, tokenizer) and loads it.
+    #[cfg(feature = "hub")]
+    pub fn from_hub(repo_id: &str, device: &Device, dtype: DType) -> Result<Self> {
+        let api = hf_hub::api::sync::Api::new()?;
+        let repo = api.model(repo_id.to_string());
+        let mut dir = None;
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+            if let Ok(p) = repo.get(f) {
+                dir = p.parent().map(|d| d.to_path_buf());
+            }
+        }
+        let dir = dir.with_context(|| format!("hub repo {repo_id}: could not fetch config.json"))?;
+        match repo.get("model.safetensors.index.json") {
+            Ok(idx) => {
+                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(idx)?)?;
+                let files: std::collections::BTreeSet<String> = v["weight_map"]
+                    .as_object()
+                    .context("weight_map")?
+                    .values()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect();
+                for f in files {
+                    repo.get(&f)?;
+                }
+            }
+            Err(_) => {
+                repo.get("model.safetensors")?;
+            }
+        }
+        Self::from_hf_dir(&dir, device, dtype)
+    }
+
+    #[cfg(not(feature = "hub"))]
+    pub fn from_hub(repo_id: &str, _device: &Device, _dtype: DType) -> Result<Self> {
+        bail!(
+            "{repo_id:?} is neither an existing file nor a directory; loading hub ids needs the `hub` \
+             cargo feature and a network (or download the model and pass its directory)"
+        )
+    }
+
+    fn assemble(p: Parts, tokenizer: Option<Tokenizer>, device: &Device, dtype: DType, source: String) -> Self {
+        let mut info = p.info;
+        info.source = source;
+        Self {
+            info,
+            tokenizer,
+            device: device.clone(),
+            dtype,
+            quantized_inference: true,
+            embed: p.embed,
+            blocks: p.blocks,
+            norm: p.norm,
+            lm_head: p.lm_head,
+            final_softcap: p.final_softcap,
+            rope: p.rope,
+        }
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.info.n_layers
+    }
+    pub fn d_model(&self) -> usize {
+        self.info.d_model
+    }
+    /// The tokenizer, or an error saying the model was loaded without one.
+    pub fn tok(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().context("this model was loaded without a tokenizer")
+    }
+
+    /// Checks hook points against the model depth and architecture.
+    pub fn check_points<'p>(&self, points: impl IntoIterator<Item = &'p HookPoint>) -> Result<()> {
+        for p in points {
+            p.check(self.n_layers())?;
+            if p.site == crate::hooks::Site::ResidMid && !self.blocks[p.layer].has_resid_mid() {
+                bail!("{p} does not exist: this architecture has parallel residual blocks");
+            }
+        }
+        Ok(())
+    }
+
+    /// Left-pads `prompts` into `[B, T]` ids and the per-row padding.
+    pub(crate) fn pad_batch(&self, prompts: &[Vec<u32>]) -> Result<(Tensor, Vec<usize>)> {
+        ensure!(!prompts.is_empty(), "empty batch");
+        let t = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        ensure!(t > 0, "empty prompt in batch");
+        let mut ids = Vec::with_capacity(prompts.len() * t);
+        let mut pad = Vec::with_capacity(prompts.len());
+        for (r, p) in prompts.iter().enumerate() {
+            ensure!(!p.is_empty(), "prompt {r} is empty");
+            if let Some(bad) = p.iter().find(|&&i| i as usize >= self.info.vocab_size) {
+                bail!("prompt {r}: token id {bad} is outside the vocabulary (size {})", self.info.vocab_size);
+            }
+            pad.push(t - p.len());
+            ids.extend(std::iter::repeat_n(0u32, t - p.len()));
+            ids.extend_from_slice(p);
+        }
+        Ok((Tensor::from_vec(ids, (prompts.len(), t), &self.device)?, pad))
+    }
+
+    /// The core pass: embeddings, blocks with hooks, final norm. Returns the final normed
+    /// hidden state `[B, T, d]` and the context (activations, gradient taps).
+    pub(crate) fn run<'a>(
+        &'a self,
+        ids: &Tensor,
+        pad: Vec<usize>,
+        kv: Option<&mut KvCache>,
+        hooks: &'a Hooks<'a>,
+        grad_points: &[HookPoint],
+        grad: bool,
+    ) -> Result<(Tensor, FwdCtx<'a>)> {
+        self.check_points(hooks.points().collect::<Vec<_>>().iter())?;
+        self.check_points(grad_points)?;
+        let (b, t) = ids.dims2()?;
+        let past = kv.as_ref().map_or(0, |c| c.cols);
+        let keep = kv.is_some();
+        let mut ctx = FwdCtx::new(
+            &self.rope,
+            hooks,
+            grad_points,
+            grad,
+            !self.quantized_inference,
+            keep,
+            pad,
+            past,
+            t,
+            &self.device,
+            self.dtype,
+        )?;
+        let mut x = self.embed.weight.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        if let Some(s) = self.embed.scale {
+            x = (x * s)?;
+        }
+        let mut scratch: Vec<Option<(Tensor, Tensor)>> = vec![None; self.blocks.len()];
+        let layers = match kv {
+            Some(c) => &mut c.layers,
+            None => &mut scratch,
+        };
+        for (l, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, l, &mut ctx, &mut layers[l]).with_context(|| format!("block {l}"))?;
+        }
+        let x = self.norm.forward(&x, grad)?;
+        let x = ctx.hook(HookPoint::ln_final(), x)?;
+        Ok((x, ctx))
+    }
+
+    /// Vocabulary logits from final normed hidden states `[.., d]`.
+    pub(crate) fn logits(&self, h: &Tensor, grad: bool) -> Result<Tensor> {
+        let l = self.lm_head.forward(h, grad, !self.quantized_inference)?;
+        Ok(match self.final_softcap {
+            Some(c) => ((l / c)?.tanh()? * c)?,
+            None => l,
+        })
+    }
+
+    fn finish(&self, h: Tensor, ctx: FwdCtx, at: LogitsAt) -> Result<Output> {
+        let logits = match at {
+            LogitsAt::All => Some(self.logits(&h, false)?),
+            LogitsAt::Last => {
+                let t = h.dim(1)?;
+                Some(self.logits(&h.narrow(1, t - 1, 1)?.contiguous()?, false)?)
+            }
+            LogitsAt::None => None,
+        };
+        Ok(Output { logits, activations: ctx.activations, token_index: ctx.token_index })
+    }
+
+    /// A batch of prompts (left-padded internally), no KV cache, logits at every position.
+    pub fn forward(&self, prompts: &[Vec<u32>], hooks: &Hooks) -> Result<Output> {
+        self.forward_at(prompts, hooks, LogitsAt::All)
+    }
+
+    /// Like [`Model::forward`], choosing which logits to compute.
+    pub fn forward_at(&self, prompts: &[Vec<u32>], hooks: &Hooks, at: LogitsAt) -> Result<Output> {
+        let (ids, pad) = self.pad_batch(prompts)?;
+        let (h, ctx) = self.run(&ids, pad, None, hooks, &[], false)?;
+        self.finish(h, ctx, at)
+    }
+
+    /// Caches `points` at `positions`: TransformerLens' `run_with_cache`.
+    pub fn run_with_cache(&self, prompts: &[Vec<u32>], points: &[HookPoint], positions: crate::hooks::Positions) -> Result<Output> {
+        let hooks = Hooks::new().cache_many(points.iter().copied(), positions);
+        self.forward_at(prompts, &hooks, LogitsAt::Last)
+    }
+
+    /// Fills an empty `cache` with `prompts` (phase [`Phase::Prefill`]).
+    pub fn prefill(&self, prompts: &[Vec<u32>], cache: &mut KvCache, hooks: &Hooks, at: LogitsAt) -> Result<Output> {
+        ensure!(cache.is_empty(), "prefill needs an empty KV cache (it holds {} columns)", cache.cols);
+        ensure!(cache.layers.len() == self.blocks.len(), "KV cache was made for another model");
+        let (ids, pad) = self.pad_batch(prompts)?;
+        let t = ids.dim(1)?;
+        let (h, ctx) = self.run(&ids, pad.clone(), Some(cache), hooks, &[], false)?;
+        cache.pad = pad;
+        cache.cols = t;
+        self.finish(h, ctx, at)
+    }
+
+    /// Appends `tokens` (`[B][n]`, the same `n` for every row) to a filled cache
+    /// (phase [`Phase::Decode`]); logits at every new position.
+    pub fn extend(&self, tokens: &[Vec<u32>], cache: &mut KvCache, hooks: &Hooks, at: LogitsAt) -> Result<Output> {
+        ensure!(!cache.is_empty(), "extend/decode needs a filled KV cache: call prefill first");
+        ensure!(
+            tokens.len() == cache.batch_size(),
+            "{} rows given, the KV cache holds {}",
+            tokens.len(),
+            cache.batch_size()
+        );
+        let n = tokens[0].len();
+        ensure!(n > 0 && tokens.iter().all(|r| r.len() == n), "every row must add the same number (>0) of tokens");
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        if let Some(bad) = flat.iter().find(|&&i| i as usize >= self.info.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary (size {})", self.info.vocab_size);
+        }
+        let ids = Tensor::from_vec(flat, (tokens.len(), n), &self.device)?;
+        let pad = cache.pad.clone();
+        let (h, ctx) = self.run(&ids, pad, Some(cache), hooks, &[], false)?;
+        cache.cols += n;
+        self.finish(h, ctx, at)
+    }
+
+    /// One decode step: one new token per row.
+    pub fn decode(&self, next: &[u32], cache: &mut KvCache, hooks: &Hooks) -> Result<Output> {
+        let rows: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+        self.extend(&rows, cache, hooks, LogitsAt::Last)
+    }
+
+    /// Whether a hook set would act during `phase` (for callers that cache it).
+    pub fn hooks_act_in(hooks: &Hooks, phase: Phase) -> bool {
+        !hooks.reads.is_empty() || hooks.writes.iter().any(|w| w.1.includes(phase))
+    }
+}

@@ -1,0 +1,80 @@
+//! Qwen2 / Qwen2.5: Llama-style decoder with q/k/v biases and GQA.
+use super::decoder::LlamaSpec;
+use super::layers::Act;
+use super::load::{md_f64, md_usize};
+use anyhow::Result;
+use candle_core::quantized::gguf_file::Value;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// Mirrors HF `Qwen2Config` (`config.json`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+}
+
+pub(crate) fn default_max_pos() -> usize {
+    32768
+}
+pub(crate) fn default_theta() -> f64 {
+    10000.0
+}
+pub(crate) fn default_eps() -> f64 {
+    1e-6
+}
+
+impl Config {
+    /// From llama.cpp metadata (`qwen2.*` keys).
+    pub fn from_gguf(md: &HashMap<String, Value>, vocab_size: usize, tied: bool) -> Result<Self> {
+        let a = "qwen2";
+        Ok(Self {
+            vocab_size,
+            hidden_size: md_usize(md, &format!("{a}.embedding_length"))?,
+            intermediate_size: md_usize(md, &format!("{a}.feed_forward_length"))?,
+            num_hidden_layers: md_usize(md, &format!("{a}.block_count"))?,
+            num_attention_heads: md_usize(md, &format!("{a}.attention.head_count"))?,
+            num_key_value_heads: md_usize(md, &format!("{a}.attention.head_count_kv"))?,
+            max_position_embeddings: md_usize(md, &format!("{a}.context_length"))?,
+            rope_theta: md_f64(md, &format!("{a}.rope.freq_base"))?,
+            rms_norm_eps: md_f64(md, &format!("{a}.attention.layer_norm_rms_epsilon"))?,
+            tie_word_embeddings: tied,
+            hidden_act: None,
+        })
+    }
+
+    pub fn spec(&self) -> LlamaSpec {
+        let head_dim = self.hidden_size / self.num_attention_heads;
+        LlamaSpec {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            qkv_bias: true,
+            qk_norm: false,
+            act: Act::Silu,
+            norm_plus_one: false,
+            sandwich_norms: false,
+            attn_scale: 1.0 / (head_dim as f64).sqrt(),
+            attn_softcap: None,
+            sliding_window: vec![None; self.num_hidden_layers],
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Qwen3: Llama-style decoder with per-head RMSNorm on q and k, explicit head_dim, no biases.
+use super::decoder::LlamaSpec;
+use super::layers::Act;
+use super::load::{md_f64, md_usize};
+use super::qwen2::{default_eps, default_max_pos, default_theta};
+use anyhow::Result;
+use candle_core::quantized::gguf_file::Value;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// Mirrors HF `Qwen3Config` (`config.json`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+}
+
+impl Config {
+    /// From llama.cpp metadata (`qwen3.*` keys).
+    pub fn from_gguf(md: &HashMap<String, Value>, vocab_size: usize, tied: bool) -> Result<Self> {
+        let a = "qwen3";
+        Ok(Self {
+            vocab_size,
+            hidden_size: md_usize(md, &format!("{a}.embedding_length"))?,
+            intermediate_size: md_usize(md, &format!("{a}.feed_forward_length"))?,
+            num_hidden_layers: md_usize(md, &format!("{a}.block_count"))?,
+            num_attention_heads: md_usize(md, &format!("{a}.attention.head_count"))?,
+            num_key_value_heads: md_usize(md, &format!("{a}.attention.head_count_kv"))?,
+            head_dim: md_usize(md, &format!("{a}.attention.key_length")).ok(),
+            max_position_embeddings: md_usize(md, &format!("{a}.context_length"))?,
+            rope_theta: md_f64(md, &format!("{a}.rope.freq_base"))?,
+            rms_norm_eps: md_f64(md, &format!("{a}.attention.layer_norm_rms_epsilon"))?,
+            tie_word_embeddings: tied,
+            attention_bias: false,
+        })
+    }
+
+    pub fn spec(&self) -> LlamaSpec {
+        let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
+        LlamaSpec {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            qkv_bias: self.attention_bias,
+            qk_norm: true,
+            act: Act::Silu,
+            norm_plus_one: false,
+            sandwich_norms: false,
+            attn_scale: 1.0 / (head_dim as f64).sqrt(),
+            attn_softcap: None,
+            sliding_window: vec![None; self.num_hidden_layers],
+        }
+    }
+}

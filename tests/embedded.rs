@@ -1,0 +1,56 @@
+//! The embedded Qwen2.5-Coder-0.5B-Instruct GGUF against HF transformers on the same file
+//! (tests/fixtures/embedded/reference.json, made by scripts/make_embedded_reference.py).
+mod common;
+use candle_core::IndexOp;
+use interp_kit::prelude::*;
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+    top20_ids: Vec<u32>,
+    top20_logits: Vec<f32>,
+    resid_post_norms_last: Vec<Option<f32>>,
+}
+
+fn reference() -> Reference {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/embedded/reference.json");
+    serde_json::from_str(&std::fs::read_to_string(p).expect("read reference.json")).expect("parse reference.json")
+}
+
+fn check_against_reference(model: &Model, r: &Reference, logit_tol: f32, norm_tol: f32) {
+    let points: Vec<HookPoint> = (0..model.n_layers()).map(HookPoint::resid_post).collect();
+    let out = model.run_with_cache(&[r.prompt_ids.clone()], &points, Positions::Last).unwrap();
+    let last = out.last_logits().unwrap().i(0).unwrap();
+    let top: u32 = last.argmax(0).unwrap().to_scalar().unwrap();
+    assert_eq!(top, r.top20_ids[0], "argmax of the last-position logits");
+    for (&id, &want) in r.top20_ids.iter().zip(&r.top20_logits) {
+        let got: f32 = last.i(id as usize).unwrap().to_scalar().unwrap();
+        assert!((got - want).abs() <= logit_tol * want.abs().max(1.0), "logit of token {id}: {got} vs HF {want}");
+    }
+    for (l, want) in r.resid_post_norms_last.iter().enumerate() {
+        if let Some(want) = want {
+            let h = out.activations.row(HookPoint::resid_post(l), 0).unwrap();
+            let got: f32 = h.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
+            assert!((got - want).abs() <= norm_tol * want, "layer {l} resid_post norm {got} vs HF {want}");
+        }
+    }
+    let cfg = GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(r.greedy_ids.len()) };
+    let g = model.generate(&[r.prompt_ids.clone()], &cfg, &Hooks::new()).unwrap();
+    assert_eq!(g[0].tokens, r.greedy_ids, "greedy continuation differs from HF: {:?}", g[0].text);
+}
+
+/// Exact path (dequantized f32 weights, as transformers runs the GGUF): tight tolerances.
+#[test]
+fn embedded_dense_matches_transformers() {
+    let Some(mut model) = common::embedded() else { return };
+    model.quantized_inference = false;
+    check_against_reference(&model, &reference(), 1e-3, 1e-3);
+}
+
+/// Fast path (quantized matmuls with 8-bit activations, as llama.cpp): same greedy tokens.
+#[test]
+fn embedded_quantized_matches_transformers_greedy() {
+    let Some(model) = common::embedded() else { return };
+    check_against_reference(&model, &reference(), 5e-2, 2e-2);
+}

@@ -1,0 +1,191 @@
+//! Algebraic laws of the runtime on the tiny fixture models: batching, KV cache, hooks,
+//! gradients (finite differences).
+mod common;
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use common::{rel_err, tiny};
+use interp_kit::prelude::*;
+
+const ARCHS: [&str; 2] = ["qwen2", "qwen3"];
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![vec![5, 17, 42, 8, 99, 3, 250, 7, 11, 64, 2], vec![9, 120, 33, 4, 18, 77, 201]]
+}
+
+#[test]
+fn batched_equals_unbatched() {
+    for arch in ARCHS {
+        let m = tiny(arch);
+        let ps = prompts();
+        let hp = HookPoint::resid_post(1);
+        let hooks = Hooks::new().cache(hp, Positions::All);
+        let batched = m.forward(&ps, &hooks).unwrap();
+        for (r, p) in ps.iter().enumerate() {
+            let single = m.forward(std::slice::from_ref(p), &hooks).unwrap();
+            let e = rel_err(&batched.logits_row(r).unwrap(), &single.logits_row(0).unwrap());
+            assert!(e < 1e-5, "{arch} row {r}: batched logits differ, rel err {e}");
+            let e = rel_err(batched.activations.row(hp, r).unwrap(), single.activations.row(hp, 0).unwrap());
+            assert!(e < 1e-5, "{arch} row {r}: batched {hp} differs, rel err {e}");
+            assert_eq!(batched.activations.row(hp, r).unwrap().dims(), [p.len(), m.d_model()]);
+        }
+    }
+}
+
+#[test]
+fn kv_cache_decode_equals_full_forward() {
+    for arch in ARCHS {
+        let m = tiny(arch);
+        let ps = prompts();
+        // Prefill all but the last 3 tokens of the shorter row's length, then decode one at a time.
+        let split = 4;
+        let heads: Vec<Vec<u32>> = ps.iter().map(|p| p[..p.len() - split].to_vec()).collect();
+        let mut cache = KvCache::new(&m);
+        m.prefill(&heads, &mut cache, &Hooks::new(), LogitsAt::None).unwrap();
+        let full = m.forward(&ps, &Hooks::new()).unwrap();
+        for k in 0..split {
+            let next: Vec<u32> = ps.iter().map(|p| p[p.len() - split + k]).collect();
+            let out = m.decode(&next, &mut cache, &Hooks::new()).unwrap();
+            for (r, p) in ps.iter().enumerate() {
+                let want = full.logits_row(r).unwrap().i(p.len() - split + k).unwrap();
+                let got = out.last_logits().unwrap().i(r).unwrap();
+                let e = rel_err(&got, &want);
+                assert!(e < 1e-5, "{arch} row {r} step {k}: rel err {e}");
+            }
+        }
+        // A multi-token extend equals the same decode steps.
+        let mut c2 = KvCache::new(&m);
+        m.prefill(&heads, &mut c2, &Hooks::new(), LogitsAt::None).unwrap();
+        let tails: Vec<Vec<u32>> = ps.iter().map(|p| p[p.len() - split..].to_vec()).collect();
+        let out = m.extend(&tails, &mut c2, &Hooks::new(), LogitsAt::All).unwrap();
+        for (r, p) in ps.iter().enumerate() {
+            let want = full.logits_row(r).unwrap().narrow(0, p.len() - split, split).unwrap();
+            let e = rel_err(&out.logits.as_ref().unwrap().i(r).unwrap(), &want);
+            assert!(e < 1e-5, "{arch} extend row {r}: rel err {e}");
+        }
+    }
+}
+
+#[test]
+fn adding_zero_changes_nothing_and_adding_v_changes_downstream() {
+    let m = tiny("qwen2");
+    let ps = prompts();
+    let base = m.forward(&ps, &Hooks::new()).unwrap();
+    let d = m.d_model();
+    let v = Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap();
+    for alpha in [0.0f64, 3.0] {
+        let vv = v.clone();
+        let hooks = Hooks::new().write(HookPoint::resid_pre(1), Phase::Both, move |x, _| Ok(x.broadcast_add(&(&vv * alpha)?)?));
+        let out = m.forward(&ps, &hooks).unwrap();
+        let e = rel_err(out.logits.as_ref().unwrap(), base.logits.as_ref().unwrap());
+        if alpha == 0.0 {
+            assert!(e == 0.0, "adding 0·v changed logits by {e}");
+        } else {
+            assert!(e > 1e-3, "adding 3·v did not change logits ({e})");
+        }
+    }
+}
+
+#[test]
+fn ablation_removes_projection_exactly_at_hooked_positions() {
+    let m = tiny("qwen3");
+    let ps = prompts();
+    let d = m.d_model();
+    let v = Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap();
+    let vhat = (&v / v.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() as f64).unwrap();
+    let hp = HookPoint::resid_post(1);
+    let vh = vhat.clone();
+    let hooks = Hooks::new()
+        .write(hp, Phase::Both, move |x, ctx| {
+            let mask = ctx.mask(&Positions::At(vec![2, 3, 4]))?;
+            let proj = x.broadcast_matmul(&vh.unsqueeze(1)?)?; // [B,T,1]
+            Ok((x - proj.broadcast_mul(&mask)?.broadcast_mul(&vh)?)?)
+        })
+        .cache(hp, Positions::All);
+    let out = m.forward(&ps, &hooks).unwrap();
+    let base = m.forward(&ps, &Hooks::new().cache(hp, Positions::All)).unwrap();
+    for r in 0..ps.len() {
+        let h = out.activations.row(hp, r).unwrap();
+        let proj: Vec<f32> = h.matmul(&vhat.unsqueeze(1).unwrap()).unwrap().squeeze(1).unwrap().to_vec1().unwrap();
+        let hb = base.activations.row(hp, r).unwrap();
+        for (t, p) in proj.iter().enumerate() {
+            if (2..=4).contains(&t) {
+                assert!(p.abs() < 1e-5, "row {r} token {t}: projection {p} left after ablation");
+            } else {
+                let e = rel_err(&h.i(t).unwrap(), &hb.i(t).unwrap());
+                assert!(e < 1e-6, "row {r} token {t} (not hooked) changed by {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn hooks_are_checked_against_the_model() {
+    let m = tiny("qwen2");
+    let hooks = Hooks::new().cache(HookPoint::resid_post(30), Positions::Last);
+    let err = m.forward(&prompts(), &hooks).err().expect("layer 30 must be rejected").to_string();
+    assert!(err.contains("layer 30") && err.contains("valid 0..=2"), "unhelpful error: {err}");
+    let bad_width = Hooks::new().write(HookPoint::resid_pre(0), Phase::Both, |x, _| Ok(x.narrow(D::Minus1, 0, 3)?));
+    let err = format!("{:#}", m.forward(&prompts(), &bad_width).err().expect("wrong width must be rejected"));
+    assert!(err.contains("blocks.0.hook_resid_pre") && err.contains("shape"), "unhelpful error: {err}");
+}
+
+#[test]
+fn decode_phase_hooks_do_not_touch_prefill() {
+    let m = tiny("qwen2");
+    let ps = prompts();
+    let v = Tensor::ones(m.d_model(), DType::F32, &Device::Cpu).unwrap();
+    let hooks = Hooks::new().write(HookPoint::resid_pre(0), Phase::Decode, move |x, _| Ok(x.broadcast_add(&v)?));
+    let mut c1 = KvCache::new(&m);
+    let a = m.prefill(&ps, &mut c1, &hooks, LogitsAt::Last).unwrap();
+    let mut c2 = KvCache::new(&m);
+    let b = m.prefill(&ps, &mut c2, &Hooks::new(), LogitsAt::Last).unwrap();
+    assert_eq!(rel_err(&a.last_logits().unwrap(), &b.last_logits().unwrap()), 0.0);
+    let a = m.decode(&[1, 2], &mut c1, &hooks).unwrap();
+    let b = m.decode(&[1, 2], &mut c2, &Hooks::new()).unwrap();
+    assert!(rel_err(&a.last_logits().unwrap(), &b.last_logits().unwrap()) > 1e-3);
+}
+
+/// dL/dh · u equals the finite-difference directional derivative (L(h + εu) - L(h - εu)) / 2ε.
+#[test]
+fn residual_gradient_matches_finite_differences() {
+    let m = tiny("qwen2");
+    let p = vec![prompts()[0].clone()];
+    let loss = Loss::Tokens(vec![vec![7, 8, 9, 10]]);
+    for layer in [0usize, 2] {
+        let hp = HookPoint::resid_post(layer);
+        let g = m.grad(&p, &loss, &[hp], Positions::All, &Hooks::new()).unwrap();
+        let grad = g.grads.row(hp, 0).unwrap().clone(); // [T, d]
+        let u = Tensor::randn(0f32, 1.0, grad.dims(), &Device::Cpu).unwrap();
+        let analytic = (&grad * &u).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let eps = 1e-2f64;
+        let lp = |s: f64| {
+            let uu = (&u * s).unwrap();
+            let hooks = Hooks::new().write(hp, Phase::Both, move |x, _| Ok(x.broadcast_add(&uu.unsqueeze(0)?)?));
+            m.grad(&p, &loss, &[], Positions::All, &hooks).unwrap().loss
+        };
+        let numeric = (lp(eps) - lp(-eps)) / (2.0 * eps);
+        let rel = (analytic - numeric).abs() / numeric.abs().max(1e-6);
+        assert!(rel < 2e-2, "layer {layer}: analytic {analytic} vs numeric {numeric} (rel {rel})");
+    }
+}
+
+#[test]
+fn same_seed_same_sample_and_greedy_is_argmax() {
+    let m = tiny("qwen2");
+    let ps = prompts();
+    let cfg = GenerateConfig { stop_at_eos: false, ..GenerateConfig::sampled(6, 1.0, 0.9, 7) };
+    let a = m.generate(&ps, &cfg, &Hooks::new()).unwrap();
+    let b = m.generate(&ps, &cfg, &Hooks::new()).unwrap();
+    assert_eq!(a.iter().map(|g| g.tokens.clone()).collect::<Vec<_>>(), b.iter().map(|g| g.tokens.clone()).collect::<Vec<_>>());
+    let g = m.generate(&ps[..1], &GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(3) }, &Hooks::new()).unwrap();
+    // Greedy: each token is the argmax of the full forward on the growing sequence.
+    let mut seq = ps[0].clone();
+    for (k, &tok) in g[0].tokens.iter().enumerate() {
+        let out = m.forward(&[seq.clone()], &Hooks::new()).unwrap();
+        let am = out.last_logits().unwrap().i(0).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(tok, am, "greedy step {k}");
+        let lp = candle_nn::ops::log_softmax(&out.last_logits().unwrap().i(0).unwrap(), 0).unwrap();
+        let want = lp.i(tok as usize).unwrap().to_scalar::<f32>().unwrap();
+        assert!((g[0].logprobs[k] - want).abs() < 1e-4, "logprob step {k}");
+        seq.push(tok);
+    }
+}
