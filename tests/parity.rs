@@ -123,3 +123,16 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn q5_0_is_reencoded_as_q8_0_losslessly() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let x = Tensor::randn(0f32, 1.0, (8, 96), &Device::Cpu).unwrap();
+    let q5 = QTensor::quantize(&x, GgmlDType::Q5_0).unwrap();
+    let want = q5.dequantize(&Device::Cpu).unwrap();
+    let q8 = interp_kit::model::load::q5_0_to_q8_0(q5, &Device::Cpu).unwrap();
+    assert_eq!(q8.dtype(), GgmlDType::Q8_0);
+    let got = q8.dequantize(&Device::Cpu).unwrap();
+    assert_eq!(rel_err(&got, &want), 0.0, "re-encoding changed values");
+    assert!(rel_err(&got, &x) > 0.0, "the reference must be quantized (else the test proves nothing)");
+}

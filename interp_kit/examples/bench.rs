@@ -1,0 +1,95 @@
+//! Benchmark of the runtime on a model (default: the embedded GGUF), as in BENCHMARKS.md:
+//! load, forward over 64 and 256 tokens, decode tokens/s at batch 1 and 8, and
+//! forward+backward to 3 residual hook points over ~100 tokens; peak RSS.
+//!
+//!     cargo run --release --example bench -- [--model PATH] [--reps 3] [--json out.json]
+use anyhow::Result;
+use interp_kit::prelude::*;
+use std::time::Instant;
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0)))
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn ids(n: usize, salt: u32) -> Vec<u32> {
+    // Ordinary word-piece ids (avoid special tokens).
+    (0..n as u32).map(|i| 1000 + (i * 7919 + salt * 131) % 30000).collect()
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let reps: usize = get("--reps").map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let t0 = Instant::now();
+    let model = match get("--model") {
+        Some(p) => Model::load(&p, &Device::Cpu)?,
+        None => Model::embedded(&Device::Cpu)?,
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let mut rows: Vec<(String, f64, String)> = vec![];
+    let mut row = |k: String, v: f64, u: &str| {
+        eprintln!("{k}: {v:.3} {u}");
+        rows.push((k, v, u.to_string()));
+    };
+    row("load".into(), load_s, "s");
+    for n in [64usize, 256] {
+        let p = vec![ids(n, 1)];
+        let mut ts = vec![];
+        for _ in 0..reps {
+            let t = Instant::now();
+            model.forward_at(&p, &Hooks::new(), LogitsAt::Last)?;
+            ts.push(t.elapsed().as_secs_f64());
+        }
+        row(format!("forward, {n} tokens"), median(ts), "s");
+    }
+    let infer_rss = peak_rss_mib();
+    for b in [1usize, 8] {
+        let prompts: Vec<Vec<u32>> = (0..b).map(|r| ids(16, r as u32)).collect();
+        let steps = 32;
+        let mut ts = vec![];
+        for _ in 0..reps.min(2) {
+            let mut cache = KvCache::new(&model);
+            model.prefill(&prompts, &mut cache, &Hooks::new(), LogitsAt::Last)?;
+            let t = Instant::now();
+            for s in 0..steps {
+                let next: Vec<u32> = (0..b).map(|r| 2000 + (s * 13 + r) as u32).collect();
+                model.decode(&next, &mut cache, &Hooks::new())?;
+            }
+            ts.push((b * steps) as f64 / t.elapsed().as_secs_f64());
+        }
+        row(format!("decode, batch {b} (aggregate)"), median(ts), "tok/s");
+    }
+    let infer_rss = infer_rss.max(peak_rss_mib());
+    let p = vec![ids(100, 3)];
+    let l = model.n_layers();
+    let points = [HookPoint::resid_post(l / 4), HookPoint::resid_post(l / 2), HookPoint::resid_post(3 * l / 4)];
+    let loss = Loss::From(vec![80]);
+    model.grad(&p, &loss, &points, Positions::Last, &Hooks::new())?; // warm-up: dequantizes weights once
+    let mut ts = vec![];
+    for _ in 0..reps {
+        let t = Instant::now();
+        model.grad(&p, &loss, &points, Positions::All, &Hooks::new())?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    row("forward+backward, 100 tokens, dL/dh at 3 layers".into(), median(ts), "s");
+    row("peak RSS, inference path".into(), infer_rss, "MiB");
+    row("peak RSS, after gradient path".into(), peak_rss_mib(), "MiB");
+    println!("| workload | interp_kit | unit |\n|---|---|---|");
+    for (k, v, u) in &rows {
+        println!("| {k} | {v:.3} | {u} |");
+    }
+    if let Some(path) = get("--json") {
+        let m: serde_json::Map<String, serde_json::Value> = rows.iter().map(|(k, v, _)| (k.clone(), (*v).into())).collect();
+        std::fs::write(path, serde_json::to_string_pretty(&m)?)?;
+    }
+    Ok(())
+}
