@@ -1,1 +1,4 @@
 pub fn hello() {}
+
+pub mod chat;
+pub mod tokenizer;
