@@ -293,9 +293,8 @@ impl Tokenizer {
 
     /// Decode ids to text; `skip_special` drops special tokens (BOS, `<|im_end|>`, ...).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        let n = self.vocab_size();
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= n) {
-            bail!("token id {bad} is out of range (vocabulary size {n})");
+        if let Some(bad) = ids.iter().find(|&&i| self.inner.id_to_token(i).is_none()) {
+            bail!("token id {bad} is not in the vocabulary (size {})", self.vocab_size());
         }
         self.inner.decode(ids, skip_special).map_err(|e| anyhow!("{e}")).context("decoding token ids")
     }
