@@ -95,6 +95,19 @@ CASES = [
     ("unicode_gen", [("user", "Café, naïve, 日本語 and 🙂: what do they have in common?")], True, {}),
     ("padded_content_gen", [("user", "  Spaces around me.  \n")], True, {}),
 ]
+# Plain encodes (no template) of tricky text: code, contractions, digits, whitespace, scripts, emoji.
+ENCODE_TEXTS = [
+    "def f(x):\n\tif x > 10:\n\t\treturn x ** 2  # square\n    return None\r\n",
+    "I'm sure you'll say DON'T, can't, WON'T; they've gone, we'd go.",
+    "Numbers: 1234567890, 3.14159, -42, 1e10, 0x1F, 2024-07-26.",
+    "   leading and trailing spaces   ",
+    "line1\n\n\nline2\r\n\r\nline3\n",
+    "多语言文本：日本語、한국어、русский, العربية",
+    "Emoji 👩‍💻🚀 and symbols ©®™ ∑∫√ → ≠",
+    "ALL CAPS SENTENCE WITH PUNCTUATION!!! ??? ...",
+    "literal <|im_start|>user and <|eot_id|> and <start_of_turn> markers",
+    " \n\t  ",
+]
 QWEN3_EXTRA = [
     ("no_thinking_gen", [("user", "What is 2 + 2?")], True, {"enable_thinking": False}),
 ]
@@ -254,7 +267,11 @@ def prune(full_json, texts):
 
 
 def case_texts(cases):
-    return [c["text"] for c in cases if "text" in c]
+    return [c["text"] for c in cases if "text" in c] + ENCODE_TEXTS
+
+
+def encode_cases(hf):
+    return [{"text": t, "ids": hf(t, add_special_tokens=False)["input_ids"]} for t in ENCODE_TEXTS]
 
 
 def main():
@@ -286,9 +303,10 @@ def main():
         "bos_id": None,
         "eos_ids": [151645, 151643],
         "cases": cases,
+        "encode": encode_cases(hf),
     }
     (fam / "cases.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    qwen25_cases = cases
+    qwen25_cases = cases + doc["encode"]
     summary["qwen2.5"] = len(cases)
 
     for name, (src, template, specials, gen_eos, add_bos) in family_sources().items():
@@ -305,7 +323,7 @@ def main():
         texts = case_texts(cases)
         pruned = prune(full_json, texts)
         small = RawTokenizer.from_str(pruned)
-        for c in cases:
+        for c in cases + encode_cases(hf):
             if "text" in c:
                 assert small.encode(c["text"], add_special_tokens=False).ids == c["ids"], (name, c["name"])
         fam = OUT / name
@@ -327,6 +345,7 @@ def main():
             "bos_id": hf.convert_tokens_to_ids(bos) if bos and add_bos else None,
             "eos_ids": eos_ids,
             "cases": cases,
+            "encode": encode_cases(hf),
         }
         (fam / "cases.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
         summary[name] = (len(cases), len(json.loads(pruned)["model"]["vocab"]), len(pruned))

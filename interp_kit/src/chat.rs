@@ -110,7 +110,10 @@ impl Chat {
     }
     /// Append a message.
     pub fn push(mut self, role: Role, content: impl Into<String>) -> Self {
-        self.messages.push(Message { role, content: content.into() });
+        self.messages.push(Message {
+            role,
+            content: content.into(),
+        });
         self
     }
     /// Append a system message.
@@ -142,12 +145,16 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// A template from Jinja source.
     pub fn new(source: impl Into<String>) -> Self {
-        Self { source: source.into(), special_tokens: Vec::new() }
+        Self {
+            source: source.into(),
+            special_tokens: Vec::new(),
+        }
     }
     /// Add a special-token variable, e.g. `.with_token("bos_token", "<bos>")`.
     pub fn with_token(mut self, name: &str, content: &str) -> Self {
         self.special_tokens.retain(|(n, _)| n != name);
-        self.special_tokens.push((name.to_string(), content.to_string()));
+        self.special_tokens
+            .push((name.to_string(), content.to_string()));
         self
     }
     /// The Jinja source.
@@ -180,14 +187,22 @@ impl ChatTemplate {
             .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}))
             .collect();
         ctx.insert("messages".into(), Json::Array(msgs));
-        ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Json::Bool(add_generation_prompt),
+        );
         tmpl.render(Value::from_serialize(&ctx))
             .map_err(|e| anyhow!("chat template failed to render: {}", jinja_msg(&e)))
     }
 
     /// Byte range of each message's content in `text` (rendered from `chat`), or `None` for a
     /// message the template does not write.
-    fn locate(&self, chat: &Chat, add_generation_prompt: bool, text: &str) -> Result<Vec<Option<Range<usize>>>> {
+    fn locate(
+        &self,
+        chat: &Chat,
+        add_generation_prompt: bool,
+        text: &str,
+    ) -> Result<Vec<Option<Range<usize>>>> {
         if let Some(spans) = self.locate_by_skeleton(chat, add_generation_prompt, text) {
             return Ok(spans);
         }
@@ -215,7 +230,12 @@ impl ChatTemplate {
 
     /// Render the chat with each content replaced by a unique marker; the template text between
     /// markers then pins down where each real content sits. `None` if that does not line up.
-    fn locate_by_skeleton(&self, chat: &Chat, agp: bool, text: &str) -> Option<Vec<Option<Range<usize>>>> {
+    fn locate_by_skeleton(
+        &self,
+        chat: &Chat,
+        agp: bool,
+        text: &str,
+    ) -> Option<Vec<Option<Range<usize>>>> {
         let marker = |i: usize| format!("\u{E000}{i}\u{E001}");
         let mut skel = chat.clone();
         for (i, m) in skel.messages.iter_mut().enumerate() {
@@ -243,10 +263,13 @@ impl ChatTemplate {
             pos += lit.len();
             sk_pos = at + marker(i).len();
             let next_lit = &sk[sk_pos..found.get(k + 1).map_or(sk.len(), |f| f.0)];
-            let len = content_forms(&chat.messages[i].content).into_iter().find_map(|c| {
-                let rest = text.get(pos..)?;
-                (rest.starts_with(c) && rest[c.len()..].starts_with(next_lit)).then_some(c.len())
-            })?;
+            let len = content_forms(&chat.messages[i].content)
+                .into_iter()
+                .find_map(|c| {
+                    let rest = text.get(pos..)?;
+                    (rest.starts_with(c) && rest[c.len()..].starts_with(next_lit))
+                        .then_some(c.len())
+                })?;
             spans[i] = Some(pos..pos + len);
             pos += len;
         }
@@ -256,7 +279,14 @@ impl ChatTemplate {
 
 /// The forms a template may write a content in: as is, or stripped (`| trim`, `.strip('\n')`, ...).
 fn content_forms(c: &str) -> Vec<&str> {
-    let mut v = vec![c, c.trim(), c.trim_matches('\n'), c.trim_start_matches('\n'), c.trim_end(), c.trim_start()];
+    let mut v = vec![
+        c,
+        c.trim(),
+        c.trim_matches('\n'),
+        c.trim_start_matches('\n'),
+        c.trim_end(),
+        c.trim_start(),
+    ];
     v.dedup();
     let mut out = Vec::new();
     for x in v {
@@ -278,7 +308,10 @@ fn jinja_msg(e: &JinjaError) -> String {
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, JinjaError> {
-    Err(JinjaError::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
+    Err(JinjaError::new(
+        ErrorKind::InvalidOperation,
+        format!("raise_exception: {msg}"),
+    ))
 }
 
 /// `strftime_now(fmt)`: the current UTC time, formatted with the common `strftime` codes.
@@ -291,9 +324,29 @@ fn strftime_now(fmt: String) -> String {
 }
 
 fn strftime(fmt: &str, secs: i64) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -348,7 +401,13 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<String, JinjaErro
     Ok(out)
 }
 
-fn py_json(v: &Value, indent: Option<usize>, sort: bool, depth: usize, out: &mut String) -> std::result::Result<(), JinjaError> {
+fn py_json(
+    v: &Value,
+    indent: Option<usize>,
+    sort: bool,
+    depth: usize,
+    out: &mut String,
+) -> std::result::Result<(), JinjaError> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -361,11 +420,15 @@ fn py_json(v: &Value, indent: Option<usize>, sort: bool, depth: usize, out: &mut
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => match (i64::try_from(v.clone()), f64::try_from(v.clone())) {
             (Ok(i), _) if v.as_i64().is_some() => out.push_str(&i.to_string()),
-            (_, Ok(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 => out.push_str(&format!("{f:.1}")),
+            (_, Ok(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 => {
+                out.push_str(&format!("{f:.1}"))
+            }
             (_, Ok(f)) => out.push_str(&f.to_string()),
             _ => out.push_str(&v.to_string()),
         },
-        ValueKind::String => out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).unwrap_or_default()),
+        ValueKind::String => {
+            out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).unwrap_or_default())
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
             out.push('[');
@@ -392,7 +455,10 @@ fn py_json(v: &Value, indent: Option<usize>, sort: bool, depth: usize, out: &mut
                     out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                let key = k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string());
+                let key = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| k.to_string());
                 out.push_str(&serde_json::to_string(&key).unwrap_or_default());
                 out.push_str(": ");
                 py_json(&v.get_item(k)?, indent, sort, depth + 1, out)?;
@@ -449,13 +515,18 @@ impl FromStr for Position {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim();
-        let bad = || anyhow!("unknown position {s:?}: expected user_end, pre_assistant, prompt_last or assistant[k] with k >= 1");
+        let bad = || {
+            anyhow!("unknown position {s:?}: expected user_end, pre_assistant, prompt_last or assistant[k] with k >= 1")
+        };
         match t {
             "user_end" => Ok(Position::UserEnd),
             "pre_assistant" => Ok(Position::PreAssistant),
             "prompt_last" => Ok(Position::PromptLast),
             _ => {
-                let k = t.strip_prefix("assistant[").and_then(|r| r.strip_suffix(']')).ok_or_else(bad)?;
+                let k = t
+                    .strip_prefix("assistant[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .ok_or_else(bad)?;
                 match k.trim().parse::<usize>() {
                     Ok(k) if k >= 1 => Ok(Position::Assistant(k)),
                     _ => Err(bad()),
@@ -497,7 +568,12 @@ impl RenderedChat {
         self.messages
             .iter()
             .find(|m| m.index == index)
-            .ok_or_else(|| anyhow!("message {index} does not appear in the rendered chat ({} messages rendered)", self.messages.len()))
+            .ok_or_else(|| {
+                anyhow!(
+                    "message {index} does not appear in the rendered chat ({} messages rendered)",
+                    self.messages.len()
+                )
+            })
     }
 
     fn last_of(&self, role: Role) -> Option<&MessageSpan> {
@@ -521,14 +597,22 @@ impl RenderedChat {
     pub fn resolve(&self, pos: &Position) -> Result<Vec<usize>> {
         match *pos {
             Position::UserEnd => {
-                let m = self.last_of(Role::User).ok_or_else(|| anyhow!("user_end: the chat has no user message"))?;
+                let m = self
+                    .last_of(Role::User)
+                    .ok_or_else(|| anyhow!("user_end: the chat has no user message"))?;
                 if m.tokens.is_empty() {
-                    bail!("user_end: the last user message (message {}) has empty content", m.index);
+                    bail!(
+                        "user_end: the last user message (message {}) has empty content",
+                        m.index
+                    );
                 }
                 Ok(vec![m.tokens.end - 1])
             }
             Position::PreAssistant | Position::PromptLast => {
-                if *pos == Position::PreAssistant && self.target.is_none() && !self.add_generation_prompt {
+                if *pos == Position::PreAssistant
+                    && self.target.is_none()
+                    && !self.add_generation_prompt
+                {
                     bail!(
                         "pre_assistant: no assistant turn: render with add_generation_prompt = true or end the chat with an assistant message"
                     );
@@ -585,7 +669,11 @@ impl RenderedChat {
 
     /// `(index, decoded token)` for each token of a position, for notebooks.
     pub fn describe(&self, pos: &Position, tok: &Tokenizer) -> Result<Vec<(usize, String)>> {
-        Ok(self.resolve(pos)?.into_iter().map(|i| (i, tok.token_str(self.ids[i]))).collect())
+        Ok(self
+            .resolve(pos)?
+            .into_iter()
+            .map(|i| (i, tok.token_str(self.ids[i])))
+            .collect())
     }
 }
 
@@ -607,7 +695,8 @@ impl Tokenizer {
 
     /// Render `chat` to text with the model's template (HF `apply_chat_template(tokenize=False)`).
     pub fn apply_chat_template(&self, chat: &Chat, add_generation_prompt: bool) -> Result<String> {
-        self.chat_template_engine()?.render(chat, add_generation_prompt)
+        self.chat_template_engine()?
+            .render(chat, add_generation_prompt)
     }
 
     /// Render and tokenize `chat`, locating every message and the named positions.
@@ -615,16 +704,31 @@ impl Tokenizer {
         let tmpl = self.chat_template_engine()?;
         let text = tmpl.render(chat, add_generation_prompt)?;
         let spans = tmpl.locate(chat, add_generation_prompt, &text)?;
-        let (ids, offsets) = self.encode_with_offsets(&text).context("tokenizing the rendered chat")?;
-        let mut r = RenderedChat { text, ids, offsets, messages: Vec::new(), add_generation_prompt, target: None };
+        let (ids, offsets) = self
+            .encode_with_offsets(&text)
+            .context("tokenizing the rendered chat")?;
+        let mut r = RenderedChat {
+            text,
+            ids,
+            offsets,
+            messages: Vec::new(),
+            add_generation_prompt,
+            target: None,
+        };
         for (i, span) in spans.into_iter().enumerate() {
             if let Some(chars) = span {
                 let tokens = r.tokens_overlapping(chars.clone());
-                r.messages.push(MessageSpan { index: i, role: chat.messages[i].role, chars, tokens });
+                r.messages.push(MessageSpan {
+                    index: i,
+                    role: chat.messages[i].role,
+                    chars,
+                    tokens,
+                });
             }
         }
         let last = chat.messages.len().checked_sub(1);
-        if !add_generation_prompt && last.is_some_and(|l| chat.messages[l].role == Role::Assistant) {
+        if !add_generation_prompt && last.is_some_and(|l| chat.messages[l].role == Role::Assistant)
+        {
             let l = last.unwrap_or_default();
             let t = r.messages.iter().position(|m| m.index == l);
             if t.is_none() {
@@ -643,7 +747,13 @@ mod tests {
     #[test]
     fn strftime_known_date() {
         // 2024-07-26 13:05:09 UTC, a Friday.
-        assert_eq!(strftime("%d %b %Y %H:%M:%S %A %B %y %%", 1_722_000_000 - 1_722_000_000 % 86_400 + 47_109), "26 Jul 2024 13:05:09 Friday July 24 %");
+        assert_eq!(
+            strftime(
+                "%d %b %Y %H:%M:%S %A %B %y %%",
+                1_722_000_000 - 1_722_000_000 % 86_400 + 47_109
+            ),
+            "26 Jul 2024 13:05:09 Friday July 24 %"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ const END_OF_TURN_TOKENS: &[&str] = &[
     "<|END_OF_TURN_TOKEN|>",
 ];
 
+/// A `(start, end)` byte range in a text.
+pub type ByteSpan = (usize, usize);
+
 /// A text tokenizer plus the chat metadata of its model.
 ///
 /// `inner` is the underlying `tokenizers::Tokenizer` for anything not wrapped here.
@@ -63,13 +66,17 @@ impl std::fmt::Debug for Tokenizer {
 fn token_content(v: Option<&Json>) -> Option<String> {
     match v? {
         Json::String(s) => Some(s.clone()),
-        Json::Object(m) => m.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Json::Object(m) => m
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
 
 fn read_json(path: &Path) -> Result<Json> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing JSON in {}", path.display()))
 }
 
@@ -88,10 +95,16 @@ fn template_from_json(v: &Json, path: &Path) -> Result<Option<String>> {
             };
             match named(Some("default")).or_else(|| named(None)) {
                 Some(t) => Ok(Some(t)),
-                None => bail!("{}: `chat_template` is a list without any {{name, template}} entry", path.display()),
+                None => bail!(
+                    "{}: `chat_template` is a list without any {{name, template}} entry",
+                    path.display()
+                ),
             }
         }
-        other => bail!("{}: `chat_template` must be a string or a list, found {other}", path.display()),
+        other => bail!(
+            "{}: `chat_template` must be a string or a list, found {other}",
+            path.display()
+        ),
     }
 }
 
@@ -103,14 +116,21 @@ impl Tokenizer {
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
-            bail!("{} not found (expected a Hugging Face tokenizer directory)", tok_path.display());
+            bail!(
+                "{} not found (expected a Hugging Face tokenizer directory)",
+                tok_path.display()
+            );
         }
         let inner = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("loading {}", tok_path.display()))?;
 
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = if cfg_path.is_file() { read_json(&cfg_path)? } else { Json::Null };
+        let cfg = if cfg_path.is_file() {
+            read_json(&cfg_path)?
+        } else {
+            Json::Null
+        };
         let mut chat_template = match cfg.get("chat_template") {
             Some(v) => template_from_json(v, &cfg_path)?,
             None => None,
@@ -118,11 +138,14 @@ impl Tokenizer {
         let jinja = dir.join("chat_template.jinja");
         let tpl_json = dir.join("chat_template.json");
         if jinja.is_file() {
-            chat_template =
-                Some(std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?);
+            chat_template = Some(
+                std::fs::read_to_string(&jinja)
+                    .with_context(|| format!("reading {}", jinja.display()))?,
+            );
         } else if tpl_json.is_file() {
             let v = read_json(&tpl_json)?;
-            chat_template = template_from_json(v.get("chat_template").unwrap_or(&Json::Null), &tpl_json)?;
+            chat_template =
+                template_from_json(v.get("chat_template").unwrap_or(&Json::Null), &tpl_json)?;
         }
 
         let mut special_tokens = Vec::new();
@@ -135,11 +158,18 @@ impl Tokenizer {
             match special_tokens.iter().find(|(n, _)| n == name) {
                 None => Ok(None),
                 Some((_, content)) => inner.token_to_id(content).map(Some).ok_or_else(|| {
-                    anyhow!("{}: {name} {content:?} is not in the vocabulary of {}", cfg_path.display(), tok_path.display())
+                    anyhow!(
+                        "{}: {name} {content:?} is not in the vocabulary of {}",
+                        cfg_path.display(),
+                        tok_path.display()
+                    )
                 }),
             }
         };
-        let add_bos = cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(true);
+        let add_bos = cfg
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
         let bos = if add_bos { lookup("bos_token")? } else { None };
 
         let mut eos: Vec<u32> = lookup("eos_token")?.into_iter().collect();
@@ -149,8 +179,13 @@ impl Tokenizer {
             match gen.get("eos_token_id") {
                 None | Some(Json::Null) => {}
                 Some(Json::Number(n)) => eos.extend(n.as_u64().map(|x| x as u32)),
-                Some(Json::Array(xs)) => eos.extend(xs.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
-                Some(other) => bail!("{}: eos_token_id must be an int or a list, found {other}", gen_path.display()),
+                Some(Json::Array(xs)) => {
+                    eos.extend(xs.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+                }
+                Some(other) => bail!(
+                    "{}: eos_token_id must be an int or a list, found {other}",
+                    gen_path.display()
+                ),
             }
         }
         // End-of-turn markers the chat template writes are end-of-generation too.
@@ -161,7 +196,13 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(Self { inner, bos, eos: dedup(eos), chat_template, special_tokens })
+        Ok(Self {
+            inner,
+            bos,
+            eos: dedup(eos),
+            chat_template,
+            special_tokens,
+        })
     }
 
     /// Load from GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`) with candle's
@@ -193,7 +234,11 @@ impl Tokenizer {
         };
         let inner = fix_gguf_added_tokens(raw, &types).context("correcting GGUF added tokens")?;
 
-        let id_of = |key: &str| md.get(key).and_then(|v| gguf_u32(v).ok()).filter(|&i| (i as usize) < tokens.len());
+        let id_of = |key: &str| {
+            md.get(key)
+                .and_then(|v| gguf_u32(v).ok())
+                .filter(|&i| (i as usize) < tokens.len())
+        };
         let text_of = |id: u32| tokens[id as usize].clone();
         let mut special_tokens = Vec::new();
         for (name, key) in [
@@ -206,13 +251,24 @@ impl Tokenizer {
                 special_tokens.push((name.to_string(), text_of(id)));
             }
         }
-        let add_bos = md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-        let bos = if add_bos { id_of("tokenizer.ggml.bos_token_id") } else { None };
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        let bos = if add_bos {
+            id_of("tokenizer.ggml.bos_token_id")
+        } else {
+            None
+        };
 
-        let mut eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-            .iter()
-            .filter_map(|k| id_of(k))
-            .collect();
+        let mut eos: Vec<u32> = [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ]
+        .iter()
+        .filter_map(|k| id_of(k))
+        .collect();
         for (i, t) in tokens.iter().enumerate() {
             if types.get(i) == Some(&3) && END_OF_TURN_TOKENS.contains(&t.as_str()) {
                 eos.push(i as u32);
@@ -220,14 +276,26 @@ impl Tokenizer {
         }
         let chat_template = match md.get("tokenizer.chat_template") {
             None => None,
-            Some(v) => Some(v.to_string().map_err(|e| anyhow!("{e}")).context("tokenizer.chat_template is not a string")?.clone()),
+            Some(v) => Some(
+                v.to_string()
+                    .map_err(|e| anyhow!("{e}"))
+                    .context("tokenizer.chat_template is not a string")?
+                    .clone(),
+            ),
         };
-        Ok(Self { inner, bos, eos: dedup(eos), chat_template, special_tokens })
+        Ok(Self {
+            inner,
+            bos,
+            eos: dedup(eos),
+            chat_template,
+            special_tokens,
+        })
     }
 
     /// Open a `.gguf` file and load its tokenizer (see [`Tokenizer::from_gguf`]).
     pub fn from_gguf_file(path: &Path) -> Result<Self> {
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let ct = gguf_file::Content::read(&mut f)
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("reading GGUF header of {}", path.display()))?;
@@ -282,7 +350,7 @@ impl Tokenizer {
     }
 
     /// Like [`Tokenizer::encode`], also returning each token's byte range in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
         let enc = self
             .inner
             .encode(text, false)
@@ -294,9 +362,15 @@ impl Tokenizer {
     /// Decode ids to text; `skip_special` drops special tokens (BOS, `<|im_end|>`, ...).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         if let Some(bad) = ids.iter().find(|&&i| self.inner.id_to_token(i).is_none()) {
-            bail!("token id {bad} is not in the vocabulary (size {})", self.vocab_size());
+            bail!(
+                "token id {bad} is not in the vocabulary (size {})",
+                self.vocab_size()
+            );
         }
-        self.inner.decode(ids, skip_special).map_err(|e| anyhow!("{e}")).context("decoding token ids")
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| anyhow!("{e}"))
+            .context("decoding token ids")
     }
 
     /// Human-readable text of one token (decoded, special tokens kept), for tables and plots.
@@ -304,7 +378,10 @@ impl Tokenizer {
     pub fn token_str(&self, id: u32) -> String {
         match self.decode(&[id], false) {
             Ok(s) if !s.is_empty() => s,
-            _ => self.inner.id_to_token(id).unwrap_or_else(|| format!("<unknown id {id}>")),
+            _ => self
+                .inner
+                .id_to_token(id)
+                .unwrap_or_else(|| format!("<unknown id {id}>")),
         }
     }
 }
@@ -334,30 +411,39 @@ fn gguf_u32(v: &gguf_file::Value) -> Result<u32> {
     })
 }
 
-/// Rewrite the added-token table candle built (see [`Tokenizer::from_gguf`]) through the
-/// tokenizer's JSON form, the only way `tokenizers` offers to drop added tokens.
-fn fix_gguf_added_tokens(tok: tokenizers::Tokenizer, types: &[u32]) -> Result<tokenizers::Tokenizer> {
-    let needs_fix = tok
-        .get_added_tokens_decoder()
+/// Rebuild the tokenizer candle made (same model, normalizer, pre-tokenizer, post-processor,
+/// decoder) with HF's added-token table (see [`Tokenizer::from_gguf`]): `tokenizers` cannot
+/// remove added tokens in place.
+fn fix_gguf_added_tokens(
+    raw: tokenizers::Tokenizer,
+    types: &[u32],
+) -> Result<tokenizers::Tokenizer> {
+    let mut added: Vec<(u32, tokenizers::AddedToken)> =
+        raw.get_added_tokens_decoder().into_iter().collect();
+    let needs_fix = added
         .iter()
-        .any(|(id, t)| t.special && types.get(*id as usize).is_some_and(|ty| *ty == 4 || *ty == 5));
+        .any(|(id, t)| t.special && matches!(types.get(*id as usize), Some(4 | 5)));
     if !needs_fix {
-        return Ok(tok);
+        return Ok(raw);
     }
-    let mut json: Json = serde_json::from_str(&tok.to_string(false).map_err(|e| anyhow!("{e}"))?)?;
-    let added = json
-        .get_mut("added_tokens")
-        .and_then(|a| a.as_array_mut())
-        .context("tokenizer JSON has no added_tokens array")?;
-    added.retain(|t| {
-        let id = t.get("id").and_then(|i| i.as_u64()).unwrap_or(u64::MAX) as usize;
-        types.get(id) != Some(&5)
-    });
-    for t in added.iter_mut() {
-        let id = t.get("id").and_then(|i| i.as_u64()).unwrap_or(u64::MAX) as usize;
-        if types.get(id) == Some(&4) {
-            t["special"] = Json::Bool(false);
-        }
+    added.sort_by_key(|(id, _)| *id);
+    let mut tok = tokenizers::Tokenizer::new(raw.get_model().clone());
+    if let Some(n) = raw.get_normalizer() {
+        tok.with_normalizer(Some(n.clone()))
+            .map_err(|e| anyhow!("{e}"))?;
     }
-    tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json)?).map_err(|e| anyhow!("{e}"))
+    tok.with_pre_tokenizer(raw.get_pre_tokenizer().cloned());
+    tok.with_post_processor(raw.get_post_processor().cloned());
+    tok.with_decoder(raw.get_decoder().cloned());
+    for (id, t) in added {
+        let added_ok = match types.get(id as usize) {
+            Some(5) => continue,
+            Some(4) => {
+                tok.add_tokens([tokenizers::AddedToken::from(t.content, false).normalized(false)])
+            }
+            _ => tok.add_special_tokens([tokenizers::AddedToken::from(t.content, true)]),
+        };
+        added_ok.map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(tok)
 }
