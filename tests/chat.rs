@@ -461,6 +461,24 @@ fn hf_dir_config_variants() -> Result<()> {
     let r = tok.render_chat(&case.chat(), false)?;
     assert_eq!(Some(&r.ids), case.ids.as_ref());
 
+    // Without add_bos_token, BOS is used iff the post-processor prepends it (Gemma's does).
+    let no_flag = serde_json::json!({"bos_token": "<bos>", "eos_token": "<eos>"});
+    std::fs::write(dir.join("tokenizer_config.json"), no_flag.to_string())?;
+    assert_eq!(Tokenizer::from_hf_dir(&dir)?.bos_id(), Some(2));
+    std::fs::copy(
+        fixture_dir("llama3").join("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )?;
+    let no_flag = serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"});
+    std::fs::write(dir.join("tokenizer_config.json"), no_flag.to_string())?;
+    assert_eq!(
+        Tokenizer::from_hf_dir(&dir)?.bos_id(),
+        None,
+        "this Llama-3 tokenizer.json adds no BOS"
+    );
+    std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json"))?;
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string())?;
+
     std::fs::write(
         dir.join("chat_template.jinja"),
         "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",

@@ -15,7 +15,9 @@
 //! minijinja-contrib's pycompat, and the globals HF adds (`raise_exception`, `strftime_now`, and a
 //! `tojson` that prints like Python's `json.dumps(ensure_ascii=False)`). The rendered text is
 //! tokenized without adding special tokens, as HF does, so a template that writes its own BOS
-//! (Llama-3, Gemma) yields exactly one BOS.
+//! (Llama-3, Gemma) yields exactly one BOS. One known difference: maps passed with [`Chat::var`]
+//! (e.g. tool schemas) are iterated in sorted key order, so their `tojson` may order keys
+//! differently from Python.
 //!
 //! # Positions and the boundary rule
 //! Each message's content is located in the rendered text (byte range `chars`), and its tokens

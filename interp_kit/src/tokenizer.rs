@@ -113,6 +113,9 @@ impl Tokenizer {
     /// (special tokens, `chat_template` as a string or a list of `{name, template}`, `add_bos_token`),
     /// optional `chat_template.jinja` / `chat_template.json` (take precedence, as in transformers) and
     /// optional `generation_config.json` (`eos_token_id`, an int or a list).
+    ///
+    /// [`Tokenizer::bos_id`] is `bos_token` when `add_bos_token` is true or, without that key,
+    /// when `tokenizer.json`'s post-processor prepends it (Llama-3, Gemma; not GPT-2).
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
@@ -166,11 +169,17 @@ impl Tokenizer {
                 }),
             }
         };
-        let add_bos = cfg
-            .get("add_bos_token")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(true);
-        let bos = if add_bos { lookup("bos_token")? } else { None };
+        // BOS is used if the config says so, else if the tokenizer's post-processor prepends it.
+        let bos_token = lookup("bos_token")?;
+        let add_bos = match cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
+            Some(b) => b,
+            None => bos_token.is_some_and(|b| {
+                inner
+                    .encode("a", true)
+                    .is_ok_and(|e| e.get_ids().first() == Some(&b))
+            }),
+        };
+        let bos = if add_bos { bos_token } else { None };
 
         let mut eos: Vec<u32> = lookup("eos_token")?.into_iter().collect();
         let gen_path = dir.join("generation_config.json");
