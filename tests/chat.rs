@@ -396,6 +396,18 @@ fn bad_input_errors_name_the_problem() {
         .contains("4000000"));
     assert_eq!(tok.token_str(4_000_000), "<unknown id 4000000>");
 
+    // Qwen3 rebuilds `<think>..</think>` in an assistant content: found when the rebuilt text is
+    // verbatim the content, else an error naming the message.
+    let verbatim = "<think>\nhmm\n</think>\n\nHello!";
+    let r = tok
+        .render_chat(&Chat::new().user("Hi").assistant(verbatim), false)
+        .unwrap();
+    assert_eq!(&r.text[r.message(1).unwrap().chars.clone()], verbatim);
+    let thinking = Chat::new().user("Hi").assistant("<think>hmm</think>Hello!");
+    let err = format!("{:#}", tok.render_chat(&thinking, false).unwrap_err());
+    assert!(err.contains("message 1 (assistant)"), "{err}");
+    assert!(tok.apply_chat_template(&thinking, false).is_ok());
+
     tok.set_chat_template(None);
     let err = format!("{:#}", tok.render_chat(&chat, true).unwrap_err());
     assert!(err.contains("no chat template"), "{err}");

@@ -25,6 +25,10 @@
 //! a boundary (e.g. `"\n\n"` made of the template's `\n` and a content's leading `\n`) therefore
 //! belongs to the content; the token before a content span consists of template text only.
 //!
+//! A content the template rewrites beyond trimming (e.g. Qwen3 re-spacing `<think>hmm</think>`
+//! as `<think>\nhmm\n</think>\n\n`) cannot be located: `render_chat` then errors naming the
+//! message (`apply_chat_template` still renders it).
+//!
 //! The *target assistant turn* is the generation prompt when rendered with
 //! `add_generation_prompt = true`, else the last message if it is an assistant message
 //! (teacher forcing).
