@@ -2,6 +2,7 @@
 //!
 //! Layers, bottom to top: `model` (weights, hooked forward, KV cache, gradients),
 //! `tokenizer`/`chat` (templates and named positions), analysis modules, results.
+pub mod chat;
 pub mod device;
 pub mod generate;
 pub mod grad;
