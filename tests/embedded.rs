@@ -54,3 +54,14 @@ fn embedded_quantized_matches_transformers_greedy() {
     let Some(model) = common::embedded() else { return };
     check_against_reference(&model, &reference(), 5e-2, 2e-2);
 }
+
+/// The kit's own chat rendering gives the prompt ids transformers used (default system prompt
+/// inserted by the Qwen2.5 template).
+#[test]
+fn embedded_chat_prompt_matches_transformers() {
+    let Some(model) = common::embedded() else { return };
+    let r = reference();
+    let chat = interp_kit::chat::Chat::new().user("What is 2+3?");
+    let rendered = model.tok().unwrap().render_chat(&chat, true).unwrap();
+    assert_eq!(rendered.ids, r.prompt_ids);
+}

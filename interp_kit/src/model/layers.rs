@@ -115,6 +115,10 @@ impl Weight {
     }
 }
 
+/// From this many rows (tokens x batch) on, a quantized linear layer multiplies with a
+/// transient dequantized copy of its weight (gemm) instead of quantized dot products.
+pub const DENSE_MIN_ROWS: usize = 16;
+
 /// A linear layer with optional bias.
 pub struct Linear {
     pub weight: Weight,
@@ -134,10 +138,21 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
         let run = || -> Result<Tensor> {
             Ok(match (&self.weight, grad) {
-            (Weight::Quant { dense: _, .. }, false) if dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
-            (Weight::Quant { qmm, .. }, false) => {
-                let dt = x.dtype();
-                qmm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?
+            (Weight::Quant { .. }, false) if dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
+            (Weight::Quant { qmm, q, dense: cached, dtype }, false) => {
+                let rows = x.elem_count() / self.in_dim().max(1);
+                if rows >= DENSE_MIN_ROWS {
+                    // Prefill: candle's quantized matmul re-reads every weight row per token;
+                    // a transient f32 copy and a tiled gemm are several times faster.
+                    let w = match cached.get() {
+                        Some(w) => w.clone(),
+                        None => q.dequantize(&q.device())?.to_dtype(*dtype)?,
+                    };
+                    x.broadcast_matmul(&w.t()?)?
+                } else {
+                    let dt = x.dtype();
+                    qmm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?
+                }
             }
             (w, true) => frozen_matmul(x, w.dense()?)?,
             (Weight::Dense(w), false) => x.broadcast_matmul(&w.t()?)?,
