@@ -2,7 +2,7 @@
 //!
 //! `dL/dh` at a hook point is read by adding a zero `Var` to the activation there (candle keeps
 //! gradients only for `Var`s). Base weights are frozen: no weight gradient is computed.
-use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Positions};
+use crate::hooks::{ActivationCache, HookPoint, Hooks, Positions};
 use crate::model::Model;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
@@ -98,8 +98,7 @@ impl Model {
                 Ok(g) => g.clone(),
                 Err(_) => var.as_tensor().zeros_like()?,
             };
-            let hc = HookCtx { point: *p, phase: ctx.phase, token_index: &ctx.token_index, device: &self.device, dtype: g.dtype() };
-            let sel = hc.select(&positions)?;
+            let sel = ctx.hook_ctx(*p, g.dtype()).select(&positions)?;
             let (rows, idx) = crate::model::forward::gather_rows(&g, &sel)?;
             out.insert(*p, rows, idx);
         }

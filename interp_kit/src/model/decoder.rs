@@ -50,6 +50,10 @@ impl Block for DecoderBlock {
 /// What differs between Llama-family configs, in HF weight-name terms.
 #[derive(Clone, Debug)]
 pub struct LlamaSpec {
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,

@@ -121,6 +121,11 @@ impl<'a> FwdCtx<'a> {
         Ok(mask)
     }
 
+    /// What a hook at `point` sees of this call.
+    pub fn hook_ctx(&self, point: HookPoint, dtype: DType) -> HookCtx<'_> {
+        HookCtx { point, phase: self.phase, token_index: &self.token_index, device: &self.device, dtype }
+    }
+
     /// Runs the hooks registered at `point` on `x`: writes (in order, if their phase matches),
     /// then the gradient tap, then reads.
     pub fn hook(&mut self, point: HookPoint, mut x: Tensor) -> Result<Tensor> {
@@ -132,14 +137,7 @@ impl<'a> FwdCtx<'a> {
             if *p != point || !phase.includes(self.phase) {
                 continue;
             }
-            let hc = HookCtx {
-                point,
-                phase: self.phase,
-                token_index: &self.token_index,
-                device: &self.device,
-                dtype: x.dtype(),
-            };
-            let y = f(&x, &hc).with_context(|| format!("write hook at {point}"))?;
+            let y = f(&x, &self.hook_ctx(point, x.dtype())).with_context(|| format!("write hook at {point}"))?;
             ensure!(
                 y.dims() == x.dims(),
                 "write hook at {point} returned shape {:?}, expected {:?}",
@@ -157,14 +155,7 @@ impl<'a> FwdCtx<'a> {
             if *p != point {
                 continue;
             }
-            let hc = HookCtx {
-                point,
-                phase: self.phase,
-                token_index: &self.token_index,
-                device: &self.device,
-                dtype: x.dtype(),
-            };
-            let sel = hc.select(pos)?;
+            let sel = self.hook_ctx(point, x.dtype()).select(pos)?;
             let (rows, idx) = gather_rows(&x, &sel)?;
             self.activations.insert(point, rows, idx);
         }

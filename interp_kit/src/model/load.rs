@@ -254,3 +254,31 @@ pub fn q5_0_to_q8_0(q: candle_core::quantized::QTensor, device: &Device) -> Resu
     let dims = q.shape().dims().to_vec();
     Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &dst, dims, device)?)
 }
+
+/// The hyper-parameters every llama.cpp decoder writes as `{arch}.*` metadata.
+pub struct GgufHparams {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+}
+
+impl GgufHparams {
+    pub fn read(md: &std::collections::HashMap<String, gguf_file::Value>, arch: &str) -> Result<Self> {
+        let k = |s: &str| format!("{arch}.{s}");
+        Ok(Self {
+            hidden_size: md_usize(md, &k("embedding_length"))?,
+            intermediate_size: md_usize(md, &k("feed_forward_length"))?,
+            num_hidden_layers: md_usize(md, &k("block_count"))?,
+            num_attention_heads: md_usize(md, &k("attention.head_count"))?,
+            num_key_value_heads: md_usize(md, &k("attention.head_count_kv"))?,
+            max_position_embeddings: md_usize(md, &k("context_length"))?,
+            rope_theta: md_f64(md, &k("rope.freq_base"))?,
+            rms_norm_eps: md_f64(md, &k("attention.layer_norm_rms_epsilon"))?,
+        })
+    }
+}

@@ -175,14 +175,12 @@ pub(crate) struct Parts {
 fn llama_parts(
     arch: &str,
     spec: &decoder::LlamaSpec,
-    vocab_size: usize,
-    max_pos: usize,
-    theta: f64,
-    tied: bool,
     w: &dyn Weights,
     device: &Device,
     dtype: DType,
 ) -> Result<Parts> {
+    let (vocab_size, max_pos, theta, tied) =
+        (spec.vocab_size, spec.max_position_embeddings, spec.rope_theta, spec.tie_word_embeddings);
     let embed = w.dense("model.embed_tokens.weight")?;
     ensure!(
         embed.dims() == [vocab_size, spec.hidden_size],
@@ -258,40 +256,15 @@ impl Model {
         );
         let w = SafetensorsWeights::from_dir(dir, device, dtype)?;
         let parse = |e: serde_json::Error| anyhow::anyhow!("{}: {e}", cfg_path.display());
-        let parts = match arch.as_str() {
-            "qwen2" => {
-                let c: qwen2::Config = serde_json::from_value(v.clone()).map_err(parse)?;
-                llama_parts(
-                    "qwen2",
-                    &c.spec(),
-                    c.vocab_size,
-                    c.max_position_embeddings,
-                    c.rope_theta,
-                    c.tie_word_embeddings,
-                    &w,
-                    device,
-                    dtype,
-                )?
-            }
-            "qwen3" => {
-                let c: qwen3::Config = serde_json::from_value(v.clone()).map_err(parse)?;
-                llama_parts(
-                    "qwen3",
-                    &c.spec(),
-                    c.vocab_size,
-                    c.max_position_embeddings,
-                    c.rope_theta,
-                    c.tie_word_embeddings,
-                    &w,
-                    device,
-                    dtype,
-                )?
-            }
+        let spec = match arch.as_str() {
+            "qwen2" => serde_json::from_value::<qwen2::Config>(v.clone()).map_err(parse)?.spec(),
+            "qwen3" => serde_json::from_value::<qwen3::Config>(v.clone()).map_err(parse)?.spec(),
             other => bail!(
                 "{}: unknown architecture (model_type) {other:?}; this build supports {ARCHITECTURES:?}",
                 cfg_path.display()
             ),
         };
+        let parts = llama_parts(&arch, &spec, &w, device, dtype)?;
         let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_hf_dir(dir)?) } else { None };
         Ok(Self::assemble(parts, tokenizer, device, dtype, dir.display().to_string()))
     }
@@ -313,20 +286,16 @@ impl Model {
             .shape
             .dims()[0];
         let tied = !w.content.tensor_infos.contains_key("output.weight");
-        let mut parts = match arch.as_str() {
-            "qwen2" => {
-                let c = qwen2::Config::from_gguf(md, vocab, tied).with_context(|| path.display().to_string())?;
-                llama_parts("qwen2", &c.spec(), vocab, c.max_position_embeddings, c.rope_theta, tied, &w, device, dtype)?
-            }
-            "qwen3" => {
-                let c = qwen3::Config::from_gguf(md, vocab, tied).with_context(|| path.display().to_string())?;
-                llama_parts("qwen3", &c.spec(), vocab, c.max_position_embeddings, c.rope_theta, tied, &w, device, dtype)?
-            }
+        let ctx = || path.display().to_string();
+        let spec = match arch.as_str() {
+            "qwen2" => qwen2::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(),
+            "qwen3" => qwen3::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(),
             other => bail!(
                 "{}: unknown GGUF architecture {other:?}; this build supports {ARCHITECTURES:?}",
                 path.display()
             ),
         };
+        let mut parts = llama_parts(&arch, &spec, &w, device, dtype)?;
         parts.info.quantized = true;
         let tokenizer = Some(Tokenizer::from_gguf(&w.content).with_context(|| format!("{}: tokenizer", path.display()))?);
         Ok(Self::assemble(parts, tokenizer, device, dtype, path.display().to_string()))

@@ -1,7 +1,7 @@
 //! Qwen3: Llama-style decoder with per-head RMSNorm on q and k, explicit head_dim, no biases.
 use super::decoder::LlamaSpec;
 use super::layers::Act;
-use super::load::{md_f64, md_usize};
+use super::load::{md_usize, GgufHparams};
 use super::qwen2::{default_eps, default_max_pos, default_theta};
 use anyhow::Result;
 use candle_core::quantized::gguf_file::Value;
@@ -34,18 +34,18 @@ pub struct Config {
 impl Config {
     /// From llama.cpp metadata (`qwen3.*` keys).
     pub fn from_gguf(md: &HashMap<String, Value>, vocab_size: usize, tied: bool) -> Result<Self> {
-        let a = "qwen3";
+        let h = GgufHparams::read(md, "qwen3")?;
         Ok(Self {
             vocab_size,
-            hidden_size: md_usize(md, &format!("{a}.embedding_length"))?,
-            intermediate_size: md_usize(md, &format!("{a}.feed_forward_length"))?,
-            num_hidden_layers: md_usize(md, &format!("{a}.block_count"))?,
-            num_attention_heads: md_usize(md, &format!("{a}.attention.head_count"))?,
-            num_key_value_heads: md_usize(md, &format!("{a}.attention.head_count_kv"))?,
-            head_dim: md_usize(md, &format!("{a}.attention.key_length")).ok(),
-            max_position_embeddings: md_usize(md, &format!("{a}.context_length"))?,
-            rope_theta: md_f64(md, &format!("{a}.rope.freq_base"))?,
-            rms_norm_eps: md_f64(md, &format!("{a}.attention.layer_norm_rms_epsilon"))?,
+            hidden_size: h.hidden_size,
+            intermediate_size: h.intermediate_size,
+            num_hidden_layers: h.num_hidden_layers,
+            num_attention_heads: h.num_attention_heads,
+            num_key_value_heads: h.num_key_value_heads,
+            head_dim: md_usize(md, "qwen3.attention.key_length").ok(),
+            max_position_embeddings: h.max_position_embeddings,
+            rope_theta: h.rope_theta,
+            rms_norm_eps: h.rms_norm_eps,
             tie_word_embeddings: tied,
             attention_bias: false,
         })
@@ -54,6 +54,10 @@ impl Config {
     pub fn spec(&self) -> LlamaSpec {
         let head_dim = self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads);
         LlamaSpec {
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.max_position_embeddings,
+            rope_theta: self.rope_theta,
+            tie_word_embeddings: self.tie_word_embeddings,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
             num_hidden_layers: self.num_hidden_layers,
