@@ -105,6 +105,8 @@ def use_cuda_feature(nb, rel: str) -> None:
             if m and "features" not in m.group(2):
                 lines[j] = f'{m.group(1)}{m.group(2).rstrip().rstrip(",")}, features = ["cuda"] }}'
                 log(f"  note: --device cuda: cell {i} of {rel} now reads: {lines[j].strip()}")
+            elif m and '"cuda"' not in m.group(2):
+                log(f"  warning: --device cuda: cell {i} of {rel} sets interp_kit's features without \"cuda\"")
         cell.source = "\n".join(lines)
 
 

@@ -93,4 +93,5 @@ say "kernel rust: $KERNEL_DIR"
 # 4. The embedded default model.
 model=$(INTERP_KIT_CACHE="$CACHE" "$ROOT/scripts/fetch_model.sh") || die "scripts/fetch_model.sh failed (see above)"
 say "model: $model"
-say "done. Run notebooks with scripts/run_notebooks.sh, or interactively: $VENV/bin/jupyter ... (kernel: rust)"
+say "done. Headless: scripts/run_notebooks.sh --all. Interactive (not installed here):"
+say "  $VENV/bin/pip install jupyterlab && $VENV/bin/jupyter lab   # kernel \"Rust\" (rust)"
