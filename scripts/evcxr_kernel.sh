@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Launcher of the Jupyter kernel `rust` (evcxr_jupyter). scripts/setup.sh copies it into the kernelspec
+# and its kernel.json sets INTERP_KIT_CACHE and EVCXR_JUPYTER; Jupyter runs it with the notebook's
+# folder as working directory.
+#
+# evcxr keeps its build (generated crate + cargo target dir) in EVCXR_TMPDIR. This launcher gives it
+# a persistent one, $INTERP_KIT_CACHE/evcxr/slot-N: the first slot that no running kernel holds (a
+# flock held for the kernel's lifetime). A lone kernel, like the headless runner's, therefore always
+# gets slot-0 and reuses the dependencies compiled there; two kernels at once never share a build dir.
+set -euo pipefail
+: "${INTERP_KIT_CACHE:?is set in the kernelspec by scripts/setup.sh}"
+: "${EVCXR_JUPYTER:?is set in the kernelspec by scripts/setup.sh}"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"   # evcxr runs cargo and rustc
+
+# evcxr loads each cell's code as a shared object linked against the toolchain's shared libstd, found
+# through a relative rpath. That rpath is computed for target/*/debug/deps/ but evcxr loads the file
+# from target/*/debug/, which only works when the build dir and the toolchain share no parent folder
+# but / (e.g. /tmp vs ~/.rustup). Ours are both under $HOME ("dlopen failed"), so tell the loader.
+sysroot=$(rustc --print sysroot)
+host=$(rustc -vV | sed -n 's/^host: //p')
+export LD_LIBRARY_PATH="$sysroot/lib/rustlib/$host/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+for n in 0 1 2 3 4 5 6 7; do
+  slot="$INTERP_KIT_CACHE/evcxr/slot-$n"
+  mkdir -p "$slot"
+  exec 9>>"$slot.lock"
+  if flock -n 9; then
+    # Start from the workspace's Cargo.lock (when the runner says where the clone is), so the
+    # notebooks build the same dependency versions as `cargo test`.
+    if [ -n "${INTERP_KIT_ROOT:-}" ] && [ -f "$INTERP_KIT_ROOT/Cargo.lock" ]; then
+      cp "$INTERP_KIT_ROOT/Cargo.lock" "$slot/Cargo.lock"
+    fi
+    export EVCXR_TMPDIR="$slot"
+    exec "$EVCXR_JUPYTER" "$@"   # fd 9, and so the slot's lock, stays open until the kernel exits
+  fi
+done
+echo "rust kernel: all 8 evcxr build slots under $INTERP_KIT_CACHE/evcxr are in use" >&2
+exit 1
