@@ -20,6 +20,12 @@ sysroot=$(rustc --print sysroot)
 host=$(rustc -vV | sed -n 's/^host: //p')
 export LD_LIBRARY_PATH="$sysroot/lib/rustlib/$host/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+# evcxr passes RUSTFLAGS=-Cprefer-dynamic to cargo; CARGO_ENCODED_RUSTFLAGS takes precedence, so
+# it repeats that flag and adds -Ctarget-cpu=native: candle picks its AVX2/FMA quantized kernels at
+# compile time (the workspace's .cargo/config.toml does the same for plain cargo builds).
+# scripts/test.sh uses the same flags so that tests and notebooks share one dependency build.
+export CARGO_ENCODED_RUSTFLAGS=$'-Cprefer-dynamic\x1f-Ctarget-cpu=native'
+
 for n in 0 1 2 3 4 5 6 7; do
   slot="$INTERP_KIT_CACHE/evcxr/slot-$n"
   mkdir -p "$slot"

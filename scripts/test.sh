@@ -21,19 +21,17 @@ export INTERP_KIT_CACHE
 
 # One build of the dependencies for the tests and the notebooks: the tests build in the target dir of
 # the notebook kernel's first evcxr slot (scripts/evcxr_kernel.sh) with the flags evcxr 0.22 gives
-# cargo there (RUSTFLAGS, --target; lld's flag when evcxr would pick lld), and Cargo.toml's
+# cargo there (--target, and the flags scripts/evcxr_kernel.sh sets: evcxr's -Cprefer-dynamic plus
+# -Ctarget-cpu=native, without which candle's quantized kernels run scalar code), and Cargo.toml's
 # [profile.dev] copies the profile evcxr generates. On a fresh 2-core machine that saves a whole
 # dependency build. scripts/check_shared_build.py says when the sharing breaks.
 HOST=$(rustc -vV | sed -n 's/^host: //p')
-EVCXR_RUSTFLAGS=-Cprefer-dynamic
-if ! command -v mold >/dev/null && command -v lld >/dev/null; then
-  EVCXR_RUSTFLAGS+=" -Clink-arg=-fuse-ld=lld"
-fi
+KIT_RUSTFLAGS=$'-Cprefer-dynamic\x1f-Ctarget-cpu=native'   # keep equal to scripts/evcxr_kernel.sh
 EVCXR_TARGET_DIR=$INTERP_KIT_CACHE/evcxr/slot-0/target
 
 # Notebooks executed headlessly as tests (paths relative to the repository root).
 NOTEBOOKS=(
-  notebooks/placeholder/00_placeholder_load_kit.ipynb
+  notebooks/inoculation_caps/00_smoke_positions.ipynb
 )
 
 summary=() n_ok=0
@@ -60,7 +58,7 @@ stage() {  # stage NAME COMMAND...: runs and times one stage; a failure ends the
 }
 
 stage setup scripts/setup.sh
-stage cargo env RUSTFLAGS="$EVCXR_RUSTFLAGS" CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
+stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
   cargo test --workspace --locked --target "$HOST"
 stage runner scripts/test_runner.sh
 stage notebooks scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
