@@ -16,9 +16,9 @@ goes to <name>.failed.ipynb, the failing cell's index, source and error are prin
 status is 1 (2 for usage errors).
 
 A cell fails when the kernel reports an error (a compile error, a crashed process) or when it prints
-a Rust panic: evcxr catches panics, prints them and reports success, so the runner checks stderr.
-evcxr also only prints the error of a `?` at a cell's top level and carries on: the runner cannot
-tell that from other stderr output, so steps that must succeed use .unwrap() / .expect().
+a Rust panic, or when it writes anything to stderr: evcxr catches panics and the errors of a `?` at a
+cell's top level, prints them to stderr and reports success, so the runner checks stderr. A cell whose
+stderr output is expected (progress bars, warnings) carries the tag `allow-stderr`.
 
 --device cuda also makes the run load interp_kit with its `cuda` feature: a `:dep interp_kit = {..}`
 line without `features` gets `features = ["cuda"]` in the executed copy (the run says so).
@@ -111,8 +111,8 @@ def use_cuda_feature(nb, rel: str) -> None:
 
 
 class CellPanicked(Exception):
-    """A cell printed a Rust panic. evcxr (with its default :preserve_vars_on_panic 1) catches panics
-    in a cell's code, prints them to stderr and reports success, so the runner checks for them."""
+    """A cell printed a Rust panic or a `?` error. evcxr (with its default :preserve_vars_on_panic 1)
+    catches both, prints them to stderr and reports success, so the runner checks for them."""
 
 
 class Client(NotebookClient):
@@ -135,6 +135,10 @@ class Client(NotebookClient):
         m = PANIC.search(stderr)
         if m:  # evcxr catches the panic and replies "ok": make it fail the cell here
             raise CellPanicked("\n".join(stderr[m.start():].split("\n")[:12]))
+        if stderr.strip() and "allow-stderr" not in cell.get("metadata", {}).get("tags", []):
+            # evcxr prints a top-level `?` error to stderr and replies "ok" as well.
+            raise CellPanicked("the cell wrote to stderr (a `?` error?); tag it allow-stderr if that is expected:\n"
+                               + "\n".join(stderr.strip().split("\n")[:12]))
         log(f"  cell {cell_index}: done in {time.monotonic() - self.t0:.1f} s")
 
     def output(self, outs, msg, display_id, cell_index):
@@ -161,7 +165,7 @@ def report_failure(nb, index: int | None, err: BaseException, rel: str) -> None:
     elif isinstance(err, DeadKernelError):
         log("  error: the kernel died while running this cell")
     elif isinstance(err, CellPanicked):
-        log("  error: the cell panicked:")
+        log("  error: the cell panicked or returned an error:")
         for line in str(err).split("\n"):
             log(f"    ! {line}")
         return

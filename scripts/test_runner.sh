@@ -3,6 +3,7 @@
 #   pass.ipynb                      -> exit 0 and an executed copy with the cell's output
 #   fail_panic.ipynb pass.ipynb     -> exit 1, names cell 2 and its panic, runs neither cell 3 nor pass.ipynb
 #   fail_compile.ipynb              -> exit 1, names cell 2 and its compile error
+#   fail_question_mark.ipynb        -> exit 1, names cell 2 and the error its `?` returned
 # Needs scripts/setup.sh to have run.
 #
 #   scripts/test_runner.sh
@@ -47,6 +48,12 @@ check "compile error: exit non-zero" test "$(rc compile)" != 0
 check "compile error: names cell 2" has compile "failing cell: index 2"
 check "compile error: shows rustc's error" has compile "mismatched types"
 check "compile error: later cell not run" bash -c "! grep -qF MUST-NOT-RUN '$tmp/compile.log'"
+
+run qmark "$FX/fail_question_mark.ipynb"
+check "? error: exit non-zero" test "$(rc qmark)" != 0
+check "? error: names cell 2" has qmark "failing cell: index 2"
+check "? error: shows the error" has qmark "invalid digit"
+check "? error: later cell not run" bash -c "! grep -qF MUST-NOT-RUN '$tmp/qmark.log'"
 
 echo "runner tests: $passed passed, $failed failed"
 [ "$failed" = 0 ]
