@@ -1,0 +1,179 @@
+"""Merge the JSON of the Rust bench and of the peer benches into one markdown table, with the
+ratios that BENCHMARKS.md's targets are stated in. Standard library only.
+
+    python3 scripts/bench_table.py --rust ik.json [--transformers tf.json] [--llamacpp lc.json] \
+        [--out results/bench/DATE.md] [--note "free text for the header"]
+
+--rust is the flat {workload: value} map of `cargo run --release --example bench -- --json`;
+the peer files are those of scripts/bench_peers.py. A missing file or row shows as "—".
+Targets: forward (64 and 256 tokens) >= 1.5x faster than transformers; forward+backward
+>= 1.5x faster than transformers; decode batch 1 within 2x of llama.cpp; decode batch 8
+aggregate >= 3x transformers; load < 5 s; inference peak RSS < 1.5 GiB; LoRA step >= 1.5x
+faster than PEFT (n/a while the Rust bench has no LoRA row).
+"""
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+FWD64, FWD256 = "forward, 64 tokens", "forward, 256 tokens"
+DEC1, DEC8 = "decode, batch 1 (aggregate)", "decode, batch 8 (aggregate)"
+GRAD = "forward+backward, 100 tokens, dL/dh at 3 layers"
+RSS_INF, RSS_GRAD = "peak RSS, inference path", "peak RSS, after gradient path"
+# The Rust bench may name its LoRA row either way; the peer script uses the first.
+LORA_KEYS = ["LoRA step, r=16 q_proj+v_proj, batch 4 x 64 tokens, AdamW", "LoRA step"]
+
+# (row label, key, unit)
+ROWS = [
+    ("load (model + tokenizer)", "load", "s"),
+    ("forward, 64 tokens, last-position logits", FWD64, "s"),
+    ("forward, 256 tokens, last-position logits", FWD256, "s"),
+    ("decode, batch 1 (16-token prompt, 32 steps, KV cache)", DEC1, "tok/s"),
+    ("decode, batch 8, aggregate", DEC8, "tok/s"),
+    ("forward+backward, 100 tokens, dL/dh at 3 layers", GRAD, "s"),
+    ("peak RSS, inference path", RSS_INF, "MiB"),
+    ("peak RSS, after gradient path", RSS_GRAD, "MiB"),
+    ("LoRA step (r=16, q+v, 4 x 64 tokens, AdamW)", "LORA", "s"),
+]
+
+
+def load(path):
+    if not path or not Path(path).is_file():
+        return None
+    return json.loads(Path(path).read_text())
+
+
+def get(rows, key):
+    if rows is None:
+        return None
+    if key == "LORA":
+        for k in LORA_KEYS:
+            if rows.get(k) is not None:
+                return rows[k]
+        return None
+    return rows.get(key)
+
+
+def fmt(v, unit):
+    if v is None:
+        return "—"
+    if unit == "MiB":
+        return f"{v:.0f} MiB"
+    if unit == "tok/s":
+        return f"{v:.1f} tok/s"
+    return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+
+
+def verdict(ok):
+    return "✅" if ok else "❌"
+
+
+def ratio_cell(key, ik, tf, lc):
+    """The ratio the target for this row is stated in, and whether it is met."""
+    if key in (FWD64, FWD256, GRAD, "LORA"):
+        what = "PEFT" if key == "LORA" else "transformers"
+        if ik is None:
+            return f"n/a (target ≥ 1.5x faster than {what})"
+        if tf is None:
+            return f"— (no {what} number)"
+        r = tf / ik
+        return f"{r:.2f}x faster than {what} (target ≥ 1.5x) {verdict(r >= 1.5)}"
+    if key == DEC1:
+        if ik is None or lc is None:
+            return "— (target: within 2x of llama.cpp)"
+        r = lc / ik  # how many times slower than llama.cpp
+        rel = f"{r:.2f}x slower than" if r >= 1 else f"{1 / r:.2f}x faster than"
+        return f"{rel} llama.cpp (target within 2x) {verdict(r <= 2.0)}"
+    if key == DEC8:
+        if ik is None or tf is None:
+            return "— (target ≥ 3x transformers)"
+        r = ik / tf
+        return f"{r:.2f}x transformers (target ≥ 3x) {verdict(r >= 3.0)}"
+    if key == "load":
+        if ik is None:
+            return "— (target < 5 s)"
+        return f"{ik:.2f} s (target < 5 s) {verdict(ik < 5.0)}"
+    if key == RSS_INF:
+        if ik is None:
+            return "— (target < 1.5 GiB)"
+        return f"{ik / 1024:.2f} GiB (target < 1.5 GiB) {verdict(ik < 1536.0)}"
+    return "(no target)"
+
+
+def git_rev(root):
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except Exception:
+        return "?"
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rust", required=True)
+    ap.add_argument("--transformers")
+    ap.add_argument("--llamacpp")
+    ap.add_argument("--out")
+    ap.add_argument("--note", default="")
+    a = ap.parse_args()
+    ik_doc = load(a.rust)
+    tf_doc, lc_doc = load(a.transformers), load(a.llamacpp)
+    ik = ik_doc.get("rows", ik_doc) if isinstance(ik_doc, dict) else None
+    tf = tf_doc["rows"] if tf_doc else None
+    lc = lc_doc["rows"] if lc_doc else None
+
+    root = Path(__file__).resolve().parent.parent
+    lines = [f"# Benchmarks, {datetime.date.today().isoformat()}", ""]
+    lines.append(f"- machine: {cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores visible; every implementation on 2 threads, CPU")
+    lines.append(f"- interp_kit: commit {git_rev(root)}, `cargo run --release --example bench`")
+    for name, doc in (("transformers", tf_doc), ("llama.cpp", lc_doc)):
+        if doc:
+            v = ", ".join(f"{k} {x}" for k, x in doc.get("versions", {}).items())
+            lines.append(f"- {name}: {v} (reps {doc.get('reps')})")
+        else:
+            lines.append(f"- {name}: not run")
+    lines.append("- model: Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (interp_kit and llama.cpp run it quantized; transformers dequantizes it to f32)")
+    if a.note:
+        lines.append(f"- {a.note}")
+    lines += ["", "| workload | interp_kit | transformers | llama.cpp | ratio vs target |", "|---|---|---|---|---|"]
+    for label, key, unit in ROWS:
+        v_ik, v_tf, v_lc = get(ik, key), get(tf, key), get(lc, key)
+        if key == "LORA" and v_ik is None:
+            ik_cell = "n/a"
+        else:
+            ik_cell = fmt(v_ik, unit)
+        lines.append(f"| {label} | {ik_cell} | {fmt(v_tf, unit)} | {fmt(v_lc, unit)} | {ratio_cell(key, v_ik, v_tf, v_lc)} |")
+    if tf and tf.get("load, model") is not None:
+        lines += ["", f"transformers load split: model {tf['load, model']:.2f} s (GGUF dequantized to f32), tokenizer {tf.get('load, tokenizer', 0):.2f} s."]
+    if tf and tf.get("peak RSS, after LoRA steps") is not None:
+        lines.append(f"transformers peak RSS after the LoRA steps: {tf['peak RSS, after LoRA steps']:.0f} MiB.")
+    lines += [
+        "",
+        "Workloads as in interp_kit/examples/bench.rs and scripts/bench_peers.py: same token ids "
+        "(`1000 + (i*7919 + salt*131) % 30000`), medians over the repetitions. Peak RSS is the "
+        "whole process's high-water mark (the load's own peak included). \"—\": not measured or "
+        "no counterpart (llama-cpp-python's simple API has no batched decode, no gradients, no LoRA).",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
