@@ -75,7 +75,7 @@ def ratio_cell(key, ik, tf, lc):
     if key in (FWD64, FWD256, GRAD, "LORA"):
         what = "PEFT" if key == "LORA" else "transformers"
         if ik is None:
-            return f"n/a (target ≥ 1.5x faster than {what})"
+            return f"{'n/a' if key == 'LORA' else '—'} (target ≥ 1.5x faster than {what})"
         if tf is None:
             return f"— (no {what} number)"
         r = tf / ik

@@ -61,9 +61,8 @@ else
 fi
 
 "$VENV/bin/python" - <<'EOF'
-import llama_cpp, peft, torch, transformers, gguf
-print(f"setup_peers: ok: torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"peft {peft.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
-      f"llama-cpp-python {llama_cpp.__version__}")
+import importlib.metadata as md
+import gguf, llama_cpp, peft, torch, transformers  # all importable
+print("setup_peers: ok: " + ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "peft", "gguf", "llama-cpp-python")))
 EOF
 echo "$VENV/bin/python"
