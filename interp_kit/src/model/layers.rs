@@ -119,6 +119,29 @@ impl Weight {
 /// transient dequantized copy of its weight (gemm) instead of quantized dot products.
 pub const DENSE_MIN_ROWS: usize = 16;
 
+/// Dequantizes on all cores: Q8_0 (most matrices of the embedded model, see
+/// `load::q5_0_to_q8_0`) block by block with rayon; other types through candle (one thread).
+pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
+    use candle_core::quantized::GgmlDType;
+    use rayon::prelude::*;
+    if q.dtype() != GgmlDType::Q8_0 || !q.device().is_cpu() {
+        return Ok(q.dequantize(&q.device())?);
+    }
+    const BLOCK: usize = 34; // f16 scale + 32 x i8
+    let data = q.data()?;
+    let n = data.len() / BLOCK;
+    let mut out = vec![0f32; n * 32];
+    out.par_chunks_mut(32 * 256).zip(data.par_chunks(BLOCK * 256)).for_each(|(o, b)| {
+        for (ob, bb) in o.chunks_exact_mut(32).zip(b.chunks_exact(BLOCK)) {
+            let d = half::f16::from_le_bytes([bb[0], bb[1]]).to_f32();
+            for (x, &v) in ob.iter_mut().zip(&bb[2..]) {
+                *x = d * (v as i8) as f32;
+            }
+        }
+    });
+    Ok(Tensor::from_vec(out, q.shape().dims(), &Device::Cpu)?)
+}
+
 /// A linear layer with optional bias.
 pub struct Linear {
     pub weight: Weight,
@@ -146,7 +169,7 @@ impl Linear {
                     // a transient f32 copy and a tiled gemm are several times faster.
                     let w = match cached.get() {
                         Some(w) => w.clone(),
-                        None => q.dequantize(&q.device())?.to_dtype(*dtype)?,
+                        None => dequantize_par(q)?.to_dtype(*dtype)?,
                     };
                     x.broadcast_matmul(&w.t()?)?
                 } else {
