@@ -74,12 +74,16 @@ pub struct LlamaSpec {
     pub sliding_window: Vec<Option<usize>>,
 }
 
-pub fn rms(w: &dyn Weights, name: &str, eps: f64, plus_one: bool) -> Result<Norm> {
+pub fn rms_norm(w: &dyn Weights, name: &str, eps: f64, plus_one: bool) -> Result<RmsNorm> {
     let mut weight = w.dense(name)?;
     if plus_one {
         weight = (weight + 1.0)?;
     }
-    Ok(Norm::Rms(RmsNorm { weight, eps }))
+    Ok(RmsNorm { weight, eps })
+}
+
+pub fn rms(w: &dyn Weights, name: &str, eps: f64, plus_one: bool) -> Result<Norm> {
+    Ok(Norm::Rms(rms_norm(w, name, eps, plus_one)?))
 }
 
 fn lin(w: &dyn Weights, name: &str, bias: bool, shape: (usize, usize)) -> Result<Linear> {
@@ -106,18 +110,12 @@ pub fn build_blocks(spec: &LlamaSpec, w: &dyn Weights) -> Result<Vec<Box<dyn Blo
             v: lin(w, &format!("{pre}.self_attn.v_proj"), spec.qkv_bias, (nkv * hd, d))?,
             o: lin(w, &format!("{pre}.self_attn.o_proj"), false, (d, nh * hd))?,
             q_norm: if spec.qk_norm {
-                Some(match rms(w, &format!("{pre}.self_attn.q_norm.weight"), eps, p1)? {
-                    Norm::Rms(n) => n,
-                    Norm::Layer(_) => unreachable!("rms() builds RmsNorm"),
-                })
+                Some(rms_norm(w, &format!("{pre}.self_attn.q_norm.weight"), eps, p1)?)
             } else {
                 None
             },
             k_norm: if spec.qk_norm {
-                Some(match rms(w, &format!("{pre}.self_attn.k_norm.weight"), eps, p1)? {
-                    Norm::Rms(n) => n,
-                    Norm::Layer(_) => unreachable!("rms() builds RmsNorm"),
-                })
+                Some(rms_norm(w, &format!("{pre}.self_attn.k_norm.weight"), eps, p1)?)
             } else {
                 None
             },
