@@ -16,7 +16,7 @@ pub mod load;
 pub mod qwen2;
 pub mod qwen3;
 
-use crate::hooks::{ActivationCache, HookPoint, Hooks, Phase};
+use crate::hooks::{ActivationCache, HookPoint, Hooks};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -485,7 +485,7 @@ impl Model {
         self.forward_at(prompts, &hooks, LogitsAt::Last)
     }
 
-    /// Fills an empty `cache` with `prompts` (phase [`Phase::Prefill`]).
+    /// Fills an empty `cache` with `prompts` (phase [`Phase::Prefill`](crate::hooks::Phase::Prefill)).
     pub fn prefill(&self, prompts: &[Vec<u32>], cache: &mut KvCache, hooks: &Hooks, at: LogitsAt) -> Result<Output> {
         ensure!(cache.is_empty(), "prefill needs an empty KV cache (it holds {} columns)", cache.cols);
         ensure!(cache.layers.len() == self.blocks.len(), "KV cache was made for another model");
@@ -498,7 +498,7 @@ impl Model {
     }
 
     /// Appends `tokens` (`[B][n]`, the same `n` for every row) to a filled cache
-    /// (phase [`Phase::Decode`]); logits at every new position.
+    /// (phase [`Phase::Decode`](crate::hooks::Phase::Decode)); logits at every new position.
     pub fn extend(&self, tokens: &[Vec<u32>], cache: &mut KvCache, hooks: &Hooks, at: LogitsAt) -> Result<Output> {
         ensure!(!cache.is_empty(), "extend/decode needs a filled KV cache: call prefill first");
         ensure!(
@@ -524,10 +524,5 @@ impl Model {
     pub fn decode(&self, next: &[u32], cache: &mut KvCache, hooks: &Hooks) -> Result<Output> {
         let rows: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
         self.extend(&rows, cache, hooks, LogitsAt::Last)
-    }
-
-    /// Whether a hook set would act during `phase` (for callers that cache it).
-    pub fn hooks_act_in(hooks: &Hooks, phase: Phase) -> bool {
-        !hooks.reads.is_empty() || hooks.writes.iter().any(|w| w.1.includes(phase))
     }
 }
