@@ -111,6 +111,20 @@ impl fmt::Display for HookPoint {
     }
 }
 
+/// Serialized as its TransformerLens name (`"blocks.12.hook_resid_post"`).
+impl serde::Serialize for HookPoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HookPoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for HookPoint {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -4,6 +4,7 @@
 //! `tokenizer`/`chat` (templates and named positions), analysis modules, results.
 pub mod chat;
 pub mod device;
+pub mod directions;
 pub mod generate;
 pub mod grad;
 pub mod hooks;
@@ -44,6 +45,7 @@ pub fn embedded_model_path() -> Result<PathBuf> {
 /// The names a notebook needs: `use interp_kit::prelude::*;`.
 pub mod prelude {
     pub use crate::device::device;
+    pub use crate::directions::{Direction, DirectionMeta};
     pub use crate::generate::{GenerateConfig, Generation};
     pub use crate::grad::{GradOutput, Loss};
     pub use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase, Positions, Site};
