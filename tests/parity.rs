@@ -140,11 +140,14 @@ fn q5_0_is_reencoded_as_q8_0_losslessly() {
 #[test]
 fn parallel_dequantization_equals_candles() {
     use candle_core::quantized::{GgmlDType, QTensor};
-    let x = Tensor::randn(0f32, 1.0, (40, 320), &Device::Cpu).unwrap();
-    for dt in [GgmlDType::Q8_0, GgmlDType::Q4K] {
-        let q = QTensor::quantize(&x.narrow(1, 0, if dt == GgmlDType::Q4K { 256 } else { 320 }).unwrap().contiguous().unwrap(), dt).unwrap();
+    // 80 x 512 = 40960 values: several rayon chunks of 64 blocks for every block type.
+    let x = Tensor::randn(0f32, 1.0, (80, 512), &Device::Cpu).unwrap();
+    for dt in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        let q = QTensor::quantize(&x, dt).unwrap();
         let want = q.dequantize(&Device::Cpu).unwrap();
         let got = interp_kit::model::layers::dequantize_par(&q).unwrap();
+        assert_eq!(got.dims(), want.dims());
         assert_eq!(rel_err(&got, &want), 0.0, "{dt:?}");
+        assert!(rel_err(&got, &x) > 0.0, "{dt:?}: the reference must be quantized");
     }
 }

@@ -4,7 +4,6 @@ use crate::hooks::{ActivationCache, Hooks};
 use crate::model::{KvCache, LogitsAt, Model};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 /// How to generate. `temperature == 0` is greedy.
 #[derive(Clone, Debug)]
@@ -13,8 +12,11 @@ pub struct GenerateConfig {
     pub temperature: f64,
     pub top_p: Option<f64>,
     pub top_k: Option<usize>,
-    /// Row `r` samples with seed `seed + r`.
+    /// Row `r` samples with seed `seed + r`, unless `seeds` gives one seed per row.
     pub seed: u64,
+    /// One seed per row (e.g. derived from each prompt's id), so that a prompt's sample does
+    /// not depend on which batch or row it lands in.
+    pub seeds: Option<Vec<u64>>,
     /// Stop a row at an end-of-sequence token (the tokenizer's, unless `eos` is given).
     pub stop_at_eos: bool,
     pub eos: Option<Vec<u32>>,
@@ -22,7 +24,7 @@ pub struct GenerateConfig {
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 64, temperature: 0.0, top_p: None, top_k: None, seed: 0, stop_at_eos: true, eos: None }
+        Self { max_new_tokens: 64, temperature: 0.0, top_p: None, top_k: None, seed: 0, seeds: None, stop_at_eos: true, eos: None }
     }
 }
 
@@ -33,18 +35,114 @@ impl GenerateConfig {
     pub fn sampled(max_new_tokens: usize, temperature: f64, top_p: f64, seed: u64) -> Self {
         Self { max_new_tokens, temperature, top_p: Some(top_p), seed, ..Default::default() }
     }
-    fn sampling(&self) -> Sampling {
-        if self.temperature <= 0.0 {
-            return Sampling::ArgMax;
-        }
-        let temperature = self.temperature;
-        match (self.top_k, self.top_p) {
-            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
-            (Some(k), None) => Sampling::TopK { k, temperature },
-            (None, Some(p)) => Sampling::TopP { p, temperature },
-            (None, None) => Sampling::All { temperature },
+    /// The seed of row `r` of a batch: `seeds[r]` when given, else `seed + r`.
+    pub fn row_seed(&self, r: usize) -> u64 {
+        match &self.seeds {
+            Some(s) => s[r],
+            None => self.seed.wrapping_add(r as u64),
         }
     }
+}
+
+/// Temperature / top-k / top-p sampling of one row, with HF `generate` semantics: logits are
+/// divided by the temperature, top-k keeps the k most likely tokens, top-p keeps the smallest
+/// set of most likely tokens whose probability reaches `p` (at least one), then one token is drawn
+/// from the renormalised distribution. Greedy (`temperature == 0`) is an argmax.
+///
+/// The nucleus is found without sorting the whole vocabulary: the top 256, 2048, ... candidates
+/// are selected (`select_nth_unstable`) until their mass reaches `p`.
+pub struct Sampler {
+    rng: rand::rngs::StdRng,
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    probs: Vec<f32>,
+    idx: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(seed: u64, temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> Self {
+        use rand::SeedableRng;
+        Sampler { rng: rand::rngs::StdRng::seed_from_u64(seed), temperature, top_k, top_p, probs: vec![], idx: vec![] }
+    }
+
+    /// Draws the next token from one row of logits.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
+        use rand::Rng;
+        ensure!(!logits.is_empty(), "cannot sample from empty logits");
+        if self.temperature <= 0.0 {
+            return Ok(argmax(logits));
+        }
+        let t = self.temperature as f32;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        ensure!(max.is_finite(), "logits are not finite (max {max})");
+        self.probs.clear();
+        self.probs.extend(logits.iter().map(|&l| ((l - max) / t).exp()));
+        let probs = &self.probs;
+        let n = probs.len();
+        let k = self.top_k.unwrap_or(n).clamp(1, n);
+        let total: f64 = if k < n {
+            // Mass of the top k.
+            self.idx.clear();
+            self.idx.extend(0..n as u32);
+            self.idx.select_nth_unstable_by(k - 1, |&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
+            self.idx.truncate(k);
+            self.idx.iter().map(|&i| probs[i as usize] as f64).sum()
+        } else {
+            self.idx.clear();
+            self.idx.extend(0..n as u32);
+            probs.iter().map(|&p| p as f64).sum()
+        };
+        // `idx` holds the candidates (top k, or all); now the nucleus within them.
+        let keep = match self.top_p {
+            Some(p) if p < 1.0 => {
+                let target = p * total;
+                let m = self.idx.len();
+                let mut c = 256.min(m);
+                loop {
+                    if c < m {
+                        self.idx.select_nth_unstable_by(c - 1, |&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
+                    }
+                    self.idx[..c].sort_unstable_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
+                    let mut cum = 0f64;
+                    let mut found = None;
+                    for (j, &i) in self.idx[..c].iter().enumerate() {
+                        cum += probs[i as usize] as f64;
+                        if cum >= target {
+                            found = Some(j + 1);
+                            break;
+                        }
+                    }
+                    match found {
+                        Some(j) => break j,
+                        None if c == m => break m,
+                        None => c = (c * 8).min(m),
+                    }
+                }
+            }
+            _ => self.idx.len(),
+        };
+        let kept = &self.idx[..keep];
+        let mass: f64 = kept.iter().map(|&i| probs[i as usize] as f64).sum();
+        let mut r = self.rng.random::<f64>() * mass;
+        for &i in kept {
+            r -= probs[i as usize] as f64;
+            if r < 0.0 {
+                return Ok(i);
+            }
+        }
+        Ok(*kept.last().expect("at least one candidate"))
+    }
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// One row's continuation.
@@ -99,8 +197,11 @@ impl Model {
             (None, Some(t)) => t.eos_ids().to_vec(),
             (None, None) => vec![],
         };
-        let mut procs: Vec<LogitsProcessor> =
-            (0..b).map(|r| LogitsProcessor::from_sampling(cfg.seed.wrapping_add(r as u64), cfg.sampling())).collect();
+        if let Some(s) = &cfg.seeds {
+            ensure!(s.len() == b, "GenerateConfig.seeds has {} seeds for a batch of {b} rows", s.len());
+        }
+        let mut procs: Vec<Sampler> =
+            (0..b).map(|r| Sampler::new(cfg.row_seed(r), cfg.temperature, cfg.top_k, cfg.top_p)).collect();
         let mut gens: Vec<Generation> = (0..b)
             .map(|_| Generation { tokens: vec![], text: String::new(), logprobs: vec![], entropies: vec![], stopped_at_eos: false })
             .collect();
@@ -110,14 +211,15 @@ impl Model {
             let l32 = logits.to_dtype(DType::F32)?;
             let lp = candle_nn::ops::log_softmax(&l32, D::Minus1)?;
             let ent: Vec<f32> = (lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?.to_vec1()?;
+            let rows: Vec<Vec<f32>> = l32.to_vec2()?;
+            let lps: Vec<Vec<f32>> = lp.to_vec2()?;
             let mut next = vec![0u32; b];
             for r in 0..b {
                 if done[r] {
                     next[r] = eos.first().copied().unwrap_or(0);
                     continue;
                 }
-                let row = l32.get(r)?;
-                let tok = procs[r].sample(&row)?;
+                let tok = procs[r].sample(&rows[r])?;
                 next[r] = tok;
                 if cfg.stop_at_eos && eos.contains(&tok) {
                     done[r] = true;
@@ -125,7 +227,7 @@ impl Model {
                     continue;
                 }
                 gens[r].tokens.push(tok);
-                gens[r].logprobs.push(lp.get(r)?.get(tok as usize)?.to_scalar::<f32>()?);
+                gens[r].logprobs.push(lps[r][tok as usize]);
                 gens[r].entropies.push(ent[r]);
             }
             // The last token is fed too when read hooks want its activations.
@@ -142,5 +244,99 @@ impl Model {
             }
         }
         Ok((gens, acts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits_of(probs: &[f64]) -> Vec<f32> {
+        probs.iter().map(|p| p.ln() as f32).collect()
+    }
+
+    fn freqs(s: &mut Sampler, logits: &[f32], n: usize) -> Vec<f64> {
+        let mut c = vec![0f64; logits.len()];
+        for _ in 0..n {
+            c[s.sample(logits).unwrap() as usize] += 1.0;
+        }
+        c.iter().map(|x| x / n as f64).collect()
+    }
+
+    #[test]
+    fn greedy_is_first_argmax() {
+        let mut s = Sampler::new(0, 0.0, None, None);
+        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        // 0.5 + 0.3 = 0.8 >= 0.75: tokens 0 and 1 only, renormalised to 0.625 / 0.375.
+        let l = logits_of(&[0.15, 0.5, 0.05, 0.3]);
+        let f = freqs(&mut Sampler::new(7, 1.0, None, Some(0.75)), &l, 20000);
+        assert_eq!(f[0], 0.0);
+        assert_eq!(f[2], 0.0);
+        assert!((f[1] - 0.625).abs() < 0.015, "{f:?}");
+        assert!((f[3] - 0.375).abs() < 0.015, "{f:?}");
+        // p below the top probability keeps the argmax alone.
+        let f = freqs(&mut Sampler::new(7, 1.0, None, Some(0.1)), &l, 200);
+        assert_eq!(f[1], 1.0);
+    }
+
+    #[test]
+    fn temperature_and_top_k() {
+        // T = 0.5 squares and renormalises the probabilities: [0.2, 0.8] -> [1/17, 16/17].
+        let l = logits_of(&[0.2, 0.8]);
+        let f = freqs(&mut Sampler::new(1, 0.5, None, None), &l, 40000);
+        assert!((f[1] - 16.0 / 17.0).abs() < 0.01, "{f:?}");
+        let l = logits_of(&[0.1, 0.2, 0.3, 0.4]);
+        let f = freqs(&mut Sampler::new(2, 1.0, Some(2), None), &l, 40000);
+        assert_eq!(f[0] + f[1], 0.0);
+        assert!((f[3] - 4.0 / 7.0).abs() < 0.01, "{f:?}");
+        // top-k then top-p within the top k: 0.4/0.7 = 0.571 >= 0.5 keeps token 3 alone.
+        let f = freqs(&mut Sampler::new(2, 1.0, Some(2), Some(0.5)), &l, 100);
+        assert_eq!(f[3], 1.0);
+    }
+
+    #[test]
+    fn nucleus_matches_a_full_sort_on_a_large_vocabulary() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for trial in 0..20 {
+            // Flat-ish logits make the nucleus span thousands of tokens (the widening path).
+            let spread = if trial % 2 == 0 { 12.0 } else { 0.5 };
+            let l: Vec<f32> = (0..50_000).map(|_| rng.random::<f32>() * spread).collect();
+            let p = 0.9;
+            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = l.iter().map(|&x| ((x - max) as f64).exp()).collect();
+            let tot: f64 = e.iter().sum();
+            let mut order: Vec<usize> = (0..l.len()).collect();
+            order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
+            let mut cum = 0.0;
+            let mut n_keep = 0;
+            for &i in &order {
+                cum += e[i] / tot;
+                n_keep += 1;
+                if cum >= p {
+                    break;
+                }
+            }
+            let nucleus: std::collections::HashSet<usize> = order[..n_keep].iter().copied().collect();
+            let mut s = Sampler::new(trial, 1.0, None, Some(p));
+            for _ in 0..200 {
+                let t = s.sample(&l).unwrap() as usize;
+                assert!(nucleus.contains(&t), "trial {trial}: token {t} outside the nucleus of {n_keep}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_draws() {
+        let l: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 / 10.0).collect();
+        let a: Vec<u32> = { let mut s = Sampler::new(5, 0.7, None, Some(0.9)); (0..50).map(|_| s.sample(&l).unwrap()).collect() };
+        let b: Vec<u32> = { let mut s = Sampler::new(5, 0.7, None, Some(0.9)); (0..50).map(|_| s.sample(&l).unwrap()).collect() };
+        let c: Vec<u32> = { let mut s = Sampler::new(6, 0.7, None, Some(0.9)); (0..50).map(|_| s.sample(&l).unwrap()).collect() };
+        assert_eq!(a, b);
+        assert_ne!(a, c);
     }
 }

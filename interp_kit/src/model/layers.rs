@@ -100,7 +100,7 @@ impl Weight {
             Weight::Dense(t) => Ok(t),
             Weight::Quant { q, dense, dtype, .. } => {
                 if dense.get().is_none() {
-                    let t = q.dequantize(&q.device())?.to_dtype(*dtype)?;
+                    let t = dequantize_par(q)?.to_dtype(*dtype)?;
                     let _ = dense.set(t);
                 }
                 Ok(dense.get().expect("set above"))
@@ -119,27 +119,48 @@ impl Weight {
 /// transient dequantized copy of its weight (gemm) instead of quantized dot products.
 pub const DENSE_MIN_ROWS: usize = 16;
 
-/// Dequantizes on all cores: Q8_0 (most matrices of the embedded model, see
-/// `load::q5_0_to_q8_0`) block by block with rayon; other types through candle (one thread).
+/// Dequantizes on all cores (rayon, chunks of blocks through candle's own `to_float` for the
+/// block type); candle's `QTensor::dequantize` runs on one thread. Falls back to candle for
+/// non-CPU tensors and block types not listed here.
 pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
     use candle_core::quantized::GgmlDType;
     use rayon::prelude::*;
-    if q.dtype() != GgmlDType::Q8_0 || !q.device().is_cpu() {
+    fn par<T: GgmlType + Sync>(data: &[u8], n_out: usize) -> Option<Vec<f32>> {
+        let size = std::mem::size_of::<T>();
+        if data.len() % size != 0 || (data.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+            return None;
+        }
+        let n_blocks = data.len() / size;
+        if n_blocks * T::BLCK_SIZE != n_out {
+            return None;
+        }
+        // SAFETY: length and alignment checked above; the block types are plain old data
+        // (`#[repr(C)]` structs of integers and f16) and any bit pattern is a valid value.
+        let blocks: &[T] = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, n_blocks) };
+        let mut out = vec![0f32; n_out];
+        const CHUNK: usize = 64;
+        out.par_chunks_mut(T::BLCK_SIZE * CHUNK)
+            .zip(blocks.par_chunks(CHUNK))
+            .for_each(|(o, b)| T::to_float(b, o));
+        Some(out)
+    }
+    if !q.device().is_cpu() {
         return Ok(q.dequantize(&q.device())?);
     }
-    const BLOCK: usize = 34; // f16 scale + 32 x i8
+    let n_out = q.shape().elem_count();
     let data = q.data()?;
-    let n = data.len() / BLOCK;
-    let mut out = vec![0f32; n * 32];
-    out.par_chunks_mut(32 * 256).zip(data.par_chunks(BLOCK * 256)).for_each(|(o, b)| {
-        for (ob, bb) in o.chunks_exact_mut(32).zip(b.chunks_exact(BLOCK)) {
-            let d = half::f16::from_le_bytes([bb[0], bb[1]]).to_f32();
-            for (x, &v) in ob.iter_mut().zip(&bb[2..]) {
-                *x = d * (v as i8) as f32;
-            }
-        }
-    });
-    Ok(Tensor::from_vec(out, q.shape().dims(), &Device::Cpu)?)
+    let out = match q.dtype() {
+        GgmlDType::Q8_0 => par::<BlockQ8_0>(&data, n_out),
+        GgmlDType::Q4K => par::<BlockQ4K>(&data, n_out),
+        GgmlDType::Q5K => par::<BlockQ5K>(&data, n_out),
+        GgmlDType::Q6K => par::<BlockQ6K>(&data, n_out),
+        _ => None,
+    };
+    match out {
+        Some(v) => Ok(Tensor::from_vec(v, q.shape().dims(), &Device::Cpu)?),
+        None => Ok(q.dequantize(&q.device())?),
+    }
 }
 
 /// A linear layer with optional bias.
