@@ -9,6 +9,8 @@ pub mod generate;
 pub mod grad;
 pub mod hooks;
 pub mod model;
+pub mod rng;
+pub mod stats;
 pub mod tokenizer;
 
 pub use device::{default_dtype, device};
