@@ -8,6 +8,7 @@ pub mod directions;
 pub mod generate;
 pub mod grad;
 pub mod hooks;
+pub mod metrics;
 pub mod model;
 pub mod rng;
 pub mod stats;
