@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod rng;
 pub mod stats;
+pub mod steer;
 pub mod tokenizer;
 
 pub use device::{default_dtype, device};
