@@ -3,6 +3,7 @@
 //! Layers, bottom to top: `model` (weights, hooked forward, KV cache, gradients),
 //! `tokenizer`/`chat` (templates and named positions), analysis modules, results.
 pub mod chat;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod directions;
