@@ -3,12 +3,18 @@
 //! Layers, bottom to top: `model` (weights, hooked forward, KV cache, gradients),
 //! `tokenizer`/`chat` (templates and named positions), analysis modules, results.
 pub mod chat;
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod directions;
 pub mod generate;
 pub mod grad;
 pub mod hooks;
+pub mod metrics;
 pub mod model;
+pub mod rng;
+pub mod stats;
+pub mod steer;
 pub mod tokenizer;
 
 pub use device::{default_dtype, device};
@@ -44,12 +50,20 @@ pub fn embedded_model_path() -> Result<PathBuf> {
 
 /// The names a notebook needs: `use interp_kit::prelude::*;`.
 pub mod prelude {
+    pub use crate::config::StudyConfig;
+    pub use crate::data::{read_jsonl, PromptRecord, Split};
     pub use crate::device::device;
-    pub use crate::directions::{Direction, DirectionMeta};
+    pub use crate::directions::{
+        collect_activations, contrastive_prefix, mean_diff, pca_center, pca_diff, probe, prompt_set_hash, random,
+        random_n, Contrastive, ControlVector, Direction, DirectionMeta, PromptFormat, PromptIds, ReadAt, Scale,
+    };
     pub use crate::generate::{GenerateConfig, Generation};
     pub use crate::grad::{GradOutput, Loss};
     pub use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase, Positions, Site};
+    pub use crate::metrics::{caps_fraction, confounds, helpfulness, refusal};
     pub use crate::model::{KvCache, LogitsAt, Model, Output};
+    pub use crate::stats::{bootstrap_mean_ci, bootstrap_paired_ci, cohens_d, pareto_front, pearson, spearman, Bootstrap};
+    pub use crate::steer::{hooks_for, Intervention, Op, Where};
     pub use crate::tokenizer::Tokenizer;
     pub use candle_core::{DType, Device, Tensor};
 }
