@@ -30,8 +30,13 @@ KIT_RUSTFLAGS=$'-Cprefer-dynamic\x1f-Ctarget-cpu=native'   # keep equal to scrip
 EVCXR_TARGET_DIR=$INTERP_KIT_CACHE/evcxr/slot-0/target
 
 # Notebooks executed headlessly as tests (paths relative to the repository root).
+# The steering-reliability study runs end to end at CI size (INTERP_KIT_STUDY_MODE=ci: 4 prompts per
+# split, 16 new tokens); `scripts/run_notebooks.sh --all` runs it at the config's size.
 NOTEBOOKS=(
   notebooks/inoculation_caps/00_smoke_positions.ipynb
+  notebooks/steering_reliability/01_smoke.ipynb
+  notebooks/steering_reliability/02_sweep.ipynb
+  notebooks/steering_reliability/03_analysis.ipynb
 )
 
 summary=() n_ok=0
@@ -61,6 +66,7 @@ stage setup scripts/setup.sh
 stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
   cargo test --workspace --locked --target "$HOST"
 stage runner scripts/test_runner.sh
-stage notebooks scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
+rm -rf results/steering_reliability/run_001_ci   # the CI-size run starts fresh each time
+stage notebooks env INTERP_KIT_STUDY_MODE=ci scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
 "$INTERP_KIT_CACHE/venv/bin/python" scripts/check_shared_build.py \
   || echo "test.sh: WARNING: see above; tests pass, but fresh machines now build the dependencies twice"
