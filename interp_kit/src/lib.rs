@@ -9,9 +9,14 @@ pub mod generate;
 pub mod grad;
 pub mod hooks;
 pub mod model;
+pub mod plots;
+pub mod reports;
+pub mod results;
 pub mod tokenizer;
 
 pub use device::{default_dtype, device};
+/// polars, re-exported so notebooks build and read tables with the kit's exact version.
+pub use polars;
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -50,6 +55,12 @@ pub mod prelude {
     pub use crate::grad::{GradOutput, Loss};
     pub use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase, Positions, Site};
     pub use crate::model::{KvCache, LogitsAt, Model, Output};
+    pub use crate::plots::{self, bar_chart, heatmap, histogram, line_plot, scatter_plot, Bars, Figure, Matrix, Series};
+    pub use crate::reports::Markdown;
+    pub use crate::results::{
+        column_f64, column_str, filter_eq, group_mean, group_summary, pivot, pretty, Progress, RunDir, Sweep,
+    };
+    pub use polars::prelude::{Column, DataFrame, NamedFrom};
     pub use crate::tokenizer::Tokenizer;
     pub use candle_core::{DType, Device, Tensor};
 }
