@@ -15,9 +15,15 @@ pub mod model;
 pub mod rng;
 pub mod stats;
 pub mod steer;
+pub mod studies;
+pub mod plots;
+pub mod reports;
+pub mod results;
 pub mod tokenizer;
 
 pub use device::{default_dtype, device};
+/// polars, re-exported so notebooks build and read tables with the kit's exact version.
+pub use polars;
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -64,6 +70,12 @@ pub mod prelude {
     pub use crate::model::{KvCache, LogitsAt, Model, Output};
     pub use crate::stats::{bootstrap_mean_ci, bootstrap_paired_ci, cohens_d, pareto_front, pearson, spearman, Bootstrap};
     pub use crate::steer::{hooks_for, Intervention, Op, Where};
+    pub use crate::plots::{self, bar_chart, heatmap, histogram, line_plot, scatter_plot, Bars, Figure, Matrix, Series};
+    pub use crate::reports::Markdown;
+    pub use crate::results::{
+        column_f64, column_str, filter_eq, group_mean, group_summary, pivot, pretty, Progress, RunDir, Sweep,
+    };
+    pub use polars::prelude::{Column, DataFrame, NamedFrom};
     pub use crate::tokenizer::Tokenizer;
     pub use candle_core::{DType, Device, Tensor};
 }
