@@ -342,7 +342,8 @@ impl Rope {
             let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
             let pass = x.narrow(D::Minus1, self.rot_dim, hd - self.rot_dim)?;
             let rot = self.apply(&rot.contiguous()?, cos, sin, grad)?;
-            return Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?);
+            // cat along the last dim can leave odd strides (T = 1): matmul needs contiguity.
+            return Ok(Tensor::cat(&[&rot, &pass.contiguous()?], D::Minus1)?.contiguous()?);
         }
         if grad {
             let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
