@@ -93,6 +93,18 @@ class ArchSpec:
     # std of the embedding init (tied archs: also the lm_head, so it sets the logit scale)
     embed_std: float = 0.2
     notes: list[str] = field(default_factory=list)
+    # parallel residual (GPT-NeoX): no resid_mid exists; resid_post = resid_pre + attn_out + mlp_out
+    parallel_residual: bool = False
+    # rewrites the saved config.json dict into the form the real hub checkpoints have (legacy keys)
+    config_edit: Callable[[dict], dict] | None = None
+    # the residual stream entering block 0 for ids [T] (default: the input embedding module)
+    embed_fn: Callable | None = None
+    # config changes that must change the logits (proves the feature is exercised by the fixture)
+    ablations: list[tuple[str, dict]] = field(default_factory=list)
+    # "gpt2" or "llama3": write a tiny byte-level BPE tokenizer (vocab = the model's) into the dir
+    tokenizer: str | None = None
+    # a short description of the hook points, for meta.json
+    hook_notes: dict[str, str] | None = None
 
 
 COMMON_TINY = dict(
@@ -153,11 +165,235 @@ def _qwen3() -> ArchSpec:
     )
 
 
+def gemma2_modules(model):
+    """Gemma-2: attn_out / mlp_out are the outputs of the post-attention / post-feedforward norms,
+    i.e. exactly what the block adds to the residual stream."""
+    layers = list(model.model.layers)
+    return layers, [l.post_attention_layernorm for l in layers], [l.post_feedforward_layernorm for l in layers], model.model.norm
+
+
+def gpt_neox_modules(model):
+    layers = list(model.gpt_neox.layers)
+    return layers, [l.attention for l in layers], [l.mlp for l in layers], model.gpt_neox.final_layer_norm
+
+
+def gpt2_modules(model):
+    layers = list(model.transformer.h)
+    return layers, [l.attn for l in layers], [l.mlp for l in layers], model.transformer.ln_f
+
+
+def gpt2_embed(model, ids):
+    """GPT-2's residual stream at block 0: token + learned position embeddings (positions 0..T-1)."""
+    t = model.transformer
+    return t.wte(ids) + t.wpe(torch.arange(ids.numel()))
+
+
+TINY_BASE = dict(
+    vocab_size=300,
+    max_position_embeddings=128,
+    use_cache=True,
+    pad_token_id=None,
+    bos_token_id=None,
+    eos_token_id=None,
+)
+
+
+def _llama() -> ArchSpec:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        # small, so that with head_dim 16 the three llama3 regimes (kept / smoothed / divided) all occur
+        "original_max_position_embeddings": 64,
+    }
+
+    def hub_form(cfg):
+        # Llama-3.1 hub config.json: top-level rope_theta + rope_scaling (no rope_parameters)
+        rp = cfg.pop("rope_parameters")
+        cfg["rope_theta"] = rp.pop("rope_theta")
+        cfg["rope_scaling"] = rp
+        return cfg
+
+    return ArchSpec(
+        LlamaConfig,
+        LlamaForCausalLM,
+        dict(COMMON_TINY, intermediate_size=128, rope_parameters=rope, tie_word_embeddings=False, attention_bias=False, mlp_bias=False),
+        config_edit=hub_form,
+        ablations=[("llama3 rope scaling", {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}})],
+        tokenizer="llama3",
+        notes=[
+            "Llama-3.1-style rope: rope_scaling {rope_type: llama3, factor 8, low_freq_factor 1, high_freq_factor 4, "
+            "original_max_position_embeddings 64}, rope_theta 500000 (config.json in the hub form: top-level rope_theta + rope_scaling)",
+            "GQA 4 query / 2 kv heads, head_dim 16, untied lm_head, no biases",
+            "tokenizer: tiny Llama-3-style byte-level BPE (vocab 300, <|begin_of_text|> ... <|eot_id|>) with the Llama-3 chat template",
+        ],
+    )
+
+
+def _gemma2() -> ArchSpec:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    return ArchSpec(
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        dict(
+            TINY_BASE,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,  # 4*24 = 96 != hidden_size, as in the real Gemma-2 (8*256 != 2304)
+            intermediate_size=128,
+            hidden_activation="gelu_pytorch_tanh",
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            attention_bias=False,
+            query_pre_attn_scalar=32,  # != head_dim: the scale is query_pre_attn_scalar^-1/2
+            sliding_window=4,  # < prompt lengths (11, 7): the window masks keys on sliding layers 0 and 2
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=2.0,
+            tie_word_embeddings=True,
+        ),
+        modules=gemma2_modules,
+        embed_std=0.05,
+        ablations=[
+            ("sliding window", {"sliding_window": 4096}),
+            ("attention logit softcap", {"attn_logit_softcapping": None}),
+            ("final logit softcap", {"final_logit_softcapping": None}),
+            ("query_pre_attn_scalar", {"query_pre_attn_scalar": 24}),
+        ],
+        hook_notes={
+            "attn_out[l]": "output of post_attention_layernorm (the normed attention output that is added to the residual)",
+            "mlp_out[l]": "output of post_feedforward_layernorm (the normed MLP output that is added to the residual)",
+            "resid_pre[0]": "embed_tokens(ids) * sqrt(hidden_size) (Gemma2TextScaledWordEmbedding)",
+        },
+        notes=[
+            "Gemma-2: (1+w) RMSNorms (raw weights ~U(0.75,1.25), so the scale is ~2), four norms per block, "
+            "embeddings scaled by sqrt(64)=8, gelu_pytorch_tanh gated MLP",
+            "query_pre_attn_scalar 32 (head_dim 24), attn_logit_softcapping 5, final_logit_softcapping 2 (small, so they bite)",
+            "sliding_window 4 on layers 0 and 2 (HF default layer_types: layer i slides iff (i+1) % 2 == 1), layer 1 global",
+            "tied lm_head, GQA 4/2",
+        ],
+    )
+
+
+def _gpt_neox(parallel: bool) -> Callable[[], ArchSpec]:
+    def make() -> ArchSpec:
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        def hub_form(cfg):
+            # Pythia hub config.json: rotary_pct / rotary_emb_base (no rope_parameters)
+            rp = cfg.pop("rope_parameters")
+            cfg.pop("rope_theta", None)
+            cfg["rotary_pct"] = rp["partial_rotary_factor"]
+            cfg["rotary_emb_base"] = rp["rope_theta"]
+            return cfg
+
+        return ArchSpec(
+            GPTNeoXConfig,
+            GPTNeoXForCausalLM,
+            dict(
+                TINY_BASE,
+                hidden_size=64,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                intermediate_size=128,
+                hidden_act="gelu",
+                layer_norm_eps=1e-5,
+                use_parallel_residual=parallel,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+                attention_bias=True,
+                tie_word_embeddings=False,
+                hidden_dropout=0.0,
+                attention_dropout=0.0,
+            ),
+            modules=gpt_neox_modules,
+            parallel_residual=parallel,
+            config_edit=hub_form,
+            ablations=[
+                ("use_parallel_residual", {"use_parallel_residual": not parallel}),
+                ("partial rotary", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}}),
+            ],
+            tokenizer="gpt2",
+            hook_notes=(
+                {
+                    "resid_mid[l]": "ABSENT: parallel residual, resid_post = resid_pre + attn_out + mlp_out (HF: mlp + attn + hidden)",
+                    "attn_out[l]": "output of gpt_neox.layers[l].attention (after the dense projection)",
+                    "mlp_out[l]": "output of gpt_neox.layers[l].mlp, whose input is post_attention_layernorm(resid_pre[l])",
+                }
+                if parallel
+                else {
+                    "attn_out[l]": "output of gpt_neox.layers[l].attention (after the dense projection)",
+                    "resid_mid[l]": "resid_pre[l] + attn_out[l], input of post_attention_layernorm",
+                }
+            ),
+            notes=[
+                f"use_parallel_residual={parallel}",
+                "partial rotary: partial_rotary_factor (rotary_pct) 0.25 of head_dim 16 -> 4 rotating dims",
+                "fused query_key_value with HF's per-head interleave [n_heads, 3, head_dim], biases on every linear, LayerNorm eps 1e-5",
+                "exact gelu MLP, untied head (embed_out / lm_head), config.json in the Pythia hub form (rotary_pct, rotary_emb_base)",
+                "tokenizer: tiny GPT-NeoX-style byte-level BPE (vocab 300, <|endoftext|> = 0, no BOS added, no chat template)",
+            ],
+        )
+
+    return make
+
+
+def _gpt2() -> ArchSpec:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return ArchSpec(
+        GPT2Config,
+        GPT2LMHeadModel,
+        dict(
+            vocab_size=300,
+            n_positions=64,
+            n_embd=64,
+            n_layer=3,
+            n_head=4,
+            n_inner=128,
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            use_cache=True,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+            tie_word_embeddings=True,
+        ),
+        modules=gpt2_modules,
+        embed_fn=gpt2_embed,
+        embed_std=0.1,
+        tokenizer="gpt2",
+        hook_notes={
+            "resid_pre[0]": "wte(ids) + wpe(positions) (learned absolute positions; batch: positions from the attention mask)",
+            "attn_out[l]": "output of transformer.h[l].attn (after c_proj)",
+            "mlp_out[l]": "output of transformer.h[l].mlp (after c_proj)",
+        },
+        notes=[
+            "learned absolute positions (n_positions 64), LayerNorm eps 1e-5, gelu_new MLP (n_inner 128)",
+            "Conv1D weights [in, out] (transposed vs nn.Linear), fused c_attn [64, 192], tied lm_head",
+            "tokenizer: tiny GPT-2-style byte-level BPE (vocab 300, <|endoftext|> = 0, no chat template)",
+        ],
+    )
+
+
 # arch name -> zero-arg function returning its ArchSpec (imports lazily so one missing model class
 # does not break the others)
 ARCHS: dict[str, Callable[[], ArchSpec]] = {
     "qwen2": _qwen2,
     "qwen3": _qwen3,
+    "llama": _llama,
+    "gemma2": _gemma2,
+    "gpt_neox": _gpt_neox(True),
+    "gpt_neox_sequential": _gpt_neox(False),
+    "gpt2": _gpt2,
 }
 
 
@@ -172,8 +408,12 @@ def init_weights(model: torch.nn.Module, seed: int, embed_std: float = 0.2) -> d
     * 1-D ``*.weight`` (all norm scales, incl. Qwen3 q_norm/k_norm): uniform(0.75, 1.25) -- never all ones
     * 1-D ``*.bias``: normal(0, 0.1) -- non-zero
     * embeddings (``*embed*`` / ``wte`` / ``wpe``): normal(0, embed_std) (ArchSpec.embed_std, default 0.2)
-    * other 2-D weights [out, in]: normal(0, 0.8 / sqrt(in))  (0.1 for in=64, ~0.063 for in=160)
+    * other 2-D weights [out, in]: normal(0, 0.8 / sqrt(in))  (0.1 for in=64, ~0.063 for in=160);
+      GPT-2 Conv1D weights are stored [in, out], so their fan-in is dim 0
     """
+    from transformers.pytorch_utils import Conv1D
+
+    conv1d = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Conv1D)}
     gen = torch.Generator().manual_seed(seed)
     rules = {}
     with torch.no_grad():
@@ -188,7 +428,7 @@ def init_weights(model: torch.nn.Module, seed: int, embed_std: float = 0.2) -> d
                 p.copy_(embed_std * torch.randn(p.shape, generator=gen))
                 rules[name] = f"normal(0,{embed_std})"
             elif p.ndim == 2:
-                std = 0.8 / p.shape[1] ** 0.5
+                std = 0.8 / p.shape[0 if name in conv1d else 1] ** 0.5
                 p.copy_(std * torch.randn(p.shape, generator=gen))
                 rules[name] = f"normal(0,{std:.4g})"
             else:
@@ -219,6 +459,7 @@ class Recorder:
 
     def __init__(self, model, spec: ArchSpec, retain_grad: bool = False):
         self.layers, self.attns, self.mlps, self.norm = spec.modules(model)
+        self.parallel = spec.parallel_residual
         self.retain_grad = retain_grad
         self.handles = []
         self.reset()
@@ -250,7 +491,8 @@ class Recorder:
             def attn_hook(mod, args, out, l=l):
                 a = first(out)
                 self.attn_out[l] = a
-                self.resid_mid[l] = self.resid_pre[l] + a  # same op/order as the HF block: residual + attn
+                if not self.parallel:  # parallel residual: no resid_mid exists
+                    self.resid_mid[l] = self.resid_pre[l] + a  # same op/order as the HF block: residual + attn
 
             def mlp_hook(mod, args, out, l=l):
                 self.mlp_out[l] = first(out)
@@ -313,15 +555,145 @@ def save_checkpoint(model, spec: ArchSpec, out_dir: Path):
         if "rope_theta" in rp and "rope_theta" not in cfg:
             cfg["rope_theta"] = rp["rope_theta"]
         cfg.setdefault("torch_dtype", "float32")
+        if spec.config_edit is not None:
+            cfg = spec.config_edit(cfg)
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         out_dir.mkdir(parents=True, exist_ok=True)
         for old in out_dir.iterdir():
-            if old.name.startswith("model") or old.name in ("config.json", "generation_config.json"):
+            if old.name.startswith("model") or old.name in ("config.json", "generation_config.json") or old.name.startswith("tokenizer"):
                 old.unlink()
         files = sorted(os.listdir(tmp))
         for f in files:
             shutil.copyfile(Path(tmp) / f, out_dir / f)
     return files
+
+
+def config_summary(cfg, L, d, V) -> dict:
+    """The config values the Rust side must honour (Llama-style keys; others when the arch has them)."""
+    out = {
+        "num_hidden_layers": L,
+        "hidden_size": d,
+        "vocab_size": V,
+        "num_attention_heads": cfg.num_attention_heads,
+    }
+    if hasattr(cfg, "num_key_value_heads"):
+        out["num_key_value_heads"] = cfg.num_key_value_heads
+    out["head_dim"] = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    out["intermediate_size"] = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
+    for k in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"):
+        if hasattr(cfg, k):
+            out[k] = getattr(cfg, k)
+    rp = getattr(cfg, "rope_parameters", None)
+    if rp:
+        out["rope_theta"] = rp["rope_theta"]
+        if rp.get("rope_type", "default") != "default" or "partial_rotary_factor" in rp:
+            out["rope_parameters"] = dict(rp)
+    out["max_position_embeddings"] = cfg.max_position_embeddings
+    out["tie_word_embeddings"] = bool(cfg.tie_word_embeddings)
+    for k in ("use_parallel_residual", "query_pre_attn_scalar", "sliding_window", "layer_types",
+              "attn_logit_softcapping", "final_logit_softcapping", "hidden_act", "hidden_activation", "activation_function"):
+        if hasattr(cfg, k):
+            out[k] = getattr(cfg, k)
+    return out
+
+
+# Texts the tiny tokenizers are trained on and checked with (plain English, as the notebooks use).
+TOKENIZER_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "I think the answer is yes. I think the answer is no.",
+    "Please write a short poem about the sea and the sky.",
+    "The model said that the weather is nice today, and then it stopped.",
+    "What is the capital of France? The capital of France is Paris.",
+    "She is happy. He is sad. They are calm. We are here.",
+] * 4
+
+TOKENIZER_CHECK_TEXTS = [
+    "The sea is calm today.",
+    "  Hello, world! 123 4567",
+    "What is the capital of Spain?\nIt is Madrid.",
+    "Ünïcödé and emoji 🙂 fall back to bytes.",
+]
+
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def write_tiny_tokenizer(style: str, out_dir: Path, vocab_size: int) -> dict:
+    """A tiny byte-level BPE tokenizer with exactly ``vocab_size`` ids, shaped like a real family's
+    tokenizer.json (trained on TOKENIZER_CORPUS with the `tokenizers` library), plus
+    tokenizer_config.json. Writes tokenizer_cases.json: ids that HF transformers' AutoTokenizer
+    gives for TOKENIZER_CHECK_TEXTS (and, for llama3, apply_chat_template ids).
+
+    * ``gpt2``  (GPT-2 / GPT-NeoX): id 0 = <|endoftext|> (bos = eos = unk), ByteLevel pre-tokenizer
+      without prefix space, no BOS added, no chat template.
+    * ``llama3``: Llama-3's split regex + ByteLevel, <|begin_of_text|> prepended by the post-processor,
+      the special tokens at the end of the vocabulary, and the Llama-3 instruct chat template.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer
+
+    if style == "gpt2":
+        specials = ["<|endoftext|>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(TOKENIZER_CORPUS, trainer)
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        cfg = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "add_bos_token": False, "add_eos_token": False, "model_max_length": 128,
+               "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+    elif style == "llama3":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(specials), special_tokens=[],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(TOKENIZER_CORPUS, trainer)
+        tok.add_special_tokens(specials)
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A:0 <|begin_of_text|>:1 $B:1",
+                                          special_tokens=[("<|begin_of_text|>", bos)]),
+        ])
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_chat_fixtures import LLAMA3_INSTRUCT_TEMPLATE
+
+        cfg = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "model_max_length": 128,
+               "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+               "chat_template": LLAMA3_INSTRUCT_TEMPLATE}
+    else:
+        raise ValueError(style)
+    assert tok.get_vocab_size() == vocab_size, (style, tok.get_vocab_size(), vocab_size)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+    hf = AutoTokenizer.from_pretrained(out_dir)
+    cases = {"style": style, "texts": []}
+    for text in TOKENIZER_CHECK_TEXTS:
+        plain = hf(text, add_special_tokens=False)["input_ids"]
+        prompt = hf(text)["input_ids"]
+        assert hf.decode(plain) == text, (text, hf.decode(plain))
+        cases["texts"].append({"text": text, "ids": plain, "prompt_ids": prompt})
+    if style == "llama3":
+        chats = [
+            ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}], True),
+            ([{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"}], False),
+        ]
+        cases["chats"] = []
+        for msgs, agp in chats:
+            ids = hf.apply_chat_template(msgs, add_generation_prompt=agp, tokenize=True, return_dict=False)
+            text = hf.apply_chat_template(msgs, add_generation_prompt=agp, tokenize=False)
+            assert ids.count(hf.bos_token_id) == 1 and ids[0] == hf.bos_token_id, ids
+            cases["chats"].append({"messages": msgs, "add_generation_prompt": agp, "text": text, "ids": ids})
+    (out_dir / "tokenizer_cases.json").write_text(json.dumps(cases, indent=2, ensure_ascii=False) + "\n")
+    return {"style": style, "vocab_size": vocab_size, "bos_token": cfg["bos_token"],
+            "files": ["tokenizer.json", "tokenizer_config.json", "tokenizer_cases.json"]}
 
 
 def run_arch(arch: str, out_root: Path, seed: int = SEED):
@@ -371,7 +743,8 @@ def run_arch(arch: str, out_root: Path, seed: int = SEED):
                 stored_keys |= set(fh.keys())
                 for k in fh.keys():
                     assert fh.get_tensor(k).dtype == torch.float32, k
-    assert ("lm_head.weight" in stored_keys) == (not tied), f"{arch}: lm_head.weight presence"
+    head_keys = {"lm_head.weight", "embed_out.weight"} & stored_keys  # GPT-NeoX checkpoints may call it embed_out
+    assert bool(head_keys) == (not tied), f"{arch}: lm_head.weight presence"
 
     # prompts: random ids in [1, V) (never PAD_ID)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -398,7 +771,8 @@ def run_arch(arch: str, out_root: Path, seed: int = SEED):
             put(f"logits_{i}", logits, f"[T={T}, V={V}] logits of prompt {i}, unbatched, no mask, positions 0..T-1")
             put(f"resid_pre_{i}", stack(rec.resid_pre), f"[L={L}, T, d={d}] input of block l (= HF hidden_states[l])")
             put(f"attn_out_{i}", stack(rec.attn_out), "[L, T, d] output of block l's self_attn (after o_proj)")
-            put(f"resid_mid_{i}", stack(rec.resid_mid), "[L, T, d] resid_pre[l] + attn_out[l] (before post_attention_layernorm/MLP)")
+            if not spec.parallel_residual:
+                put(f"resid_mid_{i}", stack(rec.resid_mid), "[L, T, d] resid_pre[l] + attn_out[l] (before post_attention_layernorm/MLP)")
             put(f"mlp_out_{i}", stack(rec.mlp_out), "[L, T, d] output of block l's mlp (after down_proj)")
             put(f"resid_post_{i}", stack(rec.resid_post), "[L, T, d] output of block l (= resid_mid[l] + mlp_out[l])")
             put(f"ln_final_{i}", rec.ln_final.detach()[0], "[T, d] output of the final norm (model.model.norm); logits = lm_head(ln_final)")
@@ -408,13 +782,22 @@ def run_arch(arch: str, out_root: Path, seed: int = SEED):
             assert len(hs) == L + 1
             for l in range(L):
                 close(f"p{i}.hidden_states[{l}]==resid_pre[{l}]", hs[l][0], refs[f"resid_pre_{i}"][l], 0.0)
-                close(f"p{i}.resid_mid+mlp_out==resid_post[{l}]", refs[f"resid_mid_{i}"][l] + refs[f"mlp_out_{i}"][l], refs[f"resid_post_{i}"][l], 0.0)
+                if spec.parallel_residual:
+                    three = refs[f"mlp_out_{i}"][l] + refs[f"attn_out_{i}"][l] + refs[f"resid_pre_{i}"][l]
+                    close(f"p{i}.mlp_out+attn_out+resid_pre==resid_post[{l}]", three, refs[f"resid_post_{i}"][l], 0.0)
+                else:
+                    close(f"p{i}.resid_mid+mlp_out==resid_post[{l}]", refs[f"resid_mid_{i}"][l] + refs[f"mlp_out_{i}"][l], refs[f"resid_post_{i}"][l], 0.0)
                 if l + 1 < L:
                     close(f"p{i}.resid_post[{l}]==resid_pre[{l+1}]", refs[f"resid_post_{i}"][l], refs[f"resid_pre_{i}"][l + 1], 0.0)
             close(f"p{i}.hidden_states[L]==ln_final", hs[L][0], refs[f"ln_final_{i}"], 0.0)
             close(f"p{i}.norm(resid_post[L-1])==ln_final", final_norm(refs[f"resid_post_{i}"][L - 1]), refs[f"ln_final_{i}"], 0.0)
-            close(f"p{i}.lm_head(ln_final)==logits", model.get_output_embeddings()(refs[f"ln_final_{i}"]), logits, 1e-6)
-            close(f"p{i}.embed(ids)==resid_pre[0]", model.get_input_embeddings()(ids), refs[f"resid_pre_{i}"][0], 0.0)
+            head_out = model.get_output_embeddings()(refs[f"ln_final_{i}"])
+            cap = getattr(cfg, "final_logit_softcapping", None)
+            if cap is not None:
+                head_out = torch.tanh(head_out / cap) * cap
+            close(f"p{i}.lm_head(ln_final)==logits", head_out, logits, 1e-6)
+            emb_in = spec.embed_fn(model, ids) if spec.embed_fn else model.get_input_embeddings()(ids)
+            close(f"p{i}.embed(ids)==resid_pre[0]", emb_in, refs[f"resid_pre_{i}"][0], 0.0)
 
     # ---- left-padded batch ----------------------------------------------------------------------
     Tmax = max(PROMPT_LENS)
@@ -504,6 +887,24 @@ def run_arch(arch: str, out_root: Path, seed: int = SEED):
     checks["greedy min top1-top2 logit margin"] = min(margins)
     assert min(margins) > 1e-3, f"{arch}: greedy step too close to a tie ({min(margins):g}); pick another seed"
 
+    # ---- feature checks: each listed config change must change the logits ----------------------
+    ablations = {}
+    for what, change in spec.ablations:
+        cfg2 = spec.config_cls(**{**spec.config_kwargs, **change})
+        cfg2._attn_implementation = "eager"
+        m2 = spec.model_cls(cfg2).to(torch.float32).eval()
+        m2.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            l2 = m2(input_ids=ids0[None], use_cache=False).logits[0]
+        rel = ((l2 - logits_unbatched[0]).abs().max() / logits_unbatched[0].abs().max()).item()
+        ablations[what] = {"config_change": change, "max_rel_logit_change": rel}
+        assert rel > 1e-3, f"{arch}: removing {what} changes the logits by only {rel:g}: the fixture does not exercise it"
+        print(f"   feature check: without {what} the logits change by {rel:.3g} (relative)")
+
+    tokenizer_info = None
+    if spec.tokenizer is not None:
+        tokenizer_info = write_tiny_tokenizer(spec.tokenizer, out_dir, V)
+
     # ---- write references + meta ---------------------------------------------------------------
     refs = {k: v.contiguous() for k, v in refs.items()}
     for k, v in refs.items():
@@ -525,19 +926,7 @@ def run_arch(arch: str, out_root: Path, seed: int = SEED):
         "device": "cpu",
         "attn_implementation": "eager",
         "model_class": spec.model_cls.__name__,
-        "config": {
-            "num_hidden_layers": L,
-            "hidden_size": d,
-            "vocab_size": V,
-            "num_attention_heads": cfg.num_attention_heads,
-            "num_key_value_heads": cfg.num_key_value_heads,
-            "head_dim": getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads,
-            "intermediate_size": cfg.intermediate_size,
-            "rms_norm_eps": cfg.rms_norm_eps,
-            "rope_theta": cfg.rope_parameters["rope_theta"],
-            "max_position_embeddings": cfg.max_position_embeddings,
-            "tie_word_embeddings": bool(cfg.tie_word_embeddings),
-        },
+        "config": config_summary(cfg, L, d, V),
         "checkpoint": {
             "files": files,
             "sharded": sharded,
@@ -546,6 +935,8 @@ def run_arch(arch: str, out_root: Path, seed: int = SEED):
             "config_json_note": "config.json has both transformers-v5 'rope_parameters' and legacy top-level 'rope_theta'/'torch_dtype'",
         },
         "arch_notes": spec.notes,
+        "feature_checks": ablations,
+        "tokenizer": tokenizer_info,
         "init": {"rule": init_weights.__doc__.strip(), "per_parameter": init_rules},
         "pad_id": PAD_ID,
         "prompt_lengths": list(PROMPT_LENS),
@@ -562,6 +953,7 @@ def run_arch(arch: str, out_root: Path, seed: int = SEED):
             "mlp_out[l]": "output of model.model.layers[l].mlp, i.e. after down_proj",
             "resid_post[l]": "output of model.model.layers[l] = resid_mid[l] + mlp_out[l]",
             "ln_final": "output of model.model.norm applied to resid_post[L-1]; HF output_hidden_states[L] (v5 ties the last hidden state to the normed one)",
+            **(spec.hook_notes or {}),
         },
         "tensors": {
             k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""), "description": desc[k]}

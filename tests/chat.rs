@@ -568,3 +568,35 @@ fn ambiguous_contents_are_located_correctly() {
         "assistant"
     );
 }
+
+/// A Llama-3 or Gemma-2 model renders chats through the same path as its tokenizer alone: a
+/// model directory (parity weights of that family + the family's chat-fixture tokenizer) gives
+/// HF's apply_chat_template ids with exactly one BOS (the Gemma-2 template writes its own
+/// `<bos>`; rendering adds none), and plain-text prompts get the model's BOS once.
+#[test]
+fn models_render_chats_with_exactly_one_bos() {
+    use candle_core::{DType, Device};
+    use interp_kit::model::Model;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    for (family, weights) in [("llama3", "llama"), ("gemma2", "gemma2")] {
+        let dir = std::env::temp_dir().join(format!("interp_kit_chat_model_{family}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(root.join("parity").join(weights).join(f), dir.join(f)).unwrap();
+        }
+        for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+            std::fs::copy(fixture_dir(family).join(f), dir.join(f)).unwrap();
+        }
+        let m = Model::from_hf_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+        let f = load(family);
+        check_family(m.tok().unwrap(), &f, true);
+        let bos = m.tok().unwrap().bos_id().expect("this family uses a BOS");
+        let p = m.encode_prompt("Hello there").unwrap();
+        assert_eq!((p[0], p.iter().filter(|&&i| i == bos).count()), (bos, 1), "{family}: {p:?}");
+        let bos_text = m.tok().unwrap().token_str(bos);
+        let p2 = m.encode_prompt(&format!("{bos_text}Hello there")).unwrap();
+        assert_eq!(p2, p, "{family}: a prompt that writes its own BOS gets no second one");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

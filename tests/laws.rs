@@ -5,7 +5,10 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use common::{rel_err, tiny};
 use interp_kit::prelude::*;
 
-const ARCHS: [&str; 2] = ["qwen2", "qwen3"];
+/// Every family: Qwen2, Qwen3, Llama 3.x (llama3 rope), Gemma-2 (sliding window 4 < the prompts,
+/// softcaps), GPT-NeoX (parallel and sequential residual), GPT-2 (learned positions, which
+/// left padding must not shift).
+const ARCHS: [&str; 7] = ["qwen2", "qwen3", "llama", "gemma2", "gpt_neox", "gpt_neox_sequential", "gpt2"];
 
 fn prompts() -> Vec<Vec<u32>> {
     vec![vec![5, 17, 42, 8, 99, 3, 250, 7, 11, 64, 2], vec![9, 120, 33, 4, 18, 77, 201]]

@@ -1,6 +1,8 @@
 //! Parity with HF transformers on tiny random-weight checkpoints (tests/fixtures/parity/<arch>,
 //! made by scripts/make_parity_fixtures.py): logits, every hook site, batching with left
-//! padding, greedy decoding and residual gradients, f32, relative error < 1e-4.
+//! padding, greedy decoding and residual gradients, f32, relative error < 1e-4. One checkpoint
+//! per family: Qwen2, Qwen3, Llama 3.x, Gemma-2, GPT-NeoX (parallel and sequential residual),
+//! GPT-2; plus the tiny tokenizers some of them carry.
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::{fixture_dir, rel_err, tiny};
@@ -26,20 +28,27 @@ fn parity(arch: &str) {
     let m = tiny(arch);
     let r = reference(arch);
     let n = m.n_layers();
-    let sites = [Site::ResidPre, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost];
-    let names = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"];
+    // Parallel-residual blocks have no resid_mid: the reference has none and the model says so.
+    assert_eq!(m.info.resid_mid, r.contains_key("resid_mid_0"), "{arch}: resid_mid presence");
+    let all_sites = [Site::ResidPre, Site::AttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost];
+    let all_names = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"];
+    let (sites, names): (Vec<Site>, Vec<&str>) = all_sites
+        .into_iter()
+        .zip(all_names)
+        .filter(|(s, _)| *s != Site::ResidMid || m.info.resid_mid)
+        .unzip();
     for i in 0..2 {
         let p = ids(&r[&format!("ids_{i}")]);
         let mut hooks = Hooks::new().cache(HookPoint::ln_final(), Positions::All);
         for l in 0..n {
-            for s in sites {
-                hooks = hooks.cache(HookPoint::new(l, s), Positions::All);
+            for s in &sites {
+                hooks = hooks.cache(HookPoint::new(l, *s), Positions::All);
             }
         }
         let out = m.forward(&[p.clone()], &hooks).unwrap();
         check(&format!("{arch} logits_{i}"), &out.logits_row(0).unwrap(), &r[&format!("logits_{i}")]);
         check(&format!("{arch} ln_final_{i}"), out.activations.row(HookPoint::ln_final(), 0).unwrap(), &r[&format!("ln_final_{i}")]);
-        for (s, name) in sites.iter().zip(names) {
+        for (s, name) in sites.iter().zip(names.iter().copied()) {
             for l in 0..n {
                 let want = r[&format!("{name}_{i}")].i(l).unwrap();
                 check(&format!("{arch} blocks.{l}.hook_{name} (prompt {i})"), out.activations.row(HookPoint::new(l, *s), 0).unwrap(), &want);
@@ -80,6 +89,100 @@ fn qwen2_matches_transformers() {
 #[test]
 fn qwen3_sharded_tied_matches_transformers() {
     parity("qwen3");
+}
+
+#[test]
+fn llama3_rope_scaling_gqa_untied_matches_transformers() {
+    parity("llama");
+}
+
+#[test]
+fn gemma2_softcaps_sliding_window_matches_transformers() {
+    parity("gemma2");
+}
+
+#[test]
+fn gpt_neox_parallel_residual_partial_rotary_matches_transformers() {
+    parity("gpt_neox");
+}
+
+#[test]
+fn gpt_neox_sequential_residual_matches_transformers() {
+    parity("gpt_neox_sequential");
+}
+
+#[test]
+fn gpt2_learned_positions_conv1d_matches_transformers() {
+    parity("gpt2");
+}
+
+/// GPT-NeoX's parallel blocks have no `hook_resid_mid`: reading, writing or differentiating it
+/// is an error that says why; the sequential variant has it; the other sites add up.
+#[test]
+fn parallel_residual_has_no_resid_mid() {
+    let m = tiny("gpt_neox");
+    assert!(!m.info.resid_mid);
+    let p = vec![vec![5u32, 17, 42, 8, 99]];
+    let hp = HookPoint::resid_mid(1);
+    let says = |e: anyhow::Error| {
+        let e = format!("{e:#}");
+        assert!(e.contains("blocks.1.hook_resid_mid") && e.contains("parallel residual") && e.contains("hook_attn_out"), "{e}");
+    };
+    says(m.forward(&p, &Hooks::new().cache(hp, Positions::All)).err().expect("read of resid_mid must fail"));
+    says(m.forward(&p, &Hooks::new().write(hp, Phase::Both, |x, _| Ok(x.clone()))).err().expect("write must fail"));
+    says(m.grad(&p, &Loss::From(vec![1]), &[hp], Positions::All, &Hooks::new()).err().expect("gradient must fail"));
+    let mut cache = KvCache::new(&m);
+    says(m.prefill(&p, &mut cache, &Hooks::new().cache(hp, Positions::All), LogitsAt::Last).err().expect("prefill must fail"));
+    // resid_post = resid_pre + attn_out + mlp_out, the parallel block's definition.
+    let pts: Vec<HookPoint> = [Site::ResidPre, Site::AttnOut, Site::MlpOut, Site::ResidPost].iter().map(|s| HookPoint::new(1, *s)).collect();
+    let out = m.run_with_cache(&p, &pts, Positions::All).unwrap();
+    let g = |i: usize| out.activations.row(pts[i], 0).unwrap().clone();
+    let sum = ((g(2) + g(1)).unwrap() + g(0)).unwrap();
+    check("parallel block sum", &sum, &g(3));
+    let s = tiny("gpt_neox_sequential");
+    assert!(s.info.resid_mid);
+    s.forward(&p, &Hooks::new().cache(hp, Positions::All)).unwrap();
+}
+
+/// The tiny tokenizers of the fixtures (tokenizer_cases.json: ids from HF AutoTokenizer):
+/// plain encoding, plain-text prompts with the model's BOS handling, and the chat template
+/// (Llama-3: ids of apply_chat_template, one BOS) or its absence (GPT-NeoX, GPT-2).
+#[test]
+fn fixture_tokenizers_match_transformers() {
+    for arch in ["llama", "gpt_neox", "gpt_neox_sequential", "gpt2"] {
+        let m = tiny(arch);
+        let tok = m.tok().unwrap();
+        let cases: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture_dir(arch).join("tokenizer_cases.json")).unwrap()).unwrap();
+        let as_ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+        for t in cases["texts"].as_array().unwrap() {
+            let text = t["text"].as_str().unwrap();
+            assert_eq!(tok.encode(text).unwrap(), as_ids(&t["ids"]), "{arch}: encode {text:?}");
+            assert_eq!(m.encode_prompt(text).unwrap(), as_ids(&t["prompt_ids"]), "{arch}: encode_prompt {text:?}");
+            assert_eq!(tok.decode(&as_ids(&t["ids"]), false).unwrap(), text, "{arch}: decode");
+        }
+        match cases["chats"].as_array() {
+            Some(chats) => {
+                let bos = tok.bos_id().expect("llama-3 tokenizer has a BOS");
+                for c in chats {
+                    let mut chat = interp_kit::chat::Chat::new();
+                    for msg in c["messages"].as_array().unwrap() {
+                        chat = chat.push(msg["role"].as_str().unwrap().parse().unwrap(), msg["content"].as_str().unwrap());
+                    }
+                    let r = tok.render_chat(&chat, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
+                    assert_eq!(r.text, c["text"].as_str().unwrap(), "{arch}: chat text");
+                    assert_eq!(r.ids, as_ids(&c["ids"]), "{arch}: chat ids");
+                    assert_eq!(r.ids.iter().filter(|&&i| i == bos).count(), 1, "{arch}: exactly one BOS");
+                }
+            }
+            None => {
+                assert_eq!(tok.bos_id(), None, "{arch}: base-model tokenizer adds no BOS");
+                let e = tok.render_chat(&interp_kit::chat::Chat::new().user("hi"), true).err().expect("no chat template");
+                let e = format!("{e:#}");
+                assert!(e.contains("no chat template") && e.contains("encode_prompt"), "{arch}: {e}");
+            }
+        }
+    }
 }
 
 #[test]

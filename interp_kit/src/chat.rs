@@ -689,7 +689,9 @@ impl Tokenizer {
         let src = self.chat_template().ok_or_else(|| {
             anyhow!(
                 "this tokenizer has no chat template (no chat_template in tokenizer_config.json, no chat_template.jinja, \
-                 no tokenizer.chat_template in the GGUF); set one with Tokenizer::set_chat_template"
+                 no tokenizer.chat_template in the GGUF): base models such as GPT-2 and Pythia (GPT-NeoX) have none. \
+                 Prompt them with plain text (Tokenizer::encode_prompt / Model::encode_prompt), or set a template \
+                 with Tokenizer::set_chat_template"
             )
         })?;
         let mut t = ChatTemplate::new(src);

@@ -227,9 +227,12 @@ impl Tokenizer {
     /// `<|im_end|>`, `<|endoftext|>`, `<|eot_id|>`, `<end_of_turn>` (llama.cpp's rule).
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
         let md = &ct.metadata;
-        let raw = tokenizers::Tokenizer::from_gguf(ct)
+        let mut raw = tokenizers::Tokenizer::from_gguf(ct)
             .map_err(|e| anyhow!("{e}"))
             .context("building a tokenizer from GGUF metadata (tokenizer.ggml.*)")?;
+        if let Some(pre) = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()) {
+            fix_gguf_pre_tokenizer(&mut raw, pre)?;
+        }
         let tokens: Vec<String> = md
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
@@ -352,6 +355,19 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Token ids of a plain-text prompt (base models, which have no chat template): the BOS the
+    /// model expects ([`Tokenizer::bos_id`]: Llama-3, Gemma) first, then `text` encoded without
+    /// special tokens; models without a BOS (GPT-2, GPT-NeoX, Qwen) get `text`'s tokens only.
+    /// This is HF `tokenizer(text)` (`add_special_tokens=True`) for these models, except that a
+    /// text that already starts with the BOS string does not get a second BOS.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.encode(text)?;
+        match self.bos {
+            Some(b) if ids.first() != Some(&b) => Ok(std::iter::once(b).chain(ids).collect()),
+            _ => Ok(ids),
+        }
+    }
+
     /// Encode text without adding any special token (no BOS/EOS), as `add_special_tokens=False`.
     /// Special-token strings written in `text` (e.g. `<|im_start|>`) still map to their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -455,4 +471,33 @@ fn fix_gguf_added_tokens(
         added_ok.map_err(|e| anyhow!("{e}"))?;
     }
     Ok(tok)
+}
+
+/// candle's GGUF tokenizer knows llama.cpp's `qwen2` pre-tokenizer and falls back to GPT-2's
+/// byte-level pre-tokenizer *with* a prefix space for every other name. Set the pre-tokenizer
+/// that the HF `tokenizer.json` of these families has instead:
+/// - `llama-bpe` (Llama-3): the Llama-3 split regex, then byte-level without regex or prefix space;
+/// - `gpt-2`, `gpt-neox`, `phi-2`, `olmo`: GPT-2's byte-level pre-tokenizer without prefix space.
+fn fix_gguf_pre_tokenizer(tok: &mut tokenizers::Tokenizer, pre: &str) -> Result<()> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama-bpe" | "llama3" => {
+            let split = Split::new(
+                SplitPattern::Regex(REGEX_LLAMA3.to_string()),
+                tokenizers::tokenizer::SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+            let seq = Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]);
+            tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::PreTokenizerWrapper::from(seq)));
+        }
+        "gpt-2" | "gpt2" | "gpt-neox" | "phi-2" | "olmo" => {
+            tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::PreTokenizerWrapper::from(ByteLevel::new(false, true, true))));
+        }
+        _ => {}
+    }
+    Ok(())
 }

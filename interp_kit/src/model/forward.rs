@@ -13,9 +13,14 @@ pub struct FwdCtx<'a> {
     pub dense: bool,
     pub keep_kv: bool,
     pub phase: Phase,
-    pub rope: &'a Rope,
-    pub cos: Tensor,
-    pub sin: Tensor,
+    /// The model's rotary tables (`None` for learned absolute positions, GPT-2).
+    pub rope: Option<&'a Rope>,
+    /// `[B, T, rot_dim/2]` rotary tables at this call's positions (with `rope`).
+    pub cos: Option<Tensor>,
+    pub sin: Option<Tensor>,
+    /// `[B, T]` u32 position of every column: its prompt-relative token index (0 for padding),
+    /// what HF derives from the attention mask under left padding (`cumsum(mask) - 1`).
+    pub positions: Tensor,
     pub device: Device,
     pub dtype: DType,
     /// `token_index[row][col]` for the columns of this call.
@@ -34,7 +39,7 @@ pub struct FwdCtx<'a> {
 impl<'a> FwdCtx<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        rope: &'a Rope,
+        rope: Option<&'a Rope>,
         hooks: &'a Hooks<'a>,
         grad_points: &[HookPoint],
         grad: bool,
@@ -65,7 +70,13 @@ impl<'a> FwdCtx<'a> {
             token_index.push(row);
         }
         let positions = Tensor::from_vec(pos, (b, new_cols), device)?;
-        let (cos, sin) = rope.tables(&positions)?;
+        let (cos, sin) = match rope {
+            Some(r) => {
+                let (c, s) = r.tables(&positions)?;
+                (Some(c), Some(s))
+            }
+            None => (None, None),
+        };
         let active = hooks.points().chain(grad_points.iter().copied()).collect();
         Ok(Self {
             grad,
@@ -75,6 +86,7 @@ impl<'a> FwdCtx<'a> {
             rope,
             cos,
             sin,
+            positions,
             device: device.clone(),
             dtype,
             token_index,

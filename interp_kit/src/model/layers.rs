@@ -177,6 +177,45 @@ impl Linear {
     pub fn out_dim(&self) -> usize {
         self.weight.dims()[0]
     }
+    /// The same layer with its output rows reordered: output `r` of the result is output
+    /// `perm[r]` of `self` (weight rows and bias). Quantized weights are permuted row by row
+    /// in their encoded form (a row is a whole number of blocks), so nothing is rounded.
+    pub fn permute_rows(self, perm: &[usize]) -> Result<Linear> {
+        let out = self.out_dim();
+        anyhow::ensure!(
+            perm.len() == out && perm.iter().all(|&p| p < out),
+            "{}: a row permutation of {} entries for {out} rows",
+            self.name,
+            perm.len()
+        );
+        let idx: Vec<u32> = perm.iter().map(|&p| p as u32).collect();
+        let weight = match self.weight {
+            Weight::Dense(w) => {
+                let i = Tensor::new(idx.as_slice(), w.device())?;
+                Weight::Dense(w.index_select(&i, 0)?)
+            }
+            Weight::Quant { q, dtype, .. } => {
+                let data = q.data()?;
+                anyhow::ensure!(data.len() % out == 0, "{}: {} bytes are not {out} whole rows", self.name, data.len());
+                let row = data.len() / out;
+                let mut dst = Vec::with_capacity(data.len());
+                for &p in perm {
+                    dst.extend_from_slice(&data[p * row..(p + 1) * row]);
+                }
+                let dims = q.shape().dims().to_vec();
+                let t = candle_core::quantized::ggml_file::qtensor_from_ggml(q.dtype(), &dst, dims, &q.device())?;
+                Weight::quant(Arc::new(t), dtype)?
+            }
+        };
+        let bias = match self.bias {
+            Some(b) => {
+                let i = Tensor::new(idx.as_slice(), b.device())?;
+                Some(b.index_select(&i, 0)?)
+            }
+            None => None,
+        };
+        Ok(Linear { weight, bias, name: self.name })
+    }
     /// `grad`: differentiable (frozen-weight) path; `dense`: use dense weights even when a
     /// quantized copy exists (exact f32 inference).
     pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
@@ -214,6 +253,10 @@ impl Linear {
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    /// Gemma: `weight` is kept in f32 and multiplies the f32 normalized value before the cast
+    /// back to the model dtype (HF `Gemma2RMSNorm`: `(x * (1 + w)).to(dtype)`); Llama-style norms
+    /// cast first and multiply in the model dtype (`w * x.to(dtype)`). Identical in f32.
+    pub scale_in_f32: bool,
 }
 
 impl RmsNorm {
@@ -224,9 +267,14 @@ impl RmsNorm {
             let x32 = x.to_dtype(DType::F32)?;
             let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
             let y = x32.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-            Ok(y.to_dtype(dt)?.broadcast_mul(&self.weight)?)
+            if self.scale_in_f32 {
+                Ok(y.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?.to_dtype(dt)?)
+            } else {
+                Ok(y.to_dtype(dt)?.broadcast_mul(&self.weight.to_dtype(dt)?)?)
+            }
         } else {
-            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+            let w = self.weight.to_dtype(DType::F32)?;
+            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &w, self.eps as f32)?)
         }
     }
 }
@@ -315,7 +363,8 @@ impl Rope {
             let rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
             let pass = x.narrow(D::Minus1, self.rot_dim, hd - self.rot_dim)?;
             let rot = self.apply(&rot.contiguous()?, cos, sin, grad)?;
-            return Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?);
+            // cat along the last dim can leave odd strides (T = 1): matmul needs contiguity.
+            return Ok(Tensor::cat(&[&rot, &pass.contiguous()?], D::Minus1)?.contiguous()?);
         }
         if grad {
             let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
@@ -340,20 +389,46 @@ pub fn softmax(x: &Tensor, grad: bool) -> Result<Tensor> {
     }
 }
 
+/// The query/key/value projections: separate matrices (Llama family) or one fused matrix whose
+/// output rows are `[q (n_heads*head_dim) | k (n_kv*head_dim) | v (n_kv*head_dim)]` (GPT-2's
+/// `c_attn`; GPT-NeoX's `query_key_value` after its per-head interleave is undone at load time).
+pub enum QkvProj {
+    Split { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+impl QkvProj {
+    /// `(q, k, v)` projections of `x` `[B, T, d]`, each `[B, T, heads*head_dim]`.
+    fn forward(&self, x: &Tensor, grad: bool, dense: bool, q_dim: usize, kv_dim: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok(match self {
+            QkvProj::Split { q, k, v } => (q.forward(x, grad, dense)?, k.forward(x, grad, dense)?, v.forward(x, grad, dense)?),
+            QkvProj::Fused(l) => {
+                let y = l.forward(x, grad, dense)?;
+                (
+                    y.narrow(D::Minus1, 0, q_dim)?,
+                    y.narrow(D::Minus1, q_dim, kv_dim)?,
+                    y.narrow(D::Minus1, q_dim + kv_dim, kv_dim)?,
+                )
+            }
+        })
+    }
+}
+
 /// Multi-head attention with GQA, optional q/k norms, logit soft-capping and sliding window.
+/// Rotary embedding is applied when the model has one ([`FwdCtx::rope`]); GPT-2 has none.
 pub struct Attention {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    pub qkv: QkvProj,
     pub o: Linear,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
-    /// Multiplies q·k (default `1/sqrt(head_dim)`).
+    /// Multiplies q·k (default `1/sqrt(head_dim)`; Gemma-2: `query_pre_attn_scalar^-1/2`).
     pub scale: f64,
+    /// Gemma-2: `softcap * tanh(scores / softcap)` before the mask.
     pub softcap: Option<f64>,
+    /// Keys further back than this many positions (the query included) are masked.
     pub sliding_window: Option<usize>,
 }
 
@@ -370,18 +445,20 @@ impl Attention {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let mut q = heads(self.q.forward(x, g, dn)?, self.n_heads)?;
-        let mut k = heads(self.k.forward(x, g, dn)?, self.n_kv_heads)?;
-        let v = heads(self.v.forward(x, g, dn)?, self.n_kv_heads)?;
+        let (q, k, v) = self.qkv.forward(x, g, dn, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim)?;
+        let mut q = heads(q, self.n_heads)?;
+        let mut k = heads(k, self.n_kv_heads)?;
+        let v = heads(v, self.n_kv_heads)?;
         if let Some(n) = &self.q_norm {
             q = n.forward(&q, g)?;
         }
         if let Some(n) = &self.k_norm {
             k = n.forward(&k, g)?;
         }
-        let rope = ctx.rope;
-        let q = rope.apply(&q, &ctx.cos, &ctx.sin, g)?;
-        let k = rope.apply(&k, &ctx.cos, &ctx.sin, g)?;
+        if let (Some(rope), Some(cos), Some(sin)) = (ctx.rope, &ctx.cos, &ctx.sin) {
+            q = rope.apply(&q, cos, sin, g)?;
+            k = rope.apply(&k, cos, sin, g)?;
+        }
         let (k, v) = match kv.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
@@ -406,11 +483,28 @@ impl Attention {
 }
 
 /// Activation of a gated or plain MLP.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {
+    /// `silu` (Llama, Qwen).
     Silu,
+    /// The tanh approximation of GELU: HF `gelu_pytorch_tanh` (Gemma-2), `gelu_new` (GPT-2).
     GeluTanh,
+    /// Exact (erf) GELU: HF `gelu` (GPT-NeoX / Pythia).
     GeluErf,
+}
+
+impl Act {
+    /// From an HF `hidden_act` / `hidden_activation` / `activation_function` name.
+    pub fn from_hf(name: &str) -> Result<Self> {
+        Ok(match name {
+            "silu" | "swish" => Act::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" | "gelu_tanh" => Act::GeluTanh,
+            "gelu" => Act::GeluErf,
+            other => anyhow::bail!(
+                "activation {other:?} is not supported (known: silu, gelu, gelu_new, gelu_pytorch_tanh)"
+            ),
+        })
+    }
 }
 
 impl Act {

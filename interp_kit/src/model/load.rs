@@ -8,10 +8,27 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// How a weight file lays out the tensors that llama.cpp's converter rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// As HF `transformers` stores them (safetensors checkpoints).
+    Hf,
+    /// As `convert_hf_to_gguf.py` writes them: Llama q/k rows permuted, GPT-2 Conv1D matrices
+    /// transposed to `[out, in]`, GPT-NeoX fused qkv rows de-interleaved to `[q; k; v]`,
+    /// Gemma norm weights with the `+1` added.
+    LlamaCpp,
+}
+
 /// A source of named weights (HF names).
 pub trait Weights {
     /// A dense tensor in the model dtype.
     fn dense(&self, name: &str) -> Result<Tensor>;
+    /// A dense tensor in f32 (exact for f16/bf16 sources).
+    fn dense_f32(&self, name: &str) -> Result<Tensor>;
+    /// The tensor's shape, without loading it.
+    fn shape(&self, name: &str) -> Result<Vec<usize>>;
+    /// Which layout conventions the file follows.
+    fn layout(&self) -> Layout;
     /// A `[out, in]` matrix named `{prefix}.weight` (+ `{prefix}.bias`), checked against `shape`.
     fn linear(&self, prefix: &str, bias: bool, shape: (usize, usize)) -> Result<Linear>;
     fn contains(&self, name: &str) -> bool;
@@ -73,14 +90,29 @@ impl SafetensorsWeights {
     }
 }
 
+impl SafetensorsWeights {
+    fn dense_f32_or_raw(&self, name: &str) -> Result<Tensor> {
+        ensure!(self.contains(name), "{}: missing tensor {name}", self.origin());
+        self.st
+            .load(name, &self.device)
+            .with_context(|| format!("{}: loading {name}", self.origin()))
+    }
+}
+
 impl Weights for SafetensorsWeights {
     fn dense(&self, name: &str) -> Result<Tensor> {
+        Ok(self.dense_f32_or_raw(name)?.to_dtype(self.dtype)?)
+    }
+    fn dense_f32(&self, name: &str) -> Result<Tensor> {
+        Ok(self.dense_f32_or_raw(name)?.to_dtype(DType::F32)?)
+    }
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
         ensure!(self.contains(name), "{}: missing tensor {name}", self.origin());
-        let t = self
-            .st
-            .load(name, &self.device)
-            .with_context(|| format!("{}: loading {name}", self.origin()))?;
-        Ok(t.to_dtype(self.dtype)?)
+        let v = self.st.get(name).with_context(|| format!("{}: {name}", self.origin()))?;
+        Ok(v.shape().to_vec())
+    }
+    fn layout(&self) -> Layout {
+        Layout::Hf
     }
     fn linear(&self, prefix: &str, bias: bool, shape: (usize, usize)) -> Result<Linear> {
         let wname = format!("{prefix}.weight");
@@ -100,37 +132,70 @@ impl Weights for SafetensorsWeights {
     }
 }
 
-/// Maps an HF Llama-family weight name to llama.cpp's GGUF name.
+/// Maps an HF Llama-family weight name to llama.cpp's GGUF name (see [`gguf_name_for`]).
 pub fn gguf_name(hf: &str) -> String {
+    gguf_name_for("llama", hf)
+}
+
+/// Maps an HF weight name to the name llama.cpp's converter gives it in a GGUF of
+/// architecture `arch` (`general.architecture`), as gguf-py's `TensorNameMap` does. Names
+/// that map to nothing pass through unchanged (e.g. `rope_freqs.weight`).
+pub fn gguf_name_for(arch: &str, hf: &str) -> String {
     let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
+        ("model.embed_tokens.", "token_embd."),
+        ("model.norm.", "output_norm."),
+        ("lm_head.", "output."),
+        // GPT-NeoX
+        ("gpt_neox.embed_in.", "token_embd."),
+        ("gpt_neox.final_layer_norm.", "output_norm."),
+        ("embed_out.", "output."),
+        // GPT-2
+        ("transformer.wte.", "token_embd."),
+        ("transformer.wpe.", "position_embd."),
+        ("transformer.ln_f.", "output_norm."),
     ];
     for (a, b) in fixed {
-        if hf == a {
-            return b.to_string();
+        if let Some(suffix) = hf.strip_prefix(a) {
+            return format!("{b}{suffix}");
         }
     }
-    if let Some(rest) = hf.strip_prefix("model.layers.") {
-        if let Some((l, tail)) = rest.split_once('.') {
-            let map = [
-                ("self_attn.q_proj.", "attn_q."),
-                ("self_attn.k_proj.", "attn_k."),
-                ("self_attn.v_proj.", "attn_v."),
-                ("self_attn.o_proj.", "attn_output."),
-                ("self_attn.q_norm.", "attn_q_norm."),
-                ("self_attn.k_norm.", "attn_k_norm."),
-                ("mlp.gate_proj.", "ffn_gate."),
-                ("mlp.up_proj.", "ffn_up."),
-                ("mlp.down_proj.", "ffn_down."),
-                ("input_layernorm.", "attn_norm."),
-                ("post_attention_layernorm.", "ffn_norm."),
-            ];
-            for (a, b) in map {
-                if let Some(suffix) = tail.strip_prefix(a) {
-                    return format!("blk.{l}.{b}{suffix}");
-                }
+    let layer = ["model.layers.", "gpt_neox.layers.", "transformer.h."]
+        .iter()
+        .find_map(|p| hf.strip_prefix(p))
+        .and_then(|rest| rest.split_once('.'));
+    if let Some((l, tail)) = layer {
+        // Gemma-2 has four norms per block; llama.cpp names them differently from Llama's two.
+        let gemma = arch == "gemma2";
+        let map: &[(&str, &str)] = &[
+            ("self_attn.q_proj.", "attn_q."),
+            ("self_attn.k_proj.", "attn_k."),
+            ("self_attn.v_proj.", "attn_v."),
+            ("self_attn.o_proj.", "attn_output."),
+            ("self_attn.q_norm.", "attn_q_norm."),
+            ("self_attn.k_norm.", "attn_k_norm."),
+            ("mlp.gate_proj.", "ffn_gate."),
+            ("mlp.up_proj.", "ffn_up."),
+            ("mlp.down_proj.", "ffn_down."),
+            ("input_layernorm.", "attn_norm."),
+            ("post_attention_layernorm.", if gemma { "post_attention_norm." } else { "ffn_norm." }),
+            ("pre_feedforward_layernorm.", "ffn_norm."),
+            ("post_feedforward_layernorm.", "post_ffw_norm."),
+            // GPT-NeoX
+            ("attention.query_key_value.", "attn_qkv."),
+            ("attention.dense.", "attn_output."),
+            ("mlp.dense_h_to_4h.", "ffn_up."),
+            ("mlp.dense_4h_to_h.", "ffn_down."),
+            // GPT-2
+            ("ln_1.", "attn_norm."),
+            ("ln_2.", "ffn_norm."),
+            ("attn.c_attn.", "attn_qkv."),
+            ("attn.c_proj.", "attn_output."),
+            ("mlp.c_fc.", "ffn_up."),
+            ("mlp.c_proj.", "ffn_down."),
+        ];
+        for (a, b) in map {
+            if let Some(suffix) = tail.strip_prefix(a) {
+                return format!("blk.{l}.{b}{suffix}");
             }
         }
     }
@@ -140,6 +205,8 @@ pub fn gguf_name(hf: &str) -> String {
 /// A GGUF file: matrices stay quantized (fast inference), everything else is dequantized.
 pub struct GgufWeights {
     pub content: gguf_file::Content,
+    /// `general.architecture` (selects the tensor-name map).
+    pub arch: String,
     file: Mutex<std::fs::File>,
     path: PathBuf,
     device: Device,
@@ -163,11 +230,20 @@ impl GgufWeights {
                 );
             }
         }
-        Ok(Self { content, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype })
+        let arch = match content.metadata.get("general.architecture") {
+            Some(v) => v.to_string().map_err(|e| anyhow::anyhow!("{}: general.architecture: {e}", path.display()))?.clone(),
+            None => bail!("{}: GGUF has no general.architecture", path.display()),
+        };
+        Ok(Self { content, arch, file: Mutex::new(file), path: path.to_path_buf(), device: device.clone(), dtype })
+    }
+
+    /// The GGUF name of an HF weight name in this file's architecture.
+    pub fn name_of(&self, hf_name: &str) -> String {
+        gguf_name_for(&self.arch, hf_name)
     }
 
     pub fn qtensor(&self, hf_name: &str) -> Result<candle_core::quantized::QTensor> {
-        let name = gguf_name(hf_name);
+        let name = self.name_of(hf_name);
         ensure!(
             self.content.tensor_infos.contains_key(&name),
             "{}: missing tensor {name} (HF name {hf_name})",
@@ -186,17 +262,32 @@ impl GgufWeights {
 
 impl Weights for GgufWeights {
     fn dense(&self, name: &str) -> Result<Tensor> {
-        Ok(self.qtensor(name)?.dequantize(&self.device)?.to_dtype(self.dtype)?)
+        Ok(self.dense_f32(name)?.to_dtype(self.dtype)?)
+    }
+    fn dense_f32(&self, name: &str) -> Result<Tensor> {
+        Ok(self.qtensor(name)?.dequantize(&self.device)?.to_dtype(DType::F32)?)
+    }
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let g = self.name_of(name);
+        let info = self
+            .content
+            .tensor_infos
+            .get(&g)
+            .with_context(|| format!("{}: missing tensor {g} (HF name {name})", self.path.display()))?;
+        Ok(info.shape.dims().to_vec())
+    }
+    fn layout(&self) -> Layout {
+        Layout::LlamaCpp
     }
     fn linear(&self, prefix: &str, bias: bool, shape: (usize, usize)) -> Result<Linear> {
         let wname = format!("{prefix}.weight");
         let q = q5_0_to_q8_0(self.qtensor(&wname)?, &self.device)?;
-        check_shape(&gguf_name(&wname), q.shape().dims(), &[shape.0, shape.1], &self.origin())?;
+        check_shape(&self.name_of(&wname), q.shape().dims(), &[shape.0, shape.1], &self.origin())?;
         let b = if bias { Some(self.dense(&format!("{prefix}.bias"))?) } else { None };
         Ok(Linear { weight: Weight::quant(Arc::new(q), self.dtype)?, bias: b, name: prefix.to_string() })
     }
     fn contains(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(&gguf_name(name))
+        self.content.tensor_infos.contains_key(&self.name_of(name))
     }
     fn origin(&self) -> String {
         self.path.display().to_string()
@@ -263,7 +354,8 @@ pub struct GgufHparams {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub max_position_embeddings: usize,
-    pub rope_theta: f64,
+    /// `{arch}.rope.freq_base`; absent in some converters' output (llama.cpp's default: 10000).
+    pub rope_theta: Option<f64>,
     pub rms_norm_eps: f64,
 }
 
@@ -275,9 +367,11 @@ impl GgufHparams {
             intermediate_size: md_usize(md, &k("feed_forward_length"))?,
             num_hidden_layers: md_usize(md, &k("block_count"))?,
             num_attention_heads: md_usize(md, &k("attention.head_count"))?,
-            num_key_value_heads: md_usize(md, &k("attention.head_count_kv"))?,
+            // Absent when the checkpoint has no num_key_value_heads (plain multi-head attention).
+            num_key_value_heads: md_usize(md, &k("attention.head_count_kv"))
+                .or_else(|_| md_usize(md, &k("attention.head_count")))?,
             max_position_embeddings: md_usize(md, &k("context_length"))?,
-            rope_theta: md_f64(md, &k("rope.freq_base"))?,
+            rope_theta: md_f64(md, &k("rope.freq_base")).ok(),
             rms_norm_eps: md_f64(md, &k("attention.layer_norm_rms_epsilon"))?,
         })
     }

@@ -9,9 +9,14 @@
 //! let h = out.activations.row(HookPoint::resid_post(3), 0)?; // [1, d_model]
 //! # anyhow::Ok(())
 //! ```
+pub mod config;
 pub mod decoder;
 pub mod forward;
+pub mod gemma2;
+pub mod gpt2;
+pub mod gpt_neox;
 pub mod layers;
+pub mod llama;
 pub mod load;
 pub mod qwen2;
 pub mod qwen3;
@@ -23,13 +28,13 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use decoder::Block;
 use forward::FwdCtx;
 use layers::{Linear, Norm, Rope, Weight};
-use load::{GgufWeights, SafetensorsWeights, Weights};
+use load::{GgufWeights, Layout, SafetensorsWeights, Weights};
 use std::path::{Path, PathBuf};
 
 /// Shape facts about a loaded model.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ModelInfo {
-    /// `qwen2`, `qwen3`, ...
+    /// HF `model_type`: `qwen2`, `qwen3`, `llama`, `gemma2`, `gpt_neox`, `gpt2`.
     pub arch: String,
     pub n_layers: usize,
     pub d_model: usize,
@@ -42,9 +47,12 @@ pub struct ModelInfo {
     pub source: String,
     /// Whether matrices are kept quantized for inference (GGUF).
     pub quantized: bool,
+    /// Whether the blocks have `hook_resid_mid` (false for GPT-NeoX's parallel residual).
+    pub resid_mid: bool,
 }
 
-/// Token embedding (optionally scaled, e.g. Gemma's `sqrt(d)`).
+/// Token embedding (optionally scaled, e.g. Gemma's `sqrt(d)`: the scale is rounded to the
+/// model dtype before multiplying, as HF does).
 pub struct Embedding {
     pub weight: Tensor,
     pub scale: Option<f64>,
@@ -68,11 +76,16 @@ pub struct Model {
     /// weights (exact, slower; the gradient path always uses dense weights).
     pub quantized_inference: bool,
     pub(crate) embed: Embedding,
+    /// Learned absolute position embeddings `[n_positions, d]` (GPT-2).
+    pub(crate) pos_embed: Option<Tensor>,
     pub(crate) blocks: Vec<Box<dyn Block>>,
     pub(crate) norm: Norm,
     pub(crate) lm_head: Linear,
     pub(crate) final_softcap: Option<f64>,
-    pub(crate) rope: Rope,
+    /// Rotary tables (`None` for GPT-2).
+    pub(crate) rope: Option<Rope>,
+    /// Why the tokenizer could not be loaded, if it could not (reported by [`Model::tok`]).
+    pub(crate) tokenizer_error: Option<String>,
 }
 
 /// The KV cache of a batch: a value the caller holds, clones cheaply, and may pass to later
@@ -158,18 +171,56 @@ impl Source {
     }
 }
 
-/// Architectures this build knows, for error messages.
-pub const ARCHITECTURES: &[&str] = &["qwen2", "qwen3"];
+/// Architectures this build knows (HF `model_type`), for error messages.
+pub const ARCHITECTURES: &[&str] = &["qwen2", "qwen3", "llama", "gemma2", "gpt_neox", "gpt2"];
+
+/// The same, as llama.cpp names them in GGUF `general.architecture`.
+pub const GGUF_ARCHITECTURES: &[&str] = &["qwen2", "qwen3", "llama", "gemma2", "gptneox", "gpt2"];
+
+/// The rope tables cover the configured context, capped to keep memory small.
+pub(crate) const ROPE_MAX_POSITIONS: usize = 1 << 16;
 
 /// The parts an architecture builds.
 pub(crate) struct Parts {
-    embed: Embedding,
-    blocks: Vec<Box<dyn Block>>,
-    norm: Norm,
-    lm_head: Linear,
-    final_softcap: Option<f64>,
-    rope: Rope,
-    info: ModelInfo,
+    pub(crate) embed: Embedding,
+    pub(crate) pos_embed: Option<Tensor>,
+    pub(crate) blocks: Vec<Box<dyn Block>>,
+    pub(crate) norm: Norm,
+    pub(crate) lm_head: Linear,
+    pub(crate) final_softcap: Option<f64>,
+    pub(crate) rope: Option<Rope>,
+    pub(crate) info: ModelInfo,
+}
+
+/// A dense matrix checked against `[rows, cols]`.
+pub(crate) fn dense_checked(w: &dyn Weights, name: &str, rows: usize, cols: usize, what: &str) -> Result<Tensor> {
+    let t = w.dense(name)?;
+    ensure!(
+        t.dims() == [rows, cols],
+        "{}: {name} has shape {:?}, the config implies [{rows}, {cols}] ({what})",
+        w.origin(),
+        t.dims()
+    );
+    Ok(t)
+}
+
+/// The output head: the first of `names` present, or the token embedding when `tied`.
+/// An untied config whose checkpoint has no head is an error naming what was looked for.
+pub(crate) fn lm_head(w: &dyn Weights, names: &[&str], tied: bool, embed: &Tensor, vocab: usize, d: usize) -> Result<Linear> {
+    if !tied {
+        for n in names {
+            if w.contains(&format!("{n}.weight")) {
+                return w.linear(n, false, (vocab, d));
+            }
+        }
+        // llama.cpp drops a head equal to the embedding; GGUF loaders pass `tied` from its absence.
+        bail!(
+            "{}: the config says tie_word_embeddings = false but none of {} is in the checkpoint",
+            w.origin(),
+            names.iter().map(|n| format!("{n}.weight")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(Linear { weight: Weight::Dense(embed.clone()), bias: None, name: "lm_head (tied)".into() })
 }
 
 fn llama_parts(
@@ -179,33 +230,27 @@ fn llama_parts(
     device: &Device,
     dtype: DType,
 ) -> Result<Parts> {
-    let (vocab_size, max_pos, theta, tied) =
-        (spec.vocab_size, spec.max_position_embeddings, spec.rope_theta, spec.tie_word_embeddings);
-    let embed = w.dense("model.embed_tokens.weight")?;
-    ensure!(
-        embed.dims() == [vocab_size, spec.hidden_size],
-        "{}: embedding has shape {:?}, config says [{vocab_size}, {}]",
-        w.origin(),
-        embed.dims(),
-        spec.hidden_size
-    );
+    let (vocab_size, max_pos, tied) = (spec.vocab_size, spec.max_position_embeddings, spec.tie_word_embeddings);
+    let embed = dense_checked(w, "model.embed_tokens.weight", vocab_size, spec.hidden_size, "vocab_size, hidden_size")?;
     let blocks = decoder::build_blocks(spec, w)?;
-    let norm = decoder::rms(w, "model.norm.weight", spec.rms_norm_eps, spec.norm_plus_one)?;
-    let lm_head = if !tied && w.contains("lm_head.weight") {
-        w.linear("lm_head", false, (vocab_size, spec.hidden_size))?
-    } else {
-        Linear { weight: Weight::Dense(embed.clone()), bias: None, name: "lm_head (tied)".into() }
-    };
-    // The rope tables cover the configured context, capped to keep memory small.
-    let rope_max = max_pos.min(1 << 16);
-    let rope = Rope::new(&Rope::default_inv_freq(spec.head_dim, theta), rope_max, device, dtype)?;
+    let norm = decoder::final_norm(spec, w)?;
+    let lm_head = lm_head(w, &["lm_head"], tied, &embed, vocab_size, spec.hidden_size)?;
+    let rope_max = max_pos.min(ROPE_MAX_POSITIONS);
+    ensure!(
+        spec.rope_inv_freq.len() * 2 == spec.head_dim,
+        "rope has {} frequencies for head_dim {}",
+        spec.rope_inv_freq.len(),
+        spec.head_dim
+    );
+    let rope = Rope::new(&spec.rope_inv_freq, rope_max, device, dtype)?;
     Ok(Parts {
-        embed: Embedding { weight: embed, scale: None },
+        embed: Embedding { weight: embed, scale: spec.embed_scale },
+        pos_embed: None,
         blocks,
         norm,
         lm_head,
-        final_softcap: None,
-        rope,
+        final_softcap: spec.final_softcap,
+        rope: Some(rope),
         info: ModelInfo {
             arch: arch.into(),
             n_layers: spec.num_hidden_layers,
@@ -217,6 +262,7 @@ fn llama_parts(
             max_positions: rope_max,
             source: w.origin(),
             quantized: false,
+            resid_mid: true,
         },
     })
 }
@@ -256,28 +302,39 @@ impl Model {
         );
         let w = SafetensorsWeights::from_dir(dir, device, dtype)?;
         let parse = |e: serde_json::Error| anyhow::anyhow!("{}: {e}", cfg_path.display());
-        let spec = match arch.as_str() {
-            "qwen2" => serde_json::from_value::<qwen2::Config>(v.clone()).map_err(parse)?.spec(),
-            "qwen3" => serde_json::from_value::<qwen3::Config>(v.clone()).map_err(parse)?.spec(),
+        let cfg_err = || format!("{}", cfg_path.display());
+        let parts = match arch.as_str() {
+            "qwen2" => llama_parts(&arch, &serde_json::from_value::<qwen2::Config>(v.clone()).map_err(parse)?.spec(), &w, device, dtype)?,
+            "qwen3" => llama_parts(&arch, &serde_json::from_value::<qwen3::Config>(v.clone()).map_err(parse)?.spec(), &w, device, dtype)?,
+            "llama" => {
+                let spec = serde_json::from_value::<llama::Config>(v.clone()).map_err(parse)?.spec().with_context(cfg_err)?;
+                llama_parts(&arch, &spec, &w, device, dtype)?
+            }
+            "gemma2" => {
+                let spec = serde_json::from_value::<gemma2::Config>(v.clone()).map_err(parse)?.spec().with_context(cfg_err)?;
+                llama_parts(&arch, &spec, &w, device, dtype)?
+            }
+            "gpt_neox" => serde_json::from_value::<gpt_neox::Config>(v.clone()).map_err(parse)?.parts(&w, device, dtype).with_context(cfg_err)?,
+            "gpt2" => serde_json::from_value::<gpt2::Config>(v.clone()).map_err(parse)?.parts(&w, device, dtype).with_context(cfg_err)?,
             other => bail!(
                 "{}: unknown architecture (model_type) {other:?}; this build supports {ARCHITECTURES:?}",
                 cfg_path.display()
             ),
         };
-        let parts = llama_parts(&arch, &spec, &w, device, dtype)?;
         let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_hf_dir(dir)?) } else { None };
-        Ok(Self::assemble(parts, tokenizer, device, dtype, dir.display().to_string()))
+        let tokenizer_error = tokenizer.is_none().then(|| format!("{} has no tokenizer.json", dir.display()));
+        Ok(Self::assemble(parts, tokenizer, tokenizer_error, device, dtype, dir.display().to_string()))
     }
 
     /// A GGUF file: matrices stay quantized for inference; tokenizer and template from metadata.
+    /// Layouts llama.cpp's converter rewrote are undone (see [`Layout::LlamaCpp`]). A GGUF
+    /// tokenizer this build cannot read (SentencePiece `llama` vocabularies, e.g. Gemma) leaves
+    /// the model without one; [`Model::tok`] then says why.
     pub fn from_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let w = GgufWeights::open(path, device, dtype)?;
+        debug_assert_eq!(w.layout(), Layout::LlamaCpp);
         let md = w.metadata();
-        let arch = md
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .with_context(|| format!("{}: GGUF has no general.architecture", path.display()))?;
+        let arch = w.arch.clone();
         let vocab = w
             .content
             .tensor_infos
@@ -287,18 +344,47 @@ impl Model {
             .dims()[0];
         let tied = !w.content.tensor_infos.contains_key("output.weight");
         let ctx = || path.display().to_string();
-        let spec = match arch.as_str() {
-            "qwen2" => qwen2::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(),
-            "qwen3" => qwen3::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(),
+        let mut parts = match arch.as_str() {
+            "qwen2" => llama_parts(&arch, &qwen2::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(), &w, device, dtype)?,
+            "qwen3" => llama_parts(&arch, &qwen3::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(), &w, device, dtype)?,
+            "llama" => {
+                let mut spec = llama::Config::from_gguf(md, vocab, tied).and_then(|c| c.spec()).with_context(ctx)?;
+                spec.qk_permuted = true;
+                if w.contains("rope_freqs.weight") {
+                    // Llama-3.1 rope scaling, as llama.cpp stores it: per-frequency divisors.
+                    let f: Vec<f32> = w.dense_f32("rope_freqs.weight")?.flatten_all()?.to_vec1()?;
+                    ensure!(
+                        f.len() == spec.rope_inv_freq.len(),
+                        "{}: rope_freqs.weight has {} entries, head_dim {} needs {}",
+                        path.display(),
+                        f.len(),
+                        spec.head_dim,
+                        spec.rope_inv_freq.len()
+                    );
+                    for (x, d) in spec.rope_inv_freq.iter_mut().zip(&f) {
+                        *x /= d;
+                    }
+                }
+                llama_parts(&arch, &spec, &w, device, dtype)?
+            }
+            "gemma2" => {
+                let mut spec = gemma2::Config::from_gguf(md, vocab, tied).and_then(|c| c.spec()).with_context(ctx)?;
+                spec.norm_plus_one = false; // the converter stored 1 + w
+                llama_parts(&arch, &spec, &w, device, dtype)?
+            }
+            "gptneox" => gpt_neox::Config::from_gguf(md, vocab, tied).with_context(ctx)?.parts(&w, device, dtype)?,
+            "gpt2" => gpt2::Config::from_gguf(md, vocab, tied).with_context(ctx)?.parts(&w, device, dtype)?,
             other => bail!(
-                "{}: unknown GGUF architecture {other:?}; this build supports {ARCHITECTURES:?}",
+                "{}: unknown GGUF architecture {other:?}; this build supports {GGUF_ARCHITECTURES:?}",
                 path.display()
             ),
         };
-        let mut parts = llama_parts(&arch, &spec, &w, device, dtype)?;
         parts.info.quantized = true;
-        let tokenizer = Some(Tokenizer::from_gguf(&w.content).with_context(|| format!("{}: tokenizer", path.display()))?);
-        Ok(Self::assemble(parts, tokenizer, device, dtype, path.display().to_string()))
+        let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&w.content) {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(format!("{}: the GGUF tokenizer could not be read: {e:#}", path.display()))),
+        };
+        Ok(Self::assemble(parts, tokenizer, tokenizer_error, device, dtype, path.display().to_string()))
     }
 
     /// Downloads `repo_id` with hf-hub (config, safetensors, tokenizer) and loads it.
@@ -341,9 +427,17 @@ impl Model {
         )
     }
 
-    fn assemble(p: Parts, tokenizer: Option<Tokenizer>, device: &Device, dtype: DType, source: String) -> Self {
+    fn assemble(
+        p: Parts,
+        tokenizer: Option<Tokenizer>,
+        tokenizer_error: Option<String>,
+        device: &Device,
+        dtype: DType,
+        source: String,
+    ) -> Self {
         let mut info = p.info;
         info.source = source;
+        info.resid_mid = p.blocks.iter().all(|b| b.has_resid_mid());
         Self {
             info,
             tokenizer,
@@ -351,11 +445,13 @@ impl Model {
             dtype,
             quantized_inference: true,
             embed: p.embed,
+            pos_embed: p.pos_embed,
             blocks: p.blocks,
             norm: p.norm,
             lm_head: p.lm_head,
             final_softcap: p.final_softcap,
             rope: p.rope,
+            tokenizer_error,
         }
     }
 
@@ -365,9 +461,20 @@ impl Model {
     pub fn d_model(&self) -> usize {
         self.info.d_model
     }
-    /// The tokenizer, or an error saying the model was loaded without one.
+    /// The tokenizer, or an error saying why the model was loaded without one (set
+    /// `model.tokenizer = Some(Tokenizer::from_hf_dir(..)?)` to supply one).
     pub fn tok(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().context("this model was loaded without a tokenizer")
+        self.tokenizer.as_ref().with_context(|| match &self.tokenizer_error {
+            Some(why) => format!("this model was loaded without a tokenizer ({why}); set model.tokenizer to supply one"),
+            None => "this model was loaded without a tokenizer; set model.tokenizer to supply one".to_string(),
+        })
+    }
+
+    /// Token ids of a plain-text prompt, as HF `tokenizer(text)` gives them: the BOS the model
+    /// expects (Llama-3, Gemma) is prepended once, none for models without one (GPT-2,
+    /// GPT-NeoX, Qwen). For base models without a chat template; see [`Tokenizer::encode_prompt`].
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.tok()?.encode_prompt(text)
     }
 
     /// Checks hook points against the model depth and architecture.
@@ -375,7 +482,12 @@ impl Model {
         for p in points {
             p.check(self.n_layers())?;
             if p.site == crate::hooks::Site::ResidMid && !self.blocks[p.layer].has_resid_mid() {
-                bail!("{p} does not exist: this architecture has parallel residual blocks");
+                bail!(
+                    "{p} does not exist in this {} model: its blocks use a parallel residual (attention and MLP \
+                     both read hook_resid_pre and are added together), so there is no residual state between \
+                     them; use hook_resid_pre, hook_attn_out, hook_mlp_out or hook_resid_post",
+                    self.info.arch
+                );
             }
         }
         Ok(())
@@ -417,7 +529,7 @@ impl Model {
         let past = kv.as_ref().map_or(0, |c| c.cols);
         let keep = kv.is_some();
         let mut ctx = FwdCtx::new(
-            &self.rope,
+            self.rope.as_ref(),
             hooks,
             grad_points,
             grad,
@@ -431,7 +543,16 @@ impl Model {
         )?;
         let mut x = self.embed.weight.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
         if let Some(s) = self.embed.scale {
-            x = (x * s)?;
+            // HF: the scale is a tensor cast to the weight dtype before the product.
+            let s = Tensor::new(s as f32, &self.device)?.to_dtype(x.dtype())?;
+            x = x.broadcast_mul(&s)?;
+        }
+        if let Some(pe) = &self.pos_embed {
+            let max = pe.dim(0)?;
+            let top = ctx.positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+            ensure!(top < max, "position {top} exceeds the model's maximum of {max} positions (n_positions)");
+            let p = pe.index_select(&ctx.positions.flatten_all()?, 0)?.reshape((b, t, ()))?;
+            x = (x + p)?;
         }
         let mut scratch: Vec<Option<(Tensor, Tensor)>> = vec![None; self.blocks.len()];
         let layers = match kv {

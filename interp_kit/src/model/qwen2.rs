@@ -1,6 +1,6 @@
 //! Qwen2 / Qwen2.5: Llama-style decoder with q/k/v biases and GQA.
 use super::decoder::LlamaSpec;
-use super::layers::Act;
+use super::layers::{Act, Rope};
 use super::load::GgufHparams;
 use anyhow::Result;
 use candle_core::quantized::gguf_file::Value;
@@ -50,7 +50,7 @@ impl Config {
             num_attention_heads: h.num_attention_heads,
             num_key_value_heads: h.num_key_value_heads,
             max_position_embeddings: h.max_position_embeddings,
-            rope_theta: h.rope_theta,
+            rope_theta: h.rope_theta.unwrap_or_else(default_theta),
             rms_norm_eps: h.rms_norm_eps,
             tie_word_embeddings: tied,
             hidden_act: None,
@@ -62,7 +62,7 @@ impl Config {
         LlamaSpec {
             vocab_size: self.vocab_size,
             max_position_embeddings: self.max_position_embeddings,
-            rope_theta: self.rope_theta,
+            rope_inv_freq: Rope::default_inv_freq(head_dim, self.rope_theta),
             tie_word_embeddings: self.tie_word_embeddings,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -72,13 +72,19 @@ impl Config {
             head_dim,
             rms_norm_eps: self.rms_norm_eps,
             qkv_bias: true,
+            o_bias: false,
+            mlp_bias: false,
             qk_norm: false,
             act: Act::Silu,
             norm_plus_one: false,
+            norm_scale_in_f32: false,
             sandwich_norms: false,
             attn_scale: 1.0 / (head_dim as f64).sqrt(),
             attn_softcap: None,
+            final_softcap: None,
+            embed_scale: None,
             sliding_window: vec![None; self.num_hidden_layers],
+            qk_permuted: false,
         }
     }
 }
