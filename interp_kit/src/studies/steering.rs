@@ -23,7 +23,7 @@ use crate::plots::{self, Figure};
 use crate::results::RunDir;
 use crate::steer::{hooks_for, Intervention, Op};
 use anyhow::{bail, ensure, Context, Result};
-use polars::prelude::*;
+use polars::prelude::{Column, DataFrame, DataType};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -353,16 +353,16 @@ pub fn rows_to_df(rows: &[Row]) -> Result<DataFrame> {
 /// The rows of a results table written by [`rows_to_df`].
 pub fn rows_from_df(df: &DataFrame) -> Result<Vec<Row>> {
     let s = |n: &str| -> Result<Vec<String>> {
-        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.str()?.into_iter().map(|x| x.unwrap_or("").to_string()).collect())
+        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.str()?.iter().map(|x| x.unwrap_or("").to_string()).collect())
     };
     let i = |n: &str| -> Result<Vec<i64>> {
-        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.cast(&DataType::Int64)?.i64()?.into_iter().map(|x| x.unwrap_or(0)).collect())
+        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.cast(&DataType::Int64)?.i64()?.iter().map(|x| x.unwrap_or(0)).collect())
     };
     let f = |n: &str| -> Result<Vec<f64>> {
-        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.cast(&DataType::Float64)?.f64()?.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.cast(&DataType::Float64)?.f64()?.iter().map(|x| x.unwrap_or(f64::NAN)).collect())
     };
     let b = |n: &str| -> Result<Vec<bool>> {
-        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.bool()?.into_iter().map(|x| x.unwrap_or(false)).collect())
+        Ok(df.column(n).with_context(|| format!("results table has no column {n:?}"))?.bool()?.iter().map(|x| x.unwrap_or(false)).collect())
     };
     let (run, split, pid, fam, sty) = (s("run")?, s("split")?, s("prompt_id")?, s("family")?, s("style")?);
     let (layer, iv, alpha, sample, seed, shared) = (i("layer")?, s("intervention")?, f("alpha")?, i("sample")?, i("seed")?, b("shared_baseline")?);
@@ -580,7 +580,7 @@ pub fn figures(points: &[OperatingPoint]) -> Result<Vec<(String, Figure)>> {
                         .collect()
                 })
                 .collect();
-            let m = plots::Matrix::new(rows, cols, values)?;
+            let m = plots::Matrix::new(rows, cols, values);
             let fig = plots::heatmap(format!("{title} ({iv}), layer x alpha"), "alpha", "layer", m)
                 .annotate(Some(2))
                 .range(0.0, 1.0)
