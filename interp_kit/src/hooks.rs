@@ -25,7 +25,11 @@ pub enum Site {
     /// Input of block `l` (`blocks.l.hook_resid_pre`).
     ResidPre,
     /// After the attention residual add, before the MLP (`blocks.l.hook_resid_mid`).
-    /// Absent in parallel-residual blocks (GPT-NeoX).
+    ///
+    /// **Absent in parallel-residual blocks** (GPT-NeoX / Pythia with `use_parallel_residual`):
+    /// there attention and MLP both read `hook_resid_pre` and are added together, so no residual
+    /// state exists between them. Reading, writing or differentiating it on such a model is an
+    /// error that says so (never a substitute tensor); `ModelInfo::resid_mid` tells in advance.
     ResidMid,
     /// Output of block `l` (`blocks.l.hook_resid_post`).
     ResidPost,
