@@ -2,6 +2,8 @@
 //!
 //! Layers, bottom to top: `model` (weights, hooked forward, KV cache, gradients),
 //! `tokenizer`/`chat` (templates and named positions), analysis modules, results.
+pub mod alignment;
+pub mod caps_data;
 pub mod chat;
 pub mod device;
 pub mod directions;
@@ -44,6 +46,12 @@ pub fn embedded_model_path() -> Result<PathBuf> {
 
 /// The names a notebook needs: `use interp_kit::prelude::*;`.
 pub mod prelude {
+    pub use crate::alignment::{
+        assistant_losses, candidate_losses, drift_eval, gradient_alignment, random_directions, select_loss_matched,
+        teacher_forced, AlignmentConfig, CandidateLoss, ChatExample, Condition, DriftConfig, DriftOutput,
+        LossMatchedSelection,
+    };
+    pub use crate::chat::{Chat, Position};
     pub use crate::device::device;
     pub use crate::directions::{Direction, DirectionMeta};
     pub use crate::generate::{GenerateConfig, Generation};
