@@ -386,39 +386,50 @@ fn drift_projections_match_a_plain_forward() {
     let (p0, p2) = (HookPoint::resid_post(0), HookPoint::resid_post(2));
     let dirs = vec![Direction::new(randn(d, 21)).at(p0), Direction::new(randn(d, 22)).at(p2)];
     let k = 3;
-    let gen = GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(5) };
-    let cfg = DriftConfig { k, generate: gen.clone(), batch_size: 2 };
+    let plain = GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(5) };
+    let prompts: Vec<Vec<u32>> = exs.iter().map(|e| tok.render_chat(&cond.chat(&e.user, None), true).unwrap().ids).collect();
+    // End-of-sequence ids that example a's greedy run emits: its row stops early, so gen_avg
+    // averages fewer than k tokens (NaN when it stops before the first one).
+    let first = m.generate(&prompts[..2], &plain, &Hooks::new()).unwrap()[0].tokens.clone();
+    let eos_gen = |t: u32| GenerateConfig { stop_at_eos: true, eos: Some(vec![t]), ..plain.clone() };
+    let mut runs = vec![(false, plain.clone()), (true, plain.clone()), (false, eos_gen(first[0]))];
+    if let Some(t) = first.iter().find(|t| **t != first[0]) {
+        runs.push((false, eos_gen(*t)));
+    }
     let shift = Tensor::new(randn(d, 23).as_slice(), &Device::Cpu).unwrap();
-    for steer in [false, true] {
+    let steering = |on: bool| {
         let sh = shift.clone();
-        let hooks = if steer {
+        if on {
             Hooks::new().write(HookPoint::resid_pre(1), Phase::Both, move |x, _| Ok(x.broadcast_add(&sh)?))
         } else {
             Hooks::new()
-        };
+        }
+    };
+    for (steer, gen) in &runs {
+        let (steer, gen) = (*steer, gen);
+        let cfg = DriftConfig { k, generate: gen.clone(), batch_size: 2 };
+        let hooks = steering(steer);
         let out = drift_eval(&m, "base", &exs, &cond, &dirs, &cfg, &hooks).unwrap();
         assert_eq!(out.projections.height(), exs.len() * 2 * 2);
         assert_eq!(out.generations.height(), exs.len());
         let rows = Rows { df: &out.projections };
         let grows = Rows { df: &out.generations };
-        let prompts: Vec<Vec<u32>> = exs.iter().map(|e| tok.render_chat(&cond.chat(&e.user, None), true).unwrap().ids).collect();
         // The same batches as drift_eval, for the generated tokens.
         let mut tokens = vec![];
         for b in prompts.chunks(2) {
-            tokens.extend(m.generate(b, &gen, &hooks).unwrap().into_iter().map(|g| g.tokens));
+            tokens.extend(m.generate(b, gen, &hooks).unwrap().into_iter().map(|g| g.tokens));
+        }
+        if let Some(e) = &gen.eos {
+            assert_eq!(tokens[0].len(), first.iter().position(|t| *t == e[0]).unwrap(), "example a stops at the chosen eos");
         }
         for (i, ex) in exs.iter().enumerate() {
             let gi = grows.find(&[("example_id", &ex.id)])[0];
             assert_eq!(grows.str("text", gi), tok.decode(&tokens[i], true).unwrap());
+            assert_eq!(grows.u32("n_tokens", gi) as usize, tokens[i].len());
+            let n = k.min(tokens[i].len());
             let mut seq = prompts[i].clone();
             seq.extend(&tokens[i]);
-            let fwd = m.forward(&[seq], &Hooks::new().cache_many([p0, p2], Positions::All).extend(if steer {
-                let sh = shift.clone();
-                Hooks::new().write(HookPoint::resid_pre(1), Phase::Both, move |x, _| Ok(x.broadcast_add(&sh)?))
-            } else {
-                Hooks::new()
-            }))
-            .unwrap();
+            let fwd = m.forward(&[seq], &Hooks::new().cache_many([p0, p2], Positions::All).extend(steering(steer))).unwrap();
             let len = prompts[i].len();
             for (p, dir) in [(p0, &dirs[0]), (p2, &dirs[1])] {
                 let v = dir.normalized().unwrap().vector;
@@ -428,14 +439,18 @@ fn drift_projections_match_a_plain_forward() {
                     ht.iter().zip(&v).map(|(a, b)| *a as f64 * *b as f64).sum()
                 };
                 let want_last = proj(len - 1);
-                let want_gen = (len..len + k).map(proj).sum::<f64>() / k as f64;
+                let want_gen = (len..len + n).map(proj).sum::<f64>() / n as f64;
                 let hook = p.to_string();
-                for (pos, want) in [("prompt_last", want_last), ("gen_avg(3)", want_gen)] {
+                for (pos, want, nt) in [("prompt_last", want_last, 1), ("gen_avg(3)", want_gen, n as u32)] {
                     let r = rows.find(&[("example_id", &ex.id), ("hook", &hook), ("position", pos)]);
                     assert_eq!(r.len(), 1);
                     let got = rows.f64("projection", r[0]);
+                    if nt == 0 {
+                        assert!(got.is_nan(), "{} {pos}: nothing generated, expected NaN, got {got}", ex.id);
+                        continue;
+                    }
                     assert!((got - want).abs() < 1e-4 * want.abs().max(1e-2), "steer {steer} {} {p} {pos}: {got} vs {want}", ex.id);
-                    assert_eq!(rows.u32("n_tokens", r[0]), if pos == "prompt_last" { 1 } else { k as u32 });
+                    assert_eq!(rows.u32("n_tokens", r[0]), nt);
                 }
             }
         }
