@@ -65,3 +65,38 @@ fn embedded_chat_prompt_matches_transformers() {
     let rendered = model.tok().unwrap().render_chat(&chat, true).unwrap();
     assert_eq!(rendered.ids, r.prompt_ids);
 }
+
+/// Teacher forcing on the real Qwen2.5 template: the loss targets of `alignment::teacher_forced`
+/// decode to exactly the assistant text (normal and ALL-CAPS answers of the study data), with the
+/// template's default system prompt and with an explicit one; `pre_assistant` is the newline
+/// after `<|im_start|>assistant`, and the end-of-turn target is `<|im_end|>`.
+#[test]
+fn embedded_teacher_forced_targets_are_the_assistant_text() {
+    let Ok(path) = interp_kit::embedded_model_path() else {
+        eprintln!("SKIP: embedded model missing; run scripts/fetch_model.sh");
+        return;
+    };
+    let tok = Tokenizer::from_gguf_file(&path).unwrap();
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/inoculation_caps"));
+    let data = interp_kit::caps_data::CapsDataset::load_dir(dir).unwrap();
+    let conds = [
+        Condition::no_system("neutral"),
+        Condition::new("inoculation", "In these training examples, assistant responses are formatted in ALL CAPS due to a dataset formatting requirement."),
+    ];
+    for p in data.train.iter().take(25) {
+        for answer in [&p.answer, &p.answer_caps] {
+            let ex = ChatExample::new(p.id.clone(), p.question.clone(), answer.clone());
+            for c in &conds {
+                let tf = teacher_forced(&tok, c, &ex, true).unwrap();
+                let (last, content) = tf.targets.split_last().unwrap();
+                let ids: Vec<u32> = content.iter().map(|&i| tf.rendered.ids[i]).collect();
+                assert_eq!(&tok.decode(&ids, false).unwrap(), answer, "{} / {}", p.id, c.name);
+                assert_eq!(tok.token_str(tf.rendered.ids[*last]), "<|im_end|>");
+                let pre = tf.rendered.index(&Position::PreAssistant).unwrap();
+                assert_eq!(pre + 1, content[0]);
+                assert_eq!(tok.decode(&tf.rendered.ids[pre - 1..=pre], false).unwrap(), "assistant\n");
+                assert!(tf.rendered.text.contains("<|im_start|>system\n"), "a system message is always rendered");
+            }
+        }
+    }
+}

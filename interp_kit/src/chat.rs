@@ -594,6 +594,12 @@ impl RenderedChat {
         }
     }
 
+    /// Span of the target assistant message (teacher forcing), if the chat has one: its
+    /// `tokens` are the assistant content tokens a supervised loss predicts.
+    pub fn target_span(&self) -> Option<&MessageSpan> {
+        self.target.map(|t| &self.messages[t])
+    }
+
     /// The prompt's ids: tokens `0..=prompt_last` (what generation would start from).
     pub fn prompt_ids(&self) -> &[u32] {
         &self.ids[..self.prompt_len()]

@@ -502,6 +502,7 @@ mod tests {
             max_positions: 128,
             source: "test".into(),
             quantized: false,
+            resid_mid: true,
         }
     }
 

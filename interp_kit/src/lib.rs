@@ -2,6 +2,8 @@
 //!
 //! Layers, bottom to top: `model` (weights, hooked forward, KV cache, gradients),
 //! `tokenizer`/`chat` (templates and named positions), analysis modules, results.
+pub mod alignment;
+pub mod caps_data;
 pub mod chat;
 pub mod config;
 pub mod data;
@@ -58,6 +60,12 @@ pub fn embedded_model_path() -> Result<PathBuf> {
 pub mod prelude {
     pub use crate::config::StudyConfig;
     pub use crate::data::{read_jsonl, PromptRecord, Split};
+    pub use crate::alignment::{
+        assistant_losses, candidate_losses, drift_eval, gradient_alignment, random_directions, select_loss_matched,
+        teacher_forced, AlignmentConfig, CandidateLoss, ChatExample, Condition, DriftConfig, DriftOutput,
+        LossMatchedSelection,
+    };
+    pub use crate::chat::{Chat, Position};
     pub use crate::device::device;
     pub use crate::directions::{
         collect_activations, contrastive_prefix, mean_diff, pca_center, pca_diff, probe, prompt_set_hash, random,

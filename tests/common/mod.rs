@@ -31,3 +31,17 @@ pub fn embedded() -> Option<Model> {
         }
     }
 }
+
+/// Directory of the byte-level ChatML tokenizer made for the tiny models
+/// (`scripts/make_byte_chat_tokenizer.py`; 259 tokens < the fixtures' vocab of 300).
+pub fn byte_chat_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/byte_chat")
+}
+
+/// A tiny fixture model with the byte-level chat tokenizer attached, so chats render and
+/// named positions resolve on it.
+pub fn tiny_chat(arch: &str) -> Model {
+    let mut m = tiny(arch);
+    m.tokenizer = Some(interp_kit::tokenizer::Tokenizer::from_hf_dir(&byte_chat_dir()).expect("load byte_chat tokenizer"));
+    m
+}
