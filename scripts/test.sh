@@ -34,10 +34,9 @@ EVCXR_TARGET_DIR=$INTERP_KIT_CACHE/evcxr/slot-0/target
 # split, 16 new tokens); `scripts/run_notebooks.sh --all` runs it at the config's size.
 NOTEBOOKS=(
   notebooks/inoculation_caps/00_smoke_positions.ipynb
-  notebooks/steering_reliability/01_smoke.ipynb
-  notebooks/steering_reliability/02_sweep.ipynb
-  notebooks/steering_reliability/03_analysis.ipynb
 )
+# To add once they pass headlessly (never run yet, see the session notes):
+#   notebooks/steering_reliability/0{1_smoke,2_sweep,3_analysis}.ipynb
 
 summary=() n_ok=0
 finish() {
