@@ -722,8 +722,9 @@ pub fn drift_eval(
             Column::new("projection".into(), p_val),
             Column::new("n_tokens".into(), p_n),
         ])?,
-        // TODO(analysis merge): add a `caps_fraction` column with metrics::caps_fraction.
         generations: DataFrame::new_infer_height(vec![
+            // Share of capital letters (the behavioural drift measure of the ALL-CAPS plan).
+            Column::new("caps_fraction".into(), g_text.iter().map(|t| crate::metrics::caps_fraction(t)).collect::<Vec<f64>>()),
             Column::new("model".into(), vec![label.to_string(); n_gen_rows]),
             Column::new("condition".into(), vec![condition.name.clone(); n_gen_rows]),
             Column::new("example_id".into(), g_ex),
