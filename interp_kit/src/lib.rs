@@ -58,7 +58,7 @@ pub mod prelude {
     pub use crate::plots::{self, bar_chart, heatmap, histogram, line_plot, scatter_plot, Bars, Figure, Matrix, Series};
     pub use crate::reports::Markdown;
     pub use crate::results::{
-        column_f64, column_str, filter_eq, group_mean, group_summary, pivot, pretty, Progress, RunDir, Sweep,
+        column_f64, column_str, filter_eq, group_mean, group_summary, pivot, pretty, CellKey, Progress, RunDir, Sweep,
     };
     pub use polars::prelude::{Column, DataFrame, NamedFrom};
     pub use crate::tokenizer::Tokenizer;
