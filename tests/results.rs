@@ -555,3 +555,31 @@ fn progress_mode_comes_from_the_environment() {
     std::env::remove_var("INTERP_KIT_PROGRESS");
     assert_eq!(Progress::from_env(), Progress::Auto);
 }
+
+#[test]
+fn summary_of_a_collected_sweep_filters_by_key() {
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::builder(root.path(), "s", "r").open().unwrap();
+    let cells = CellKey::grid().axis("split", ["a", "b"]).axis("alpha", [0.0, 1.0, 2.0]).build();
+    let mut sw = run.sweep::<CellKey>("results").unwrap().progress(Progress::Hidden);
+    sw.run(cells, |c| {
+        let a = c.f64("alpha")?;
+        Ok(DataFrame::new_infer_height(vec![Column::new("refused".into(), vec![a > 0.5, true, false])])?)
+    })
+    .unwrap();
+    let df = sw.collect().unwrap();
+    let s = group_summary(&df, &["split", "alpha"], &["refused"]).unwrap();
+    let a = filter_eq(&s, "split", "a").unwrap();
+    assert_eq!(column_f64(&a, "alpha").unwrap(), vec![0.0, 1.0, 2.0]);
+    approx::assert_relative_eq!(column_f64(&a, "refused_mean").unwrap()[1], 2.0 / 3.0);
+}
+
+#[test]
+fn fresh_drops_the_cached_schema_and_keeps_the_data() {
+    let df = long_table();
+    let _ = df.schema(); // caches it
+    assert!(df.cached_schema().is_some());
+    let f = fresh(&df);
+    assert!(f.cached_schema().is_none());
+    assert!(f.equals_missing(&df));
+}

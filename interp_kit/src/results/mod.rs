@@ -31,7 +31,7 @@ pub mod table;
 pub use io::{read_csv, read_json, read_parquet, write_atomic, write_atomic_with, write_csv, write_json, write_parquet};
 pub use provenance::{GitInfo, HostInfo};
 pub use sweep::{CellKey, Grid, KeyValue, Progress, Sweep, SweepReport};
-pub use table::{column_f64, column_str, filter_eq, group_mean, group_summary, pivot, pretty, Pretty};
+pub use table::{column_f64, column_str, filter_eq, fresh, group_mean, group_summary, pivot, pretty, Pretty};
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::DataFrame;

@@ -304,7 +304,8 @@ fn hash_of_part(name: &str) -> Option<&str> {
 }
 
 /// Add the key's fields as constant columns (those the frame lacks).
-fn with_key_columns(mut df: DataFrame, key: &Value) -> Result<DataFrame> {
+fn with_key_columns(df: DataFrame, key: &Value) -> Result<DataFrame> {
+    let mut df = super::table::fresh(&df);
     let h = df.height();
     if let Value::Object(m) = key {
         for (k, v) in m {
@@ -326,7 +327,10 @@ fn with_key_columns(mut df: DataFrame, key: &Value) -> Result<DataFrame> {
     Ok(df)
 }
 
-impl<K: Serialize> Sweep<K> {
+// Bounds on K sit on the methods, not on the impl: rust-analyzer (which evcxr uses to infer the
+// types of notebook variables) cannot see derived `Serialize` impls and would otherwise fail to
+// resolve these methods, leaving `let df = sweep.collect()?;` with an unknown type.
+impl<K> Sweep<K> {
     /// Open (or create) the sweep whose parts live in `parts_dir` and whose collected table is
     /// written to `out`. Reads `index.json` and reconciles it with the part files present.
     pub fn open(parts_dir: impl AsRef<Path>, out: impl AsRef<Path>) -> Result<Self> {
@@ -370,7 +374,10 @@ impl<K: Serialize> Sweep<K> {
     }
 
     /// True if the cell has a saved part.
-    pub fn is_done(&self, key: &K) -> Result<bool> {
+    pub fn is_done(&self, key: &K) -> Result<bool>
+    where
+        K: Serialize,
+    {
         let (_, hash) = key_json(key)?;
         Ok(self.parts.join(part_name(&hash)).exists())
     }
@@ -388,7 +395,10 @@ impl<K: Serialize> Sweep<K> {
     }
 
     /// The rows of one finished cell, or `None` if it has not run.
-    pub fn cell(&self, key: &K) -> Result<Option<DataFrame>> {
+    pub fn cell(&self, key: &K) -> Result<Option<DataFrame>>
+    where
+        K: Serialize,
+    {
         let (_, hash) = key_json(key)?;
         let p = self.parts.join(part_name(&hash));
         if p.exists() {
@@ -409,6 +419,7 @@ impl<K: Serialize> Sweep<K> {
     /// saved, and calling `run` again resumes with the failed cell.
     pub fn run<F>(&mut self, cells: impl IntoIterator<Item = K>, mut f: F) -> Result<SweepReport>
     where
+        K: Serialize,
         F: FnMut(&K) -> Result<DataFrame>,
     {
         let cells: Vec<K> = cells.into_iter().collect();
