@@ -369,6 +369,43 @@ fn sweep_rejects_bad_keys_duplicates_and_mismatched_parts() {
     assert!(e.contains("no finished cells"), "{e}");
 }
 
+#[test]
+fn cell_key_grid_and_getters() {
+    let cells = CellKey::grid().axis("split", ["train", "test"]).axis("layer", [6usize, 12]).axis("alpha", [0.0, 1.5]).build();
+    assert_eq!(cells.len(), 8);
+    assert_eq!(cells[0].to_string(), "{alpha=0, layer=6, split=train}");
+    assert_eq!(cells[1].to_string(), "{alpha=1.5, layer=6, split=train}");
+    assert_eq!(cells[7].to_string(), "{alpha=1.5, layer=12, split=test}");
+    let k = &cells[3];
+    assert_eq!((k.str("split").unwrap(), k.usize("layer").unwrap(), k.f64("alpha").unwrap()), ("train", 12, 1.5));
+    assert_eq!(k.f64("layer").unwrap(), 12.0);
+    let e = format!("{}", k.str("layer").unwrap_err());
+    assert!(e.contains("\"layer\" is 12, not a string"), "{e}");
+    let e = format!("{}", k.f64("seed").unwrap_err());
+    assert!(e.contains("no field \"seed\""), "{e}");
+    assert!(CellKey::grid().build().is_empty());
+    assert!(CellKey::grid().axis("a", Vec::<i32>::new()).build().is_empty());
+    // JSON round trip keeps integer and float fields apart.
+    let back: CellKey = serde_json::from_str(&serde_json::to_string(k).unwrap()).unwrap();
+    assert_eq!(&back, k);
+
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::builder(root.path(), "s", "r").open().unwrap();
+    let mut sw = run.sweep::<CellKey>("results").unwrap().progress(Progress::Hidden);
+    sw.run(cells, |c| {
+        let n = c.usize("layer")?;
+        Ok(DataFrame::new_infer_height(vec![Column::new("x".into(), vec![c.f64("alpha")? * n as f64; 2])])?)
+    })
+    .unwrap();
+    let df = sw.collect().unwrap();
+    assert_eq!(df.shape(), (16, 4));
+    let schema = df.schema();
+    assert_eq!(schema.get("split"), Some(&DataType::String));
+    assert_eq!(schema.get("layer"), Some(&DataType::Int64));
+    assert_eq!(schema.get("alpha"), Some(&DataType::Float64));
+    assert_eq!(column_f64(&df, "x").unwrap()[6..8], [18.0, 18.0]);
+}
+
 fn long_table() -> DataFrame {
     // Two groups: A has scores 1,2,3,4 and refusals T,T,F,T; B has scores 10,10 and refusals F,F.
     DataFrame::new_infer_height(vec![
@@ -517,4 +554,32 @@ fn progress_mode_comes_from_the_environment() {
     assert_eq!(Progress::from_env(), Progress::Bar);
     std::env::remove_var("INTERP_KIT_PROGRESS");
     assert_eq!(Progress::from_env(), Progress::Auto);
+}
+
+#[test]
+fn summary_of_a_collected_sweep_filters_by_key() {
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::builder(root.path(), "s", "r").open().unwrap();
+    let cells = CellKey::grid().axis("split", ["a", "b"]).axis("alpha", [0.0, 1.0, 2.0]).build();
+    let mut sw = run.sweep::<CellKey>("results").unwrap().progress(Progress::Hidden);
+    sw.run(cells, |c| {
+        let a = c.f64("alpha")?;
+        Ok(DataFrame::new_infer_height(vec![Column::new("refused".into(), vec![a > 0.5, true, false])])?)
+    })
+    .unwrap();
+    let df = sw.collect().unwrap();
+    let s = group_summary(&df, &["split", "alpha"], &["refused"]).unwrap();
+    let a = filter_eq(&s, "split", "a").unwrap();
+    assert_eq!(column_f64(&a, "alpha").unwrap(), vec![0.0, 1.0, 2.0]);
+    approx::assert_relative_eq!(column_f64(&a, "refused_mean").unwrap()[1], 2.0 / 3.0);
+}
+
+#[test]
+fn fresh_drops_the_cached_schema_and_keeps_the_data() {
+    let df = long_table();
+    let _ = df.schema(); // caches it
+    assert!(df.cached_schema().is_some());
+    let f = fresh(&df);
+    assert!(f.cached_schema().is_none());
+    assert!(f.equals_missing(&df));
 }

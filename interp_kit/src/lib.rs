@@ -26,6 +26,9 @@ pub mod tokenizer;
 pub use device::{default_dtype, device};
 /// polars, re-exported so notebooks build and read tables with the kit's exact version.
 pub use polars;
+/// anyhow, re-exported so notebook closures can name their return type
+/// (`|c: &CellKey| -> interp_kit::anyhow::Result<DataFrame> { .. }`).
+pub use anyhow;
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -81,7 +84,7 @@ pub mod prelude {
     pub use crate::plots::{self, bar_chart, heatmap, histogram, line_plot, scatter_plot, Bars, Figure, Matrix, Series};
     pub use crate::reports::Markdown;
     pub use crate::results::{
-        column_f64, column_str, filter_eq, group_mean, group_summary, pivot, pretty, Progress, RunDir, Sweep,
+        column_f64, column_str, filter_eq, fresh, group_mean, group_summary, pivot, pretty, CellKey, Progress, RunDir, Sweep, SweepReport,
     };
     pub use polars::prelude::{Column, DataFrame, NamedFrom};
     pub use crate::tokenizer::Tokenizer;

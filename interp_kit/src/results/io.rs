@@ -81,7 +81,7 @@ pub fn read_json<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
 /// Write a DataFrame as Parquet (zstd-compressed, polars' defaults otherwise), atomically.
 pub fn write_parquet(path: impl AsRef<Path>, df: &DataFrame) -> Result<()> {
     let path = path.as_ref();
-    let mut df = df.clone();
+    let mut df = super::table::fresh(df);
     write_atomic_with(path, |f| {
         ParquetWriter::new(BufWriter::new(f)).finish(&mut df)?;
         Ok(())
@@ -101,7 +101,7 @@ pub fn read_parquet(path: impl AsRef<Path>) -> Result<DataFrame> {
 /// Write a DataFrame as CSV (header row, `,` separator, RFC 4180 quoting), atomically.
 /// Floats are written in full precision.
 pub fn write_csv(path: impl AsRef<Path>, df: &DataFrame) -> Result<()> {
-    let mut df = df.clone();
+    let mut df = super::table::fresh(df);
     write_atomic_with(path, |f| {
         let mut w = BufWriter::new(f);
         CsvWriter::new(&mut w).include_header(true).finish(&mut df)?;

@@ -30,8 +30,8 @@ pub mod table;
 
 pub use io::{read_csv, read_json, read_parquet, write_atomic, write_atomic_with, write_csv, write_json, write_parquet};
 pub use provenance::{GitInfo, HostInfo};
-pub use sweep::{Progress, Sweep, SweepReport};
-pub use table::{column_f64, column_str, filter_eq, group_mean, group_summary, pivot, pretty, Pretty};
+pub use sweep::{CellKey, Grid, KeyValue, Progress, Sweep, SweepReport};
+pub use table::{column_f64, column_str, filter_eq, fresh, group_mean, group_summary, pivot, pretty, Pretty};
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::DataFrame;
@@ -410,7 +410,8 @@ impl RunDir {
 
     /// The resumable sweep `name` of this run: parts in `parts/<name>/`, collected into
     /// `<name>.parquet` (so `run.sweep("results")` fills `results.parquet`). `K` is the cell key
-    /// type (a small serde struct or a `BTreeMap<String, _>`).
+    /// type: the kit's [`CellKey`] in notebooks (`run.sweep::<CellKey>("results")`), or a small
+    /// serde struct or `BTreeMap<String, _>` of scalars.
     pub fn sweep<K: Serialize>(&self, name: &str) -> Result<Sweep<K>> {
         check_name("sweep name", name)?;
         Sweep::open(self.dir.join("parts").join(name), self.dir.join(format!("{name}.parquet")))

@@ -8,6 +8,9 @@
 //! not at all, and a part that exists without an index entry (a crash between the two writes) is
 //! still recognised as finished by its file name.
 //!
+//! Keys: any serde struct or map of scalars; [`CellKey`] (with [`CellKey::grid`]) is the kit's own,
+//! for notebooks, which should not define types that hold state across cells.
+//!
 //! Progress: [`Sweep::run`] shows an indicatif bar on stderr only when stderr is a terminal, because
 //! the notebook runner fails any cell that writes to stderr. The environment variable
 //! `INTERP_KIT_PROGRESS` overrides that: `bar` (always draw the bar on stderr), `lines` (one plain
@@ -55,6 +58,161 @@ impl Progress {
             Progress::Auto if std::io::stderr().is_terminal() => Progress::Bar,
             Progress::Auto => Progress::Hidden,
             p => p,
+        }
+    }
+}
+
+/// A scalar in a [`CellKey`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KeyValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl std::fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyValue::Bool(b) => write!(f, "{b}"),
+            KeyValue::Int(i) => write!(f, "{i}"),
+            KeyValue::Float(x) => write!(f, "{x}"),
+            KeyValue::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+macro_rules! key_from {
+    ($variant:ident: $($t:ty),*) => {$(
+        impl From<$t> for KeyValue { fn from(v: $t) -> Self { KeyValue::$variant(v as _) } }
+    )*};
+}
+key_from!(Int: i8, i16, i32, i64, u8, u16, u32, usize, isize);
+key_from!(Float: f32, f64);
+impl From<bool> for KeyValue {
+    fn from(v: bool) -> Self {
+        KeyValue::Bool(v)
+    }
+}
+impl From<&str> for KeyValue {
+    fn from(v: &str) -> Self {
+        KeyValue::Str(v.into())
+    }
+}
+impl From<String> for KeyValue {
+    fn from(v: String) -> Self {
+        KeyValue::Str(v)
+    }
+}
+impl From<&String> for KeyValue {
+    fn from(v: &String) -> Self {
+        KeyValue::Str(v.clone())
+    }
+}
+
+/// A sweep cell key defined by the kit, so notebooks need no key struct of their own (evcxr
+/// forgets variables whose type a cell redefines): named scalars, e.g.
+/// `{split: "harm_test", layer: 12, alpha: 0.5}`. Make a grid with [`CellKey::grid`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CellKey(pub BTreeMap<String, KeyValue>);
+
+impl CellKey {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The key with one more field.
+    pub fn with(mut self, name: &str, value: impl Into<KeyValue>) -> Self {
+        self.0.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Result<&KeyValue> {
+        self.0.get(name).ok_or_else(|| {
+            anyhow!("cell key {self} has no field {name:?} (fields: {:?})", self.0.keys().collect::<Vec<_>>())
+        })
+    }
+
+    /// A string field.
+    pub fn str(&self, name: &str) -> Result<&str> {
+        match self.get(name)? {
+            KeyValue::Str(s) => Ok(s),
+            v => bail!("cell key field {name:?} is {v}, not a string"),
+        }
+    }
+
+    /// A numeric field as f64 (integers convert).
+    pub fn f64(&self, name: &str) -> Result<f64> {
+        match self.get(name)? {
+            KeyValue::Float(x) => Ok(*x),
+            KeyValue::Int(i) => Ok(*i as f64),
+            v => bail!("cell key field {name:?} is {v}, not a number"),
+        }
+    }
+
+    /// An integer field as i64.
+    pub fn i64(&self, name: &str) -> Result<i64> {
+        match self.get(name)? {
+            KeyValue::Int(i) => Ok(*i),
+            v => bail!("cell key field {name:?} is {v}, not an integer"),
+        }
+    }
+
+    /// A non-negative integer field as usize (layers, indices).
+    pub fn usize(&self, name: &str) -> Result<usize> {
+        let i = self.i64(name)?;
+        usize::try_from(i).map_err(|_| anyhow!("cell key field {name:?} is {i}, not a non-negative integer"))
+    }
+
+    /// A boolean field.
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        match self.get(name)? {
+            KeyValue::Bool(b) => Ok(*b),
+            v => bail!("cell key field {name:?} is {v}, not a boolean"),
+        }
+    }
+
+    /// Start a cartesian grid of keys: `CellKey::grid().axis("split", ["a", "b"]).axis("alpha",
+    /// [0.0, 1.0]).build()` gives 4 keys, the first axis outermost.
+    pub fn grid() -> Grid {
+        Grid { axes: Vec::new() }
+    }
+}
+
+impl std::fmt::Display for CellKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        write!(f, "{{{}}}", parts.join(", "))
+    }
+}
+
+/// Builder of a cartesian grid of [`CellKey`]s.
+#[derive(Debug, Clone, Default)]
+pub struct Grid {
+    axes: Vec<(String, Vec<KeyValue>)>,
+}
+
+impl Grid {
+    /// Add an axis; values vary fastest along the last axis added.
+    pub fn axis<V: Into<KeyValue>>(mut self, name: &str, values: impl IntoIterator<Item = V>) -> Self {
+        self.axes.push((name.into(), values.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Every combination, first axis outermost. An empty axis gives an empty grid.
+    pub fn build(&self) -> Vec<CellKey> {
+        let mut out = vec![CellKey::new()];
+        for (name, values) in &self.axes {
+            out = out
+                .iter()
+                .flat_map(|k| values.iter().map(move |v| k.clone().with(name, v.clone())))
+                .collect();
+        }
+        if self.axes.is_empty() {
+            Vec::new()
+        } else {
+            out
         }
     }
 }
@@ -107,7 +265,7 @@ impl std::fmt::Display for SweepReport {
 /// A resumable sweep over cells keyed by `K` (see the module docs). Obtain one with
 /// [`crate::results::RunDir::sweep`], or [`Sweep::open`] for a directory of your own.
 #[derive(Debug)]
-pub struct Sweep<K> {
+pub struct Sweep<K = CellKey> {
     parts: PathBuf,
     out: PathBuf,
     index: SweepIndex,
@@ -146,7 +304,8 @@ fn hash_of_part(name: &str) -> Option<&str> {
 }
 
 /// Add the key's fields as constant columns (those the frame lacks).
-fn with_key_columns(mut df: DataFrame, key: &Value) -> Result<DataFrame> {
+fn with_key_columns(df: DataFrame, key: &Value) -> Result<DataFrame> {
+    let mut df = super::table::fresh(&df);
     let h = df.height();
     if let Value::Object(m) = key {
         for (k, v) in m {
@@ -168,7 +327,10 @@ fn with_key_columns(mut df: DataFrame, key: &Value) -> Result<DataFrame> {
     Ok(df)
 }
 
-impl<K: Serialize> Sweep<K> {
+// Bounds on K sit on the methods, not on the impl: rust-analyzer (which evcxr uses to infer the
+// types of notebook variables) cannot see derived `Serialize` impls and would otherwise fail to
+// resolve these methods, leaving `let df = sweep.collect()?;` with an unknown type.
+impl<K> Sweep<K> {
     /// Open (or create) the sweep whose parts live in `parts_dir` and whose collected table is
     /// written to `out`. Reads `index.json` and reconciles it with the part files present.
     pub fn open(parts_dir: impl AsRef<Path>, out: impl AsRef<Path>) -> Result<Self> {
@@ -212,7 +374,10 @@ impl<K: Serialize> Sweep<K> {
     }
 
     /// True if the cell has a saved part.
-    pub fn is_done(&self, key: &K) -> Result<bool> {
+    pub fn is_done(&self, key: &K) -> Result<bool>
+    where
+        K: Serialize,
+    {
         let (_, hash) = key_json(key)?;
         Ok(self.parts.join(part_name(&hash)).exists())
     }
@@ -230,7 +395,10 @@ impl<K: Serialize> Sweep<K> {
     }
 
     /// The rows of one finished cell, or `None` if it has not run.
-    pub fn cell(&self, key: &K) -> Result<Option<DataFrame>> {
+    pub fn cell(&self, key: &K) -> Result<Option<DataFrame>>
+    where
+        K: Serialize,
+    {
         let (_, hash) = key_json(key)?;
         let p = self.parts.join(part_name(&hash));
         if p.exists() {
@@ -251,6 +419,7 @@ impl<K: Serialize> Sweep<K> {
     /// saved, and calling `run` again resumes with the failed cell.
     pub fn run<F>(&mut self, cells: impl IntoIterator<Item = K>, mut f: F) -> Result<SweepReport>
     where
+        K: Serialize,
         F: FnMut(&K) -> Result<DataFrame>,
     {
         let cells: Vec<K> = cells.into_iter().collect();

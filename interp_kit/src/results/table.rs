@@ -11,6 +11,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
+/// The same table without polars' cached schema.
+///
+/// In evcxr every cell is a separate library with its own copy of polars' statics, among them the
+/// global seed of the hasher behind a DataFrame's cached schema. A DataFrame whose schema was
+/// cached in one cell then fails name lookups in a later one (`no column "x"` although `x` is
+/// there). Every helper in this module starts from `fresh(df)`; notebook code that calls polars'
+/// own by-name methods (`df.column("x")`, `df.select(..)`) on a DataFrame made in an earlier cell
+/// should do the same. The columns are shared, not copied.
+pub fn fresh(df: &DataFrame) -> DataFrame {
+    DataFrame::new(df.height(), df.columns().to_vec()).unwrap_or_else(|_| df.clone())
+}
+
 fn col<'a>(df: &'a DataFrame, name: &str) -> Result<&'a Column> {
     df.column(name).map_err(|_| {
         let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
@@ -25,6 +37,7 @@ fn is_numeric(dt: &DataType) -> bool {
 
 /// A column as f64 (integers and booleans cast; nulls become NaN). Errors name the column.
 pub fn column_f64(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
+    let df = &fresh(df);
     let c = col(df, name)?;
     if !is_numeric(c.dtype()) {
         bail!("column {name:?} ({}) is not numeric", c.dtype());
@@ -39,6 +52,7 @@ pub fn column_f64(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
 /// A column as strings (any type, formatted as [`pretty`] does with full float precision; nulls
 /// become `"null"`).
 pub fn column_str(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+    let df = &fresh(df);
     let c = col(df, name)?;
     (0..c.len()).map(|i| Ok(fmt_value(&c.get(i)?, None))).collect()
 }
@@ -74,6 +88,7 @@ impl FilterValue for String {
 /// The rows where column `name` equals `value` (exact equality; nulls never match). Numbers
 /// compare across integer and float types.
 pub fn filter_eq(df: &DataFrame, name: &str, value: impl FilterValue) -> Result<DataFrame> {
+    let df = &fresh(df);
     let c = col(df, name)?.as_materialized_series();
     let v = value.to_series();
     let mask = c
@@ -167,6 +182,7 @@ fn sort_by_keys(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
 /// Student t interval `mean ± t(0.975, n-1)·sd/√n` (NaN for a group of one). Nulls are skipped.
 /// Rows are sorted by the key columns.
 pub fn group_summary(df: &DataFrame, by: &[&str], cols: &[&str]) -> Result<DataFrame> {
+    let df = &fresh(df);
     let (mut out, idx) = groups(df, by, cols)?;
     out.push(Column::new("n".into(), idx.iter().map(|g| g.len() as u32).collect::<Vec<_>>()));
     for (name, (vals, rate)) in cols.iter().zip(value_columns(df, by, cols)?) {
@@ -191,6 +207,7 @@ pub fn group_summary(df: &DataFrame, by: &[&str], cols: &[&str]) -> Result<DataF
 /// Per group of `by`: `n` and the mean of each column of `cols` under its own name (booleans:
 /// the share of `true`, i.e. a rate). Nulls are skipped. Rows are sorted by the key columns.
 pub fn group_mean(df: &DataFrame, by: &[&str], cols: &[&str]) -> Result<DataFrame> {
+    let df = &fresh(df);
     let (mut out, idx) = groups(df, by, cols)?;
     out.push(Column::new("n".into(), idx.iter().map(|g| g.len() as u32).collect::<Vec<_>>()));
     for (name, (vals, _)) in cols.iter().zip(value_columns(df, by, cols)?) {
@@ -235,6 +252,7 @@ fn levels(df: &DataFrame, name: &str) -> Result<(Vec<String>, Vec<usize>)> {
 /// cells the `value` column. A missing combination is NaN; a duplicated one is an error (aggregate
 /// first, e.g. with [`group_mean`]).
 pub fn pivot(df: &DataFrame, row: &str, column: &str, value: &str) -> Result<Matrix> {
+    let df = &fresh(df);
     if df.height() == 0 {
         bail!("cannot pivot an empty table (0 rows)");
     }
@@ -292,7 +310,7 @@ pub struct Pretty {
 
 /// Wrap a DataFrame for display: `pretty(&df).digits(3).max_rows(40)`.
 pub fn pretty(df: &DataFrame) -> Pretty {
-    Pretty { df: df.clone(), max_rows: 40, digits: 3, title: None }
+    Pretty { df: fresh(df), max_rows: 40, digits: 3, title: None }
 }
 
 impl Pretty {
