@@ -3,6 +3,7 @@
 //! `dL/dh` at a hook point is read by adding a zero `Var` to the activation there (candle keeps
 //! gradients only for `Var`s). Base weights are frozen: no weight gradient is computed.
 use crate::hooks::{ActivationCache, HookPoint, Hooks, Positions};
+use crate::model::forward::FwdCtx;
 use crate::model::Model;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
@@ -17,7 +18,7 @@ pub enum Loss {
 }
 
 impl Loss {
-    fn targets(&self, lens: &[usize]) -> Result<Vec<Vec<usize>>> {
+    pub(crate) fn targets(&self, lens: &[usize]) -> Result<Vec<Vec<usize>>> {
         let t = match self {
             Loss::Tokens(t) => t.clone(),
             Loss::From(s) => s.iter().zip(lens).map(|(&s, &n)| (s..n).collect()).collect(),
@@ -46,19 +47,26 @@ pub struct GradOutput {
     pub activations: ActivationCache,
 }
 
+/// The per-target negative log-likelihoods of a teacher-forced batch, still in the graph.
+pub(crate) struct NllGraph<'a> {
+    /// `[n]` f32 (f64 for an f64 model): one entry per target token, rows in order.
+    pub nll: Tensor,
+    /// The batch row of each entry.
+    pub owner: Vec<usize>,
+    pub ctx: FwdCtx<'a>,
+}
+
 impl Model {
-    /// Teacher-forced loss over `loss` targets and `dL/dh` at `points` (at `positions`), from one
-    /// backward pass. `hooks` may intervene (their writes are part of the graph) or read.
-    pub fn grad(
-        &self,
+    /// Forward pass on the gradient path (left-padded batch) and the NLL of each target token
+    /// (`targets[r]`: token indices >= 1 of row `r`, checked by the caller), predicted from the
+    /// previous position. Logits are computed only at the predicting positions.
+    pub(crate) fn nll_graph<'a>(
+        &'a self,
         prompts: &[Vec<u32>],
-        loss: &Loss,
+        targets: &[Vec<usize>],
+        hooks: &'a Hooks<'a>,
         points: &[HookPoint],
-        positions: Positions,
-        hooks: &Hooks,
-    ) -> Result<GradOutput> {
-        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        let targets = loss.targets(&lens)?;
+    ) -> Result<NllGraph<'a>> {
         let (ids, pad) = self.pad_batch(prompts)?;
         let (b, t) = ids.dims2()?;
         let (h, ctx) = self.run(&ids, pad.clone(), None, hooks, points, true)?;
@@ -77,15 +85,35 @@ impl Model {
         let src = Tensor::from_vec(src, n, &self.device)?;
         let tgt_t = Tensor::from_vec(tgt, (n, 1), &self.device)?;
         let hs = h.reshape((b * t, ()))?.index_select(&src, 0)?;
-        let logits = self.logits(&hs, true)?.to_dtype(DType::F32)?;
+        // In f32 (f64 for an f64 model).
+        let logits = self.logits(&hs, true)?;
+        let logits = if logits.dtype() == DType::F64 { logits } else { logits.to_dtype(DType::F32)? };
         let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let nll = lp.gather(&tgt_t, 1)?.squeeze(1)?.neg()?; // [n]
+        Ok(NllGraph { nll, owner, ctx })
+    }
+
+    /// Teacher-forced loss over `loss` targets and `dL/dh` at `points` (at `positions`), from one
+    /// backward pass. `hooks` may intervene (their writes are part of the graph) or read.
+    pub fn grad(
+        &self,
+        prompts: &[Vec<u32>],
+        loss: &Loss,
+        points: &[HookPoint],
+        positions: Positions,
+        hooks: &Hooks,
+    ) -> Result<GradOutput> {
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        let targets = loss.targets(&lens)?;
+        let b = prompts.len();
+        let NllGraph { nll, owner, ctx } = self.nll_graph(prompts, &targets, hooks, points)?;
+        let n = owner.len();
         let loss_t = nll.mean_all()?;
         let grads = loss_t.backward().context("backward pass")?;
-        let nll_v: Vec<f32> = nll.to_vec1()?;
+        let nll_v: Vec<f64> = nll.to_dtype(DType::F64)?.to_vec1()?;
         let mut sums = vec![(0f64, 0usize); b];
         for (v, r) in nll_v.iter().zip(&owner) {
-            sums[*r].0 += *v as f64;
+            sums[*r].0 += *v;
             sums[*r].1 += 1;
         }
         let mut out = ActivationCache::default();

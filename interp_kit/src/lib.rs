@@ -8,6 +8,7 @@ pub mod directions;
 pub mod generate;
 pub mod grad;
 pub mod hooks;
+pub mod lora;
 pub mod model;
 pub mod tokenizer;
 
@@ -49,6 +50,10 @@ pub mod prelude {
     pub use crate::generate::{GenerateConfig, Generation};
     pub use crate::grad::{GradOutput, Loss};
     pub use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase, Positions, Site};
+    pub use crate::lora::{
+        self, eval_loss, lora_grad, train_lora, ChatExample, LoraAdapter, LoraConfig, LoraTrainer, Schedule, StepInfo,
+        TrainConfig,
+    };
     pub use crate::model::{KvCache, LogitsAt, Model, Output};
     pub use crate::tokenizer::Tokenizer;
     pub use candle_core::{DType, Device, Tensor};

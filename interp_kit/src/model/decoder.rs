@@ -16,8 +16,15 @@ pub trait Block: Send + Sync {
     fn has_resid_mid(&self) -> bool {
         true
     }
+    /// The block's linear layers (LoRA targets), in a fixed order.
+    fn linears(&self) -> Vec<&Linear>;
+    /// The same, mutable (merging an adapter into a copy of the model).
+    fn linears_mut(&mut self) -> Vec<&mut Linear>;
+    /// A copy sharing the weight tensors.
+    fn box_clone(&self) -> Box<dyn Block>;
 }
 
+#[derive(Clone)]
 pub struct DecoderBlock {
     pub ln1: Norm,
     pub attn: Attention,
@@ -38,12 +45,29 @@ impl Block for DecoderBlock {
         }
         let a = ctx.hook(HookPoint::attn_out(l), a)?;
         let x = ctx.hook(HookPoint::resid_mid(l), (x + a)?)?;
-        let mut m = self.mlp.forward(&self.ln2.forward(&x, g)?, g, ctx.dense)?;
+        let mut m = self.mlp.forward(&self.ln2.forward(&x, g)?, ctx)?;
         if let Some(n) = &self.post_mlp_norm {
             m = n.forward(&m, g)?;
         }
         let m = ctx.hook(HookPoint::mlp_out(l), m)?;
         ctx.hook(HookPoint::resid_post(l), (x + m)?)
+    }
+    fn linears(&self) -> Vec<&Linear> {
+        let (a, m) = (&self.attn, &self.mlp);
+        let mut v = vec![&a.q, &a.k, &a.v, &a.o];
+        v.extend(m.gate.as_ref());
+        v.extend([&m.up, &m.down]);
+        v
+    }
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let (a, m) = (&mut self.attn, &mut self.mlp);
+        let mut v = vec![&mut a.q, &mut a.k, &mut a.v, &mut a.o];
+        v.extend(m.gate.as_mut());
+        v.extend([&mut m.up, &mut m.down]);
+        v
+    }
+    fn box_clone(&self) -> Box<dyn Block> {
+        Box::new(self.clone())
     }
 }
 

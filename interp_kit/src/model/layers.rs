@@ -79,6 +79,8 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// A weight matrix `[out, in]`, dense or kept quantized (GGUF) for fast inference.
+/// Cloning shares the tensors (they are immutable).
+#[derive(Clone)]
 pub enum Weight {
     Dense(Tensor),
     Quant {
@@ -143,9 +145,11 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
 }
 
 /// A linear layer with optional bias.
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Tensor>,
+    /// The HF module path (`model.layers.3.self_attn.q_proj`): LoRA adapters are keyed by it.
     pub name: String,
 }
 
@@ -187,9 +191,17 @@ impl Linear {
             None => y,
         })
     }
+
+    /// The layer inside a forward call: the base output plus the deltas of the call's LoRA
+    /// adapters that target this module (see [`FwdCtx::lora_delta`]).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
+        let y = self.forward(x, ctx.grad, ctx.dense)?;
+        ctx.lora_delta(&self.name, x, y).with_context(|| format!("LoRA on {}", self.name))
+    }
 }
 
 /// RMSNorm (`x / rms(x) * w`). Gemma's `(1 + w)` is folded into `w` at load time.
+#[derive(Clone)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
@@ -198,9 +210,9 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         if grad || x.dtype() != DType::F32 {
-            // The differentiable path: computed in f32.
+            // The differentiable path: computed in f32 (f64 for an f64 model).
             let dt = x.dtype();
-            let x32 = x.to_dtype(DType::F32)?;
+            let x32 = if dt == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
             let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
             let y = x32.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
             Ok(y.to_dtype(dt)?.broadcast_mul(&self.weight)?)
@@ -211,6 +223,7 @@ impl RmsNorm {
 }
 
 /// LayerNorm with weight and bias (GPT-2, GPT-NeoX).
+#[derive(Clone)]
 pub struct LayerNorm {
     pub weight: Tensor,
     pub bias: Tensor,
@@ -229,6 +242,7 @@ impl LayerNorm {
     }
 }
 
+#[derive(Clone)]
 pub enum Norm {
     Rms(RmsNorm),
     Layer(LayerNorm),
@@ -244,6 +258,7 @@ impl Norm {
 }
 
 /// Rotary position tables (`cos`, `sin`: `[max_pos, rot_dim/2]`), "rotate half" (NeoX) layout.
+#[derive(Clone)]
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -320,6 +335,7 @@ pub fn softmax(x: &Tensor, grad: bool) -> Result<Tensor> {
 }
 
 /// Multi-head attention with GQA, optional q/k norms, logit soft-capping and sliding window.
+#[derive(Clone)]
 pub struct Attention {
     pub q: Linear,
     pub k: Linear,
@@ -345,13 +361,13 @@ impl Attention {
         kv: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (g, dn) = (ctx.grad, ctx.dense);
+        let g = ctx.grad;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let mut q = heads(self.q.forward(x, g, dn)?, self.n_heads)?;
-        let mut k = heads(self.k.forward(x, g, dn)?, self.n_kv_heads)?;
-        let v = heads(self.v.forward(x, g, dn)?, self.n_kv_heads)?;
+        let mut q = heads(self.q.forward_ctx(x, ctx)?, self.n_heads)?;
+        let mut k = heads(self.k.forward_ctx(x, ctx)?, self.n_kv_heads)?;
+        let v = heads(self.v.forward_ctx(x, ctx)?, self.n_kv_heads)?;
         if let Some(n) = &self.q_norm {
             q = n.forward(&q, g)?;
         }
@@ -380,7 +396,7 @@ impl Attention {
         let att = softmax(&att, g)?;
         let y = att.matmul(&v)?; // [B, H, T, hd]
         let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
-        self.o.forward(&y, g, dn)
+        self.o.forward_ctx(&y, ctx)
     }
 }
 
@@ -403,6 +419,7 @@ impl Act {
 }
 
 /// `down(act(gate(x)) * up(x))`, or `down(act(up(x)))` when there is no gate.
+#[derive(Clone)]
 pub struct Mlp {
     pub gate: Option<Linear>,
     pub up: Linear,
@@ -411,12 +428,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
-        let up = self.up.forward(x, grad, dense)?;
+    pub fn forward(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
+        let up = self.up.forward_ctx(x, ctx)?;
         let h = match &self.gate {
-            Some(g) => (self.act.apply(&g.forward(x, grad, dense)?)? * up)?,
+            Some(g) => (self.act.apply(&g.forward_ctx(x, ctx)?)? * up)?,
             None => self.act.apply(&up)?,
         };
-        self.down.forward(&h, grad, dense)
+        self.down.forward_ctx(&h, ctx)
     }
 }
