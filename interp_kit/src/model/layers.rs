@@ -20,6 +20,7 @@ struct FrozenLinearOp {
 }
 
 /// Wraps a backend storage (contiguous, offset 0: ensured by [`frozen_matmul`]) as a tensor.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn storage_tensor(storage: Storage, layout: &Layout) -> candle_core::Result<Tensor> {
     if layout.start_offset() != 0 || !layout.is_contiguous() {
         candle_core::bail!("frozen-linear: input must be contiguous with offset 0")
@@ -28,6 +29,7 @@ fn storage_tensor(storage: Storage, layout: &Layout) -> candle_core::Result<Tens
 }
 
 impl FrozenLinearOp {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn compute(&self, x: Tensor) -> candle_core::Result<(Storage, Shape)> {
         let y = x.broadcast_matmul(&self.w.t()?)?.contiguous()?;
         let shape = y.shape().clone();
@@ -47,12 +49,22 @@ impl CustomOp1 for FrozenLinearOp {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
+    /// One `[rows, in] x [in, out]` gemm over all leading dims, reading `x` and `W` in place.
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_tensor(Storage::Cpu(s.clone()), l)?;
-        match self.compute(x)? {
-            (Storage::Cpu(c), shape) => Ok((c, shape)),
-            _ => candle_core::bail!("frozen-linear: device mismatch"),
+        use candle_core::backend::BackendStorage;
+        let dims = l.shape().dims();
+        let (n, k) = self.w.dims2()?;
+        if dims.last() != Some(&k) || !l.is_contiguous() {
+            candle_core::bail!("frozen-linear: input {:?} (contiguous: {}) does not end in {k}", dims, l.is_contiguous())
         }
+        let m = l.shape().elem_count() / k.max(1);
+        let lhs = Layout::contiguous_with_offset((m, k), l.start_offset());
+        let (ws, wl) = self.w.storage_and_layout();
+        let Storage::Cpu(ws) = &*ws else { candle_core::bail!("frozen-linear: device mismatch") };
+        let y = s.matmul(ws, (1, m, n, k), &lhs, &wl.transpose(0, 1)?)?;
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("checked above") = n;
+        Ok((y, Shape::from(out)))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -67,15 +79,22 @@ impl CustomOp1 for FrozenLinearOp {
         }
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // dL/dx = dL/dy W ; no gradient for W.
-        Ok(Some(grad_res.broadcast_matmul(&self.w)?))
+        // dL/dx = dL/dy W (one gemm over all leading dims); no gradient for W.
+        let dims = grad_res.dims();
+        let (n, k) = self.w.dims2()?;
+        let g = grad_res.reshape((grad_res.elem_count() / n.max(1), n))?.matmul(&self.w)?;
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = k;
+        }
+        g.reshape(out).map(Some)
     }
 }
 
 /// `x W^T` with a frozen `W` (differentiable in `x` only).
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let x = if x.is_contiguous() && x.layout().start_offset() == 0 { x.clone() } else { x.affine(1.0, 0.0)? };
-    Ok(x.apply_op1_arc(Arc::new(Box::new(FrozenLinearOp { w: w.clone() })))?)
+    Ok(x.apply_op1_arc(Arc::new(Box::new(FrozenLinearOp { w: w.contiguous()? })))?)
 }
 
 /// A weight matrix `[out, in]`, dense or kept quantized (GGUF) for fast inference.
