@@ -493,6 +493,52 @@ fn snapshot_is_independent_and_trainer_checks_its_adapter() {
     let _ = Var::zeros(1, DType::F32, &Device::Cpu).unwrap();
 }
 
+/// Hooks in the training passes (steering while training): they shape the loss and the
+/// gradient, and the hook function sees the example indices of each micro-batch.
+#[test]
+fn training_with_hooks_sees_its_examples() {
+    let m = tiny("qwen2");
+    let data = copy_examples(6, 5, 8);
+    let cfg = TrainConfig { lr: 1e-2, batch_size: 2, grad_accum: 2, epochs: 2, seed: 4, ..Default::default() };
+    let seen = std::cell::RefCell::new(vec![]);
+    let plain = LoraAdapter::new(&m, &LoraConfig::qv(4, 8.0)).unwrap();
+    let steered = LoraAdapter::new(&m, &LoraConfig::qv(4, 8.0)).unwrap();
+    let log0 = train_lora(&m, &plain, &data, &cfg, |_, _| Ok(())).unwrap();
+    let push = Tensor::full(3f32, (1, 1, 64), &Device::Cpu).unwrap();
+    let log1 = train_lora_with(
+        &m,
+        &steered,
+        &data,
+        &cfg,
+        |rows| {
+            seen.borrow_mut().push(rows.to_vec());
+            let p = push.clone();
+            Ok(Hooks::new().write(HookPoint::resid_pre(1), Phase::Both, move |x, _| Ok(x.broadcast_add(&p)?)))
+        },
+        |_, _| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(log0.len(), 4);
+    assert_eq!(log1.len(), 4);
+    // Same shuffling: the same examples per step; the steering changes the loss.
+    for (a, b) in log0.iter().zip(&log1) {
+        assert_eq!((a.tokens, a.examples), (b.tokens, b.examples));
+        assert!((a.loss - b.loss).abs() > 1e-3, "steering during training changes the loss");
+    }
+    // Micro-batches of <= 2 rows; each epoch covers every example exactly once.
+    let seen = seen.into_inner();
+    assert_eq!(seen.len(), 6, "2 epochs x 3 micro-batches");
+    for epoch in seen.chunks(3) {
+        let mut all: Vec<usize> = epoch.iter().flatten().copied().collect();
+        assert!(epoch.iter().all(|r| r.len() == 2));
+        all.sort();
+        assert_eq!(all, (0..6).collect::<Vec<_>>());
+    }
+    // A hook function error stops training with context.
+    let e = err_of(train_lora_with(&m, &plain, &data, &cfg, |_| anyhow::bail!("no hooks today"), |_, _| Ok(())));
+    assert!(e.contains("training step 1") && e.contains("no hooks today"), "{e}");
+}
+
 /// The loss mask of a chat: the assistant content and its end-of-turn token, nothing else.
 #[test]
 fn chat_examples_target_assistant_tokens() {

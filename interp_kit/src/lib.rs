@@ -51,7 +51,7 @@ pub mod prelude {
     pub use crate::grad::{GradOutput, Loss};
     pub use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase, Positions, Site};
     pub use crate::lora::{
-        self, eval_loss, lora_grad, train_lora, ChatExample, LoraAdapter, LoraConfig, LoraTrainer, Schedule, StepInfo,
+        self, eval_loss, lora_grad, train_lora, train_lora_with, ChatExample, LoraAdapter, LoraConfig, LoraTrainer, Schedule, StepInfo,
         TrainConfig,
     };
     pub use crate::model::{KvCache, LogitsAt, Model, Output};

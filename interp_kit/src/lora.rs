@@ -834,6 +834,19 @@ impl LoraTrainer {
     /// batch, so accumulation equals one large batch), gradient clipping, the scheduled
     /// learning rate, and an AdamW update of the adapter in place.
     pub fn step(&mut self, model: &Model, adapter: &LoraAdapter, batch: &[&ChatExample]) -> Result<StepInfo> {
+        self.step_with(model, adapter, batch, |_| Ok(Hooks::new()))
+    }
+
+    /// Like [`LoraTrainer::step`], with extra hooks for each micro-batch: `hooks(range)` gets the
+    /// range of `batch` the micro-batch covers and returns hooks (e.g. steering writes) that act
+    /// in its forward pass, with the adapter in training mode, and so shape the gradient.
+    pub fn step_with<'h>(
+        &mut self,
+        model: &Model,
+        adapter: &'h LoraAdapter,
+        batch: &[&ChatExample],
+        hooks: impl Fn(std::ops::Range<usize>) -> Result<Hooks<'h>>,
+    ) -> Result<StepInfo> {
         let ours: Vec<_> = adapter.vars().iter().map(|v| v.as_tensor().id()).collect();
         ensure!(
             ours == self.vars.iter().map(|v| v.as_tensor().id()).collect::<Vec<_>>(),
@@ -846,7 +859,9 @@ impl LoraTrainer {
         let mut nll_sum = 0f64;
         for (mi, chunk) in batch.chunks(self.cfg.batch_size).enumerate() {
             let seed = mix(self.cfg.seed, self.steps_done as u64 + 1, mi as u64 + 1);
-            let hooks = Hooks::new().lora_train(adapter, seed);
+            let start = mi * self.cfg.batch_size;
+            let extra = hooks(start..start + chunk.len()).context("the step's hook function")?;
+            let hooks = extra.lora_train(adapter, seed);
             let (sum, grads) = nll_backward(model, &hooks, chunk, n_tok as f64)?;
             nll_sum += sum;
             for (a, v) in acc.iter_mut().zip(&self.vars) {
@@ -956,6 +971,21 @@ pub fn train_lora(
     adapter: &LoraAdapter,
     examples: &[ChatExample],
     cfg: &TrainConfig,
+    on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
+) -> Result<Vec<StepInfo>> {
+    train_lora_with(model, adapter, examples, cfg, |_| Ok(Hooks::new()), on_step)
+}
+
+/// [`train_lora`] with hooks in every training forward pass: `hooks(indices)` gets the indices
+/// (into `examples`) of a micro-batch's rows, in row order, and returns the hooks for its pass,
+/// e.g. a steering write whose vector depends on the example (the introspection plan trains
+/// while a concept vector is injected).
+pub fn train_lora_with<'h>(
+    model: &Model,
+    adapter: &'h LoraAdapter,
+    examples: &[ChatExample],
+    cfg: &TrainConfig,
+    hooks: impl Fn(&[usize]) -> Result<Hooks<'h>>,
     mut on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
 ) -> Result<Vec<StepInfo>> {
     ensure!(!examples.is_empty(), "train_lora: no training examples");
@@ -978,7 +1008,9 @@ pub fn train_lora(
                 break;
             }
             let batch: Vec<&ChatExample> = group.iter().map(|&i| &examples[i]).collect();
-            let mut info = trainer.step(model, adapter, &batch).with_context(|| format!("training step {}", trainer.steps_done() + 1))?;
+            let mut info = trainer
+                .step_with(model, adapter, &batch, |r| hooks(&group[r]))
+                .with_context(|| format!("training step {}", trainer.steps_done() + 1))?;
             info.epoch = epoch;
             if cfg.callback_every > 0 && info.step % cfg.callback_every == 0 {
                 on_step(&info, adapter).with_context(|| format!("on_step callback at step {}", info.step))?;
