@@ -26,7 +26,8 @@ Variants:
                 layers_to_transform=[0, 2], lora_dropout=0.1 (inactive in eval mode)
 
 Deterministic (fixed seeds, float32, CPU, one thread): re-running with the same versions gives the
-same files. The script aborts if a self-check fails (merged == unmerged, reload == original, the
+same tensors; adapter_config.json differs only in the order of ``target_modules`` (PEFT writes a
+Python set, whose order follows PYTHONHASHSEED). The script aborts if a self-check fails (merged == unmerged, reload == original, the
 adapter changes the logits).
 """
 
