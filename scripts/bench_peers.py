@@ -4,6 +4,7 @@ the same embedded GGUF (Qwen2.5-Coder-0.5B-Instruct Q4_K_M), on 2 CPU threads.
 
     PY=~/.cache/interp_kit/peervenv/bin/python     # made by scripts/setup_peers.sh
     $PY scripts/bench_peers.py --impl transformers [--reps 3] [--json out.json] [--no-lora]
+                                                   [--only forward,decode,grad,lora]
     $PY scripts/bench_peers.py --impl llamacpp     [--reps 3] [--json out.json]
 
 Workloads (same token ids and repetition scheme as bench.rs: median of --reps, decode median
@@ -17,8 +18,10 @@ of min(reps, 2)):
                             3L/4; weights frozen (requires_grad False), one untimed warm-up
   LoRA step                 (transformers only; issue 6) PEFT LoRA r=16, alpha=32, dropout 0,
                             on q_proj+v_proj; batch 4 x 64 tokens, causal-LM loss over all
-                            tokens, AdamW(lr=1e-4); forward+backward+step+zero_grad, median
-                            over --reps after one untimed warm-up step
+                            tokens, AdamW(lr=1e-4, torch's default weight decay 0.01);
+                            forward+backward+step+zero_grad, median over --reps after one
+                            untimed warm-up step. bench.rs's LoRA row runs the same step with
+                            interp_kit's LoraTrainer (constant lr, no clipping)
   peak RSS                  getrusage(RUSAGE_SELF).ru_maxrss after the inference workloads,
                             after the gradient workload and after the LoRA steps (the whole
                             process: Python, torch/ggml and the load's own peak included)
@@ -81,7 +84,8 @@ class Rows:
         print(f"{k}: {shown} {unit}", file=sys.stderr, flush=True)
 
 
-def bench_transformers(gguf, reps, lora):
+def bench_transformers(gguf, reps, lora, only=None):
+    want = lambda w: only is None or w in only
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,7 +109,7 @@ def bench_transformers(gguf, reps, lora):
         p.requires_grad_(False)
 
     with torch.inference_mode():
-        for n in (64, 256):
+        for n in (64, 256) if want("forward") else ():
             x = torch.tensor([ids(n, 1)])
             ts = []
             for _ in range(reps):
@@ -114,7 +118,7 @@ def bench_transformers(gguf, reps, lora):
                 ts.append(time.perf_counter() - t)
             r.add(FWD.format(n=n), median(ts), "s")
         infer_rss = peak_rss_mib()
-        for b in (1, 8):
+        for b in (1, 8) if want("decode") else ():
             prompts = torch.tensor([ids(PROMPT_LEN, row) for row in range(b)])
             ts = []
             for _ in range(min(reps, 2)):
@@ -163,17 +167,20 @@ def bench_transformers(gguf, reps, lora):
         assert all(g.shape == (1, x.shape[1], model.config.hidden_size) for g in grads)
         return loss.item()
 
-    grad_once()  # warm-up, as bench.rs
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        grad_once()
-        ts.append(time.perf_counter() - t)
-    r.add(GRAD, median(ts), "s")
-    r.add(RSS_INF, infer_rss, "MiB")
-    r.add(RSS_GRAD, peak_rss_mib(), "MiB")
+    if want("grad"):
+        grad_once()  # warm-up, as bench.rs
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            grad_once()
+            ts.append(time.perf_counter() - t)
+        r.add(GRAD, median(ts), "s")
+    if want("forward") or want("decode"):
+        r.add(RSS_INF, infer_rss, "MiB")
+    if want("grad"):
+        r.add(RSS_GRAD, peak_rss_mib(), "MiB")
 
-    if lora:
+    if lora and want("lora"):
         import peft
         from peft import LoraConfig, get_peft_model
 
@@ -242,6 +249,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json")
     ap.add_argument("--no-lora", action="store_true", help="transformers: skip the LoRA training step")
+    ap.add_argument("--only", help="transformers: comma-separated subset of forward,decode,grad,lora (load always runs)")
     a = ap.parse_args()
     if a.reps < 1:
         ap.error("--reps must be >= 1")
@@ -249,7 +257,8 @@ def main():
     if not gguf.is_file():
         sys.exit(f"bench_peers: no model at {gguf} (run scripts/fetch_model.sh)")
     if a.impl == "transformers":
-        r, versions = bench_transformers(gguf, a.reps, not a.no_lora)
+        only = None if a.only is None else {w.strip() for w in a.only.split(",")}
+        r, versions = bench_transformers(gguf, a.reps, not a.no_lora, only)
     else:
         r, versions = bench_llamacpp(gguf, a.reps)
     versions["python"] = platform.python_version()

@@ -1,8 +1,10 @@
 //! Benchmark of the runtime on a model (default: the embedded GGUF), as in BENCHMARKS.md:
-//! load, forward over 64 and 256 tokens, decode tokens/s at batch 1 and 8, and
-//! forward+backward to 3 residual hook points over ~100 tokens; peak RSS.
+//! load, forward over 64 and 256 tokens, decode tokens/s at batch 1 and 8,
+//! forward+backward to 3 residual hook points over ~100 tokens, one LoRA training step
+//! (r=16 on q_proj+v_proj, batch 4 x 64 tokens, loss on every next token, AdamW); peak RSS.
 //!
 //!     cargo run --release --example bench -- [--model PATH] [--reps 3] [--json out.json]
+//!         [--only forward,decode,grad,lora]   (default: all; load is always measured)
 use anyhow::Result;
 use interp_kit::prelude::*;
 use std::time::Instant;
@@ -29,6 +31,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
     let reps: usize = get("--reps").map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let only = get("--only");
+    let want = |w: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x.trim() == w));
     let t0 = Instant::now();
     let model = match get("--model") {
         Some(p) => Model::load(&p, &Device::Cpu)?,
@@ -41,7 +45,7 @@ fn main() -> Result<()> {
         rows.push((k, v, u.to_string()));
     };
     row("load".into(), load_s, "s");
-    for n in [64usize, 256] {
+    for n in [64usize, 256].into_iter().filter(|_| want("forward")) {
         let p = vec![ids(n, 1)];
         let mut ts = vec![];
         for _ in 0..reps {
@@ -52,7 +56,7 @@ fn main() -> Result<()> {
         row(format!("forward, {n} tokens"), median(ts), "s");
     }
     let infer_rss = peak_rss_mib();
-    for b in [1usize, 8] {
+    for b in [1usize, 8].into_iter().filter(|_| want("decode")) {
         let prompts: Vec<Vec<u32>> = (0..b).map(|r| ids(16, r as u32)).collect();
         let steps = 32;
         let mut ts = vec![];
@@ -69,20 +73,54 @@ fn main() -> Result<()> {
         row(format!("decode, batch {b} (aggregate)"), median(ts), "tok/s");
     }
     let infer_rss = infer_rss.max(peak_rss_mib());
-    let p = vec![ids(100, 3)];
-    let l = model.n_layers();
-    let points = [HookPoint::resid_post(l / 4), HookPoint::resid_post(l / 2), HookPoint::resid_post(3 * l / 4)];
-    let loss = Loss::From(vec![80]);
-    model.grad(&p, &loss, &points, Positions::Last, &Hooks::new())?; // warm-up: dequantizes weights once
-    let mut ts = vec![];
-    for _ in 0..reps {
-        let t = Instant::now();
-        model.grad(&p, &loss, &points, Positions::All, &Hooks::new())?;
-        ts.push(t.elapsed().as_secs_f64());
+    if want("grad") {
+        let p = vec![ids(100, 3)];
+        let l = model.n_layers();
+        let points = [HookPoint::resid_post(l / 4), HookPoint::resid_post(l / 2), HookPoint::resid_post(3 * l / 4)];
+        let loss = Loss::From(vec![80]);
+        model.grad(&p, &loss, &points, Positions::Last, &Hooks::new())?; // warm-up: dequantizes weights once
+        let mut ts = vec![];
+        for _ in 0..reps {
+            let t = Instant::now();
+            model.grad(&p, &loss, &points, Positions::All, &Hooks::new())?;
+            ts.push(t.elapsed().as_secs_f64());
+        }
+        row("forward+backward, 100 tokens, dL/dh at 3 layers".into(), median(ts), "s");
     }
-    row("forward+backward, 100 tokens, dL/dh at 3 layers".into(), median(ts), "s");
-    row("peak RSS, inference path".into(), infer_rss, "MiB");
-    row("peak RSS, after gradient path".into(), peak_rss_mib(), "MiB");
+    if want("forward") || want("decode") {
+        row("peak RSS, inference path".into(), infer_rss, "MiB");
+    }
+    if want("grad") {
+        row("peak RSS, after gradient path".into(), peak_rss_mib(), "MiB");
+    }
+    if want("lora") {
+        // As scripts/bench_peers.py's PEFT workload: r=16, alpha=32, no dropout, q_proj+v_proj;
+        // 4 rows x 64 tokens, mean NLL of tokens 1..63 (each from the previous position);
+        // AdamW(lr 1e-4, weight decay 0.01: torch's defaults), no clipping, constant lr;
+        // forward + backward + update, median over --reps after one untimed warm-up step.
+        let adapter = LoraAdapter::new(&model, &LoraConfig::qv(16, 32.0))?;
+        let batch: Vec<TrainExample> =
+            (0..4u32).map(|r| TrainExample::new(ids(64, r), (1..64).collect())).collect::<Result<_>>()?;
+        let refs: Vec<&TrainExample> = batch.iter().collect();
+        let cfg = TrainConfig {
+            lr: 1e-4,
+            weight_decay: 0.01,
+            schedule: Schedule::Constant,
+            batch_size: 4,
+            max_grad_norm: None,
+            ..Default::default()
+        };
+        let mut trainer = LoraTrainer::new(&adapter, cfg, reps + 1)?;
+        trainer.step(&model, &adapter, &refs)?; // warm-up
+        let mut ts = vec![];
+        for _ in 0..reps {
+            let t = Instant::now();
+            trainer.step(&model, &adapter, &refs)?;
+            ts.push(t.elapsed().as_secs_f64());
+        }
+        row("LoRA step, r=16 q_proj+v_proj, batch 4 x 64 tokens, AdamW".into(), median(ts), "s");
+        row("peak RSS, after LoRA steps".into(), peak_rss_mib(), "MiB");
+    }
     println!("| workload | interp_kit | unit |\n|---|---|---|");
     for (k, v, u) in &rows {
         println!("| {k} | {v:.3} | {u} |");

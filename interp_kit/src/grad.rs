@@ -3,9 +3,12 @@
 //! `dL/dh` at a hook point is read by adding a zero `Var` to the activation there (candle keeps
 //! gradients only for `Var`s). Base weights are frozen: no weight gradient is computed.
 use crate::hooks::{ActivationCache, HookPoint, Hooks, Positions};
+use crate::model::forward::FwdCtx;
 use crate::model::Model;
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
+use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Which tokens the loss predicts.
 #[derive(Clone, Debug)]
@@ -17,7 +20,7 @@ pub enum Loss {
 }
 
 impl Loss {
-    fn targets(&self, lens: &[usize]) -> Result<Vec<Vec<usize>>> {
+    pub(crate) fn targets(&self, lens: &[usize]) -> Result<Vec<Vec<usize>>> {
         let t = match self {
             Loss::Tokens(t) => t.clone(),
             Loss::From(s) => s.iter().zip(lens).map(|(&s, &n)| (s..n).collect()).collect(),
@@ -46,19 +49,105 @@ pub struct GradOutput {
     pub activations: ActivationCache,
 }
 
+/// Per row of logits `[n, V]`, `-log softmax(row)[target]` (`[n]`), fused: one pass forward, and
+/// a backward that writes `(softmax(row) - onehot(target)) · grad` directly (the composed
+/// log_softmax + gather allocates and reads the `[n, V]` logits a dozen times, which for a
+/// 150k-token vocabulary costs as much as a few transformer layers). CPU, f32 or f64.
+struct NllOp {
+    targets: Vec<u32>,
+}
+
+macro_rules! nll_rows {
+    ($t:ty, $x:expr, $v:expr, $targets:expr) => {{
+        let x: &[$t] = $x;
+        x.par_chunks($v)
+            .zip($targets.par_iter())
+            .map(|(row, &t)| {
+                let max = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let sum: $t = row.iter().map(|&z| (z - max).exp()).sum();
+                max + sum.ln() - row[t as usize]
+            })
+            .collect::<Vec<$t>>()
+    }};
+}
+
+macro_rules! nll_grad {
+    ($t:ty, $x:expr, $v:expr, $targets:expr, $g:expr) => {{
+        let x: &[$t] = $x;
+        let g: Vec<$t> = $g;
+        let mut out = vec![<$t>::default(); x.len()];
+        out.par_chunks_mut($v).zip(x.par_chunks($v)).zip($targets.par_iter().zip(g.par_iter())).for_each(
+            |((o, row), (&t, &go))| {
+                let max = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let sum: $t = row.iter().map(|&z| (z - max).exp()).sum();
+                let lse = max + sum.ln();
+                for (oj, &z) in o.iter_mut().zip(row) {
+                    *oj = (z - lse).exp() * go;
+                }
+                o[t as usize] -= go;
+            },
+        );
+        out
+    }};
+}
+
+impl CustomOp1 for NllOp {
+    fn name(&self) -> &'static str {
+        "nll"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, v) = l.shape().dims2()?;
+        if n != self.targets.len() || !l.is_contiguous() {
+            candle_core::bail!("nll: logits {:?} for {} targets", l.shape(), self.targets.len())
+        }
+        let range = l.start_offset()..l.start_offset() + n * v;
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(nll_rows!(f32, &x[range], v, self.targets)),
+            CpuStorage::F64(x) => CpuStorage::F64(nll_rows!(f64, &x[range], v, self.targets)),
+            _ => candle_core::bail!("nll: logits must be f32 or f64"),
+        };
+        Ok((out, Shape::from(n)))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (n, v) = arg.dims2()?;
+        let arg = arg.contiguous()?;
+        let (st, l) = arg.storage_and_layout();
+        let range = l.start_offset()..l.start_offset() + n * v;
+        let grad = match &*st {
+            Storage::Cpu(CpuStorage::F32(x)) => {
+                let g = nll_grad!(f32, &x[range], v, self.targets, grad_res.to_dtype(DType::F32)?.to_vec1()?);
+                Tensor::from_vec(g, (n, v), arg.device())?
+            }
+            Storage::Cpu(CpuStorage::F64(x)) => {
+                let g = nll_grad!(f64, &x[range], v, self.targets, grad_res.to_dtype(DType::F64)?.to_vec1()?);
+                Tensor::from_vec(g, (n, v), arg.device())?
+            }
+            _ => candle_core::bail!("nll: logits must be f32 or f64 on the CPU"),
+        };
+        Ok(Some(grad))
+    }
+}
+
+/// The per-target negative log-likelihoods of a teacher-forced batch, still in the graph.
+pub(crate) struct NllGraph<'a> {
+    /// `[n]` f32 (f64 for an f64 model): one entry per target token, rows in order.
+    pub nll: Tensor,
+    /// The batch row of each entry.
+    pub owner: Vec<usize>,
+    pub ctx: FwdCtx<'a>,
+}
+
 impl Model {
-    /// Teacher-forced loss over `loss` targets and `dL/dh` at `points` (at `positions`), from one
-    /// backward pass. `hooks` may intervene (their writes are part of the graph) or read.
-    pub fn grad(
-        &self,
+    /// Forward pass on the gradient path (left-padded batch) and the NLL of each target token
+    /// (`targets[r]`: token indices >= 1 of row `r`, checked by the caller), predicted from the
+    /// previous position. Logits are computed only at the predicting positions.
+    pub(crate) fn nll_graph<'a>(
+        &'a self,
         prompts: &[Vec<u32>],
-        loss: &Loss,
+        targets: &[Vec<usize>],
+        hooks: &'a Hooks<'a>,
         points: &[HookPoint],
-        positions: Positions,
-        hooks: &Hooks,
-    ) -> Result<GradOutput> {
-        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        let targets = loss.targets(&lens)?;
+    ) -> Result<NllGraph<'a>> {
         let (ids, pad) = self.pad_batch(prompts)?;
         let (b, t) = ids.dims2()?;
         let (h, ctx) = self.run(&ids, pad.clone(), None, hooks, points, true)?;
@@ -75,17 +164,41 @@ impl Model {
         }
         let n = src.len();
         let src = Tensor::from_vec(src, n, &self.device)?;
-        let tgt_t = Tensor::from_vec(tgt, (n, 1), &self.device)?;
         let hs = h.reshape((b * t, ()))?.index_select(&src, 0)?;
-        let logits = self.logits(&hs, true)?.to_dtype(DType::F32)?;
-        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let nll = lp.gather(&tgt_t, 1)?.squeeze(1)?.neg()?; // [n]
+        // In f32 (f64 for an f64 model).
+        let logits = self.logits(&hs, true)?;
+        let logits = if logits.dtype() == DType::F64 { logits } else { logits.to_dtype(DType::F32)? };
+        let nll = if logits.device().is_cpu() {
+            logits.contiguous()?.apply_op1_arc(Arc::new(Box::new(NllOp { targets: tgt })))?
+        } else {
+            let tgt_t = Tensor::from_vec(tgt, (n, 1), &self.device)?;
+            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            lp.gather(&tgt_t, 1)?.squeeze(1)?.neg()?
+        }; // [n]
+        Ok(NllGraph { nll, owner, ctx })
+    }
+
+    /// Teacher-forced loss over `loss` targets and `dL/dh` at `points` (at `positions`), from one
+    /// backward pass. `hooks` may intervene (their writes are part of the graph) or read.
+    pub fn grad(
+        &self,
+        prompts: &[Vec<u32>],
+        loss: &Loss,
+        points: &[HookPoint],
+        positions: Positions,
+        hooks: &Hooks,
+    ) -> Result<GradOutput> {
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        let targets = loss.targets(&lens)?;
+        let b = prompts.len();
+        let NllGraph { nll, owner, ctx } = self.nll_graph(prompts, &targets, hooks, points)?;
+        let n = owner.len();
         let loss_t = nll.mean_all()?;
         let grads = loss_t.backward().context("backward pass")?;
-        let nll_v: Vec<f32> = nll.to_vec1()?;
+        let nll_v: Vec<f64> = nll.to_dtype(DType::F64)?.to_vec1()?;
         let mut sums = vec![(0f64, 0usize); b];
         for (v, r) in nll_v.iter().zip(&owner) {
-            sums[*r].0 += *v as f64;
+            sums[*r].0 += *v;
             sums[*r].1 += 1;
         }
         let mut out = ActivationCache::default();

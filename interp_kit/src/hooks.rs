@@ -12,6 +12,7 @@
 //! assert_eq!("blocks.3.hook_resid_post".parse::<HookPoint>().unwrap(), hp);
 //! assert_eq!(HookPoint::ln_final().to_string(), "ln_final.hook_normalized");
 //! ```
+use crate::lora::LoraAdapter;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
@@ -258,11 +259,20 @@ impl HookCtx<'_> {
 /// A write hook: gets the activation `[batch, seq, d]` and returns its replacement.
 pub type HookFn<'a> = Box<dyn Fn(&Tensor, &HookCtx) -> Result<Tensor> + 'a>;
 
-/// The hooks of one forward call: what to cache, what to change, where to take gradients.
+/// The hooks of one forward call: what to cache, what to change, where to take gradients,
+/// and which LoRA adapters to apply.
 #[derive(Default)]
 pub struct Hooks<'a> {
     pub(crate) reads: Vec<(HookPoint, Positions)>,
     pub(crate) writes: Vec<(HookPoint, Phase, HookFn<'a>)>,
+    pub(crate) lora: Vec<LoraUse<'a>>,
+}
+
+/// An adapter applied during one call; `dropout_seed` is `Some` in training mode.
+#[derive(Clone, Copy)]
+pub(crate) struct LoraUse<'a> {
+    pub(crate) adapter: &'a LoraAdapter,
+    pub(crate) dropout_seed: Option<u64>,
 }
 
 impl<'a> Hooks<'a> {
@@ -292,14 +302,31 @@ impl<'a> Hooks<'a> {
         self.writes.push((point, phase, Box::new(f)));
         self
     }
-    /// Add another hook set's hooks to this one.
+    /// Apply a LoRA adapter during this call (inference mode: no dropout): every targeted
+    /// linear layer computes `base(x) + scaling * B (A x)`. The base weights are not touched
+    /// and the adapter acts only in the call this hook set is passed to (forward, generate,
+    /// grad, prefill, extend, decode). Several adapters add their deltas. Gradients reach the
+    /// adapter's `A`/`B` (candle `Var`s) on the gradient path.
+    pub fn lora(mut self, adapter: &'a LoraAdapter) -> Self {
+        self.lora.push(LoraUse { adapter, dropout_seed: None });
+        self
+    }
+    /// Like [`Hooks::lora`] in training mode: the adapter's dropout (if > 0) is applied to the
+    /// input of its `A`, with masks drawn from `seed` (the same seed, inputs and call give the
+    /// same masks; each targeted module draws its own mask).
+    pub fn lora_train(mut self, adapter: &'a LoraAdapter, seed: u64) -> Self {
+        self.lora.push(LoraUse { adapter, dropout_seed: Some(seed) });
+        self
+    }
+    /// Add another hook set's hooks (and adapters) to this one.
     pub fn extend(mut self, other: Hooks<'a>) -> Self {
         self.reads.extend(other.reads);
         self.writes.extend(other.writes);
+        self.lora.extend(other.lora);
         self
     }
     pub fn is_empty(&self) -> bool {
-        self.reads.is_empty() && self.writes.is_empty()
+        self.reads.is_empty() && self.writes.is_empty() && self.lora.is_empty()
     }
     pub(crate) fn points(&self) -> impl Iterator<Item = HookPoint> + '_ {
         self.reads.iter().map(|r| r.0).chain(self.writes.iter().map(|w| w.0))

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod grad;
 pub mod hooks;
 pub mod metrics;
+pub mod lora;
 pub mod model;
 pub mod rng;
 pub mod stats;
@@ -78,6 +79,10 @@ pub mod prelude {
     pub use crate::grad::{GradOutput, Loss};
     pub use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase, Positions, Site};
     pub use crate::metrics::{caps_fraction, confounds, helpfulness, refusal};
+    pub use crate::lora::{
+        self, eval_loss, lora_grad, train_lora, train_lora_with, TrainExample, LoraAdapter, LoraConfig, LoraTrainer, Schedule, StepInfo,
+        TrainConfig,
+    };
     pub use crate::model::{KvCache, LogitsAt, Model, Output};
     pub use crate::stats::{bootstrap_mean_ci, bootstrap_paired_ci, cohens_d, pareto_front, pearson, spearman, Bootstrap};
     pub use crate::steer::{hooks_for, Intervention, Op, Where};

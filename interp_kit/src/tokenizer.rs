@@ -39,6 +39,7 @@ pub type ByteSpan = (usize, usize);
 /// A text tokenizer plus the chat metadata of its model.
 ///
 /// `inner` is the underlying `tokenizers::Tokenizer` for anything not wrapped here.
+#[derive(Clone)]
 pub struct Tokenizer {
     /// The wrapped Hugging Face `tokenizers` tokenizer.
     pub inner: tokenizers::Tokenizer,

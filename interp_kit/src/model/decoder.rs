@@ -17,8 +17,15 @@ pub trait Block: Send + Sync {
     fn has_resid_mid(&self) -> bool {
         true
     }
+    /// The block's linear layers (LoRA targets), in a fixed order.
+    fn linears(&self) -> Vec<&Linear>;
+    /// The same, mutable (merging an adapter into a copy of the model).
+    fn linears_mut(&mut self) -> Vec<&mut Linear>;
+    /// A copy sharing the weight tensors.
+    fn box_clone(&self) -> Box<dyn Block>;
 }
 
+#[derive(Clone)]
 pub struct DecoderBlock {
     pub ln1: Norm,
     pub attn: Attention,
@@ -39,13 +46,38 @@ impl Block for DecoderBlock {
         }
         let a = ctx.hook(HookPoint::attn_out(l), a)?;
         let x = ctx.hook(HookPoint::resid_mid(l), (x + a)?)?;
-        let mut m = self.mlp.forward(&self.ln2.forward(&x, g)?, g, ctx.dense)?;
+        let mut m = self.mlp.forward(&self.ln2.forward(&x, g)?, ctx)?;
         if let Some(n) = &self.post_mlp_norm {
             m = n.forward(&m, g)?;
         }
         let m = ctx.hook(HookPoint::mlp_out(l), m)?;
         ctx.hook(HookPoint::resid_post(l), (x + m)?)
     }
+    fn linears(&self) -> Vec<&Linear> {
+        attn_mlp_linears(&self.attn, &self.mlp)
+    }
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        attn_mlp_linears_mut(&mut self.attn, &mut self.mlp)
+    }
+    fn box_clone(&self) -> Box<dyn Block> {
+        Box::new(self.clone())
+    }
+}
+
+fn attn_mlp_linears<'a>(a: &'a Attention, m: &'a Mlp) -> Vec<&'a Linear> {
+    let mut v = a.qkv.linears();
+    v.push(&a.o);
+    v.extend(m.gate.as_ref());
+    v.extend([&m.up, &m.down]);
+    v
+}
+
+fn attn_mlp_linears_mut<'a>(a: &'a mut Attention, m: &'a mut Mlp) -> Vec<&'a mut Linear> {
+    let mut v = a.qkv.linears_mut();
+    v.push(&mut a.o);
+    v.extend(m.gate.as_mut());
+    v.extend([&mut m.up, &mut m.down]);
+    v
 }
 
 /// GPT-NeoX's parallel residual block (`use_parallel_residual = true`, all Pythia models):
@@ -55,6 +87,7 @@ impl Block for DecoderBlock {
 /// tensor. `hook_resid_pre`, `hook_attn_out`, `hook_mlp_out` and `hook_resid_post` exist.
 ///
 /// [`Model::check_points`]: crate::model::Model::check_points
+#[derive(Clone)]
 pub struct ParallelBlock {
     pub ln1: Norm,
     pub attn: Attention,
@@ -68,13 +101,22 @@ impl Block for ParallelBlock {
         let x = ctx.hook(HookPoint::resid_pre(l), x)?;
         let a = self.attn.forward(&self.ln1.forward(&x, g)?, ctx, kv)?;
         let a = ctx.hook(HookPoint::attn_out(l), a)?;
-        let m = self.mlp.forward(&self.ln2.forward(&x, g)?, g, ctx.dense)?;
+        let m = self.mlp.forward(&self.ln2.forward(&x, g)?, ctx)?;
         let m = ctx.hook(HookPoint::mlp_out(l), m)?;
         // HF GPTNeoXLayer: mlp_output + attn_output + hidden_states, in this order.
         ctx.hook(HookPoint::resid_post(l), ((m + a)? + x)?)
     }
     fn has_resid_mid(&self) -> bool {
         false
+    }
+    fn linears(&self) -> Vec<&Linear> {
+        attn_mlp_linears(&self.attn, &self.mlp)
+    }
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        attn_mlp_linears_mut(&mut self.attn, &mut self.mlp)
+    }
+    fn box_clone(&self) -> Box<dyn Block> {
+        Box::new(self.clone())
     }
 }
 

@@ -3,6 +3,7 @@ use super::layers::Rope;
 use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use rand::{rngs::StdRng, SeedableRng};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,6 +35,8 @@ pub struct FwdCtx<'a> {
     pub(crate) taps: BTreeMap<HookPoint, Var>,
     pub(crate) activations: ActivationCache,
     masks: RefCell<BTreeMap<Option<usize>, Tensor>>,
+    /// One dropout RNG per adapter of the call that runs in training mode.
+    lora_rngs: RefCell<Vec<Option<StdRng>>>,
 }
 
 impl<'a> FwdCtx<'a> {
@@ -98,6 +101,7 @@ impl<'a> FwdCtx<'a> {
             taps: BTreeMap::new(),
             activations: ActivationCache::default(),
             masks: RefCell::new(BTreeMap::new()),
+            lora_rngs: RefCell::new(hooks.lora.iter().map(|u| u.dropout_seed.map(StdRng::seed_from_u64)).collect()),
         })
     }
 
@@ -131,6 +135,26 @@ impl<'a> FwdCtx<'a> {
         let mask = Tensor::from_vec(m, (b, 1, t, s), &self.device)?.to_dtype(self.dtype)?;
         self.masks.borrow_mut().insert(window, mask.clone());
         Ok(mask)
+    }
+
+    /// `y + Σ scaling · B A dropout(x)` over the call's adapters that target module `name`
+    /// (`x`: `[.., in]`, `y`: `[.., out]`). The delta is computed in f32 (f64 for an f64 model)
+    /// and added in `y`'s dtype; dropout acts only for adapters in training mode
+    /// ([`Hooks::lora_train`]).
+    pub fn lora_delta(&self, name: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
+        for (i, u) in self.hooks.lora.iter().enumerate() {
+            let Some(m) = u.adapter.module(name) else { continue };
+            let mut xin = if x.dtype() == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
+            let p = u.adapter.config.dropout;
+            if p > 0.0 {
+                if let Some(rng) = self.lora_rngs.borrow_mut()[i].as_mut() {
+                    xin = crate::lora::dropout(&xin, p, rng)?;
+                }
+            }
+            let d = m.delta(&xin)?.to_dtype(y.dtype())?;
+            y = (y + d)?;
+        }
+        Ok(y)
     }
 
     /// What a hook at `point` sees of this call.

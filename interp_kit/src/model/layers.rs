@@ -20,6 +20,7 @@ struct FrozenLinearOp {
 }
 
 /// Wraps a backend storage (contiguous, offset 0: ensured by [`frozen_matmul`]) as a tensor.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn storage_tensor(storage: Storage, layout: &Layout) -> candle_core::Result<Tensor> {
     if layout.start_offset() != 0 || !layout.is_contiguous() {
         candle_core::bail!("frozen-linear: input must be contiguous with offset 0")
@@ -28,6 +29,7 @@ fn storage_tensor(storage: Storage, layout: &Layout) -> candle_core::Result<Tens
 }
 
 impl FrozenLinearOp {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn compute(&self, x: Tensor) -> candle_core::Result<(Storage, Shape)> {
         let y = x.broadcast_matmul(&self.w.t()?)?.contiguous()?;
         let shape = y.shape().clone();
@@ -47,12 +49,22 @@ impl CustomOp1 for FrozenLinearOp {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
+    /// One `[rows, in] x [in, out]` gemm over all leading dims, reading `x` and `W` in place.
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_tensor(Storage::Cpu(s.clone()), l)?;
-        match self.compute(x)? {
-            (Storage::Cpu(c), shape) => Ok((c, shape)),
-            _ => candle_core::bail!("frozen-linear: device mismatch"),
+        use candle_core::backend::BackendStorage;
+        let dims = l.shape().dims();
+        let (n, k) = self.w.dims2()?;
+        if dims.last() != Some(&k) || !l.is_contiguous() {
+            candle_core::bail!("frozen-linear: input {:?} (contiguous: {}) does not end in {k}", dims, l.is_contiguous())
         }
+        let m = l.shape().elem_count() / k.max(1);
+        let lhs = Layout::contiguous_with_offset((m, k), l.start_offset());
+        let (ws, wl) = self.w.storage_and_layout();
+        let Storage::Cpu(ws) = &*ws else { candle_core::bail!("frozen-linear: device mismatch") };
+        let y = s.matmul(ws, (1, m, n, k), &lhs, &wl.transpose(0, 1)?)?;
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("checked above") = n;
+        Ok((y, Shape::from(out)))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -67,18 +79,27 @@ impl CustomOp1 for FrozenLinearOp {
         }
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // dL/dx = dL/dy W ; no gradient for W.
-        Ok(Some(grad_res.broadcast_matmul(&self.w)?))
+        // dL/dx = dL/dy W (one gemm over all leading dims); no gradient for W.
+        let dims = grad_res.dims();
+        let (n, k) = self.w.dims2()?;
+        let g = grad_res.reshape((grad_res.elem_count() / n.max(1), n))?.matmul(&self.w)?;
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = k;
+        }
+        g.reshape(out).map(Some)
     }
 }
 
 /// `x W^T` with a frozen `W` (differentiable in `x` only).
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let x = if x.is_contiguous() && x.layout().start_offset() == 0 { x.clone() } else { x.affine(1.0, 0.0)? };
-    Ok(x.apply_op1_arc(Arc::new(Box::new(FrozenLinearOp { w: w.clone() })))?)
+    Ok(x.apply_op1_arc(Arc::new(Box::new(FrozenLinearOp { w: w.contiguous()? })))?)
 }
 
 /// A weight matrix `[out, in]`, dense or kept quantized (GGUF) for fast inference.
+/// Cloning shares the tensors (they are immutable).
+#[derive(Clone)]
 pub enum Weight {
     Dense(Tensor),
     Quant {
@@ -164,9 +185,11 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
 }
 
 /// A linear layer with optional bias.
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Tensor>,
+    /// The HF module path (`model.layers.3.self_attn.q_proj`): LoRA adapters are keyed by it.
     pub name: String,
 }
 
@@ -247,9 +270,17 @@ impl Linear {
             None => y,
         })
     }
+
+    /// The layer inside a forward call: the base output plus the deltas of the call's LoRA
+    /// adapters that target this module (see [`FwdCtx::lora_delta`]).
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
+        let y = self.forward(x, ctx.grad, ctx.dense)?;
+        ctx.lora_delta(&self.name, x, y).with_context(|| format!("LoRA on {}", self.name))
+    }
 }
 
 /// RMSNorm (`x / rms(x) * w`). Gemma's `(1 + w)` is folded into `w` at load time.
+#[derive(Clone)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
@@ -262,9 +293,9 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         if grad || x.dtype() != DType::F32 {
-            // The differentiable path: computed in f32.
+            // The differentiable path: computed in f32 (f64 for an f64 model).
             let dt = x.dtype();
-            let x32 = x.to_dtype(DType::F32)?;
+            let x32 = if dt == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
             let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
             let y = x32.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
             if self.scale_in_f32 {
@@ -280,6 +311,7 @@ impl RmsNorm {
 }
 
 /// LayerNorm with weight and bias (GPT-2, GPT-NeoX).
+#[derive(Clone)]
 pub struct LayerNorm {
     pub weight: Tensor,
     pub bias: Tensor,
@@ -298,6 +330,7 @@ impl LayerNorm {
     }
 }
 
+#[derive(Clone)]
 pub enum Norm {
     Rms(RmsNorm),
     Layer(LayerNorm),
@@ -313,6 +346,7 @@ impl Norm {
 }
 
 /// Rotary position tables (`cos`, `sin`: `[max_pos, rot_dim/2]`), "rotate half" (NeoX) layout.
+#[derive(Clone)]
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -392,6 +426,7 @@ pub fn softmax(x: &Tensor, grad: bool) -> Result<Tensor> {
 /// The query/key/value projections: separate matrices (Llama family) or one fused matrix whose
 /// output rows are `[q (n_heads*head_dim) | k (n_kv*head_dim) | v (n_kv*head_dim)]` (GPT-2's
 /// `c_attn`; GPT-NeoX's `query_key_value` after its per-head interleave is undone at load time).
+#[derive(Clone)]
 pub enum QkvProj {
     Split { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
@@ -399,11 +434,11 @@ pub enum QkvProj {
 
 impl QkvProj {
     /// `(q, k, v)` projections of `x` `[B, T, d]`, each `[B, T, heads*head_dim]`.
-    fn forward(&self, x: &Tensor, grad: bool, dense: bool, q_dim: usize, kv_dim: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    fn forward(&self, x: &Tensor, ctx: &FwdCtx, q_dim: usize, kv_dim: usize) -> Result<(Tensor, Tensor, Tensor)> {
         Ok(match self {
-            QkvProj::Split { q, k, v } => (q.forward(x, grad, dense)?, k.forward(x, grad, dense)?, v.forward(x, grad, dense)?),
+            QkvProj::Split { q, k, v } => (q.forward_ctx(x, ctx)?, k.forward_ctx(x, ctx)?, v.forward_ctx(x, ctx)?),
             QkvProj::Fused(l) => {
-                let y = l.forward(x, grad, dense)?;
+                let y = l.forward_ctx(x, ctx)?;
                 (
                     y.narrow(D::Minus1, 0, q_dim)?,
                     y.narrow(D::Minus1, q_dim, kv_dim)?,
@@ -412,10 +447,26 @@ impl QkvProj {
             }
         })
     }
+
+    /// The projection layers (LoRA targets): `[q, k, v]` or the one fused matrix.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            QkvProj::Split { q, k, v } => vec![q, k, v],
+            QkvProj::Fused(l) => vec![l],
+        }
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            QkvProj::Split { q, k, v } => vec![q, k, v],
+            QkvProj::Fused(l) => vec![l],
+        }
+    }
 }
 
 /// Multi-head attention with GQA, optional q/k norms, logit soft-capping and sliding window.
 /// Rotary embedding is applied when the model has one ([`FwdCtx::rope`]); GPT-2 has none.
+#[derive(Clone)]
 pub struct Attention {
     pub qkv: QkvProj,
     pub o: Linear,
@@ -441,11 +492,11 @@ impl Attention {
         kv: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (g, dn) = (ctx.grad, ctx.dense);
+        let g = ctx.grad;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let (q, k, v) = self.qkv.forward(x, g, dn, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim)?;
+        let (q, k, v) = self.qkv.forward(x, ctx, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim)?;
         let mut q = heads(q, self.n_heads)?;
         let mut k = heads(k, self.n_kv_heads)?;
         let v = heads(v, self.n_kv_heads)?;
@@ -478,7 +529,7 @@ impl Attention {
         let att = softmax(&att, g)?;
         let y = att.matmul(&v)?; // [B, H, T, hd]
         let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
-        self.o.forward(&y, g, dn)
+        self.o.forward_ctx(&y, ctx)
     }
 }
 
@@ -518,6 +569,7 @@ impl Act {
 }
 
 /// `down(act(gate(x)) * up(x))`, or `down(act(up(x)))` when there is no gate.
+#[derive(Clone)]
 pub struct Mlp {
     pub gate: Option<Linear>,
     pub up: Linear,
@@ -526,12 +578,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
-        let up = self.up.forward(x, grad, dense)?;
+    pub fn forward(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
+        let up = self.up.forward_ctx(x, ctx)?;
         let h = match &self.gate {
-            Some(g) => (self.act.apply(&g.forward(x, grad, dense)?)? * up)?,
+            Some(g) => (self.act.apply(&g.forward_ctx(x, ctx)?)? * up)?,
             None => self.act.apply(&up)?,
         };
-        self.down.forward(&h, grad, dense)
+        self.down.forward_ctx(&h, ctx)
     }
 }

@@ -53,6 +53,7 @@ pub struct ModelInfo {
 
 /// Token embedding (optionally scaled, e.g. Gemma's `sqrt(d)`: the scale is rounded to the
 /// model dtype before multiplying, as HF does).
+#[derive(Clone)]
 pub struct Embedding {
     pub weight: Tensor,
     pub scale: Option<f64>,
@@ -67,6 +68,10 @@ pub enum LogitsAt {
 }
 
 /// A model with hook points, KV cache and gradients.
+///
+/// `clone()` is cheap: the copy shares the (immutable) weight tensors. A quantized weight's
+/// dequantized copy for the gradient path is shared if it existed at the time of the clone and
+/// is otherwise made separately by each copy that needs it.
 pub struct Model {
     pub info: ModelInfo,
     pub tokenizer: Option<Tokenizer>,
@@ -86,6 +91,26 @@ pub struct Model {
     pub(crate) rope: Option<Rope>,
     /// Why the tokenizer could not be loaded, if it could not (reported by [`Model::tok`]).
     pub(crate) tokenizer_error: Option<String>,
+}
+
+impl Clone for Model {
+    fn clone(&self) -> Self {
+        Self {
+            info: self.info.clone(),
+            tokenizer: self.tokenizer.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+            quantized_inference: self.quantized_inference,
+            embed: self.embed.clone(),
+            pos_embed: self.pos_embed.clone(),
+            blocks: self.blocks.iter().map(|b| b.box_clone()).collect(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            final_softcap: self.final_softcap,
+            rope: self.rope.clone(),
+            tokenizer_error: self.tokenizer_error.clone(),
+        }
+    }
 }
 
 /// The KV cache of a batch: a value the caller holds, clones cheaply, and may pass to later
@@ -477,6 +502,12 @@ impl Model {
         self.tok()?.encode_prompt(text)
     }
 
+    /// The linear layers of the blocks with their layer index, in layer order (the modules a
+    /// LoRA adapter can target; the unembedding is not among them).
+    pub fn block_linears(&self) -> Vec<(usize, &Linear)> {
+        self.blocks.iter().enumerate().flat_map(|(l, b)| b.linears().into_iter().map(move |x| (l, x))).collect()
+    }
+
     /// Checks hook points against the model depth and architecture.
     pub fn check_points<'p>(&self, points: impl IntoIterator<Item = &'p HookPoint>) -> Result<()> {
         for p in points {
@@ -525,6 +556,9 @@ impl Model {
     ) -> Result<(Tensor, FwdCtx<'a>)> {
         self.check_points(hooks.points().collect::<Vec<_>>().iter())?;
         self.check_points(grad_points)?;
+        for u in &hooks.lora {
+            u.adapter.check_model(self)?;
+        }
         let (b, t) = ids.dims2()?;
         let past = kv.as_ref().map_or(0, |c| c.cols);
         let keep = kv.is_some();
