@@ -13,8 +13,9 @@
 //!
 //! * **Paths** (`data.*_path`, `model.name` when it is a file, `experiment.output_dir`) are
 //!   relative to the config file's directory.
-//! * **Modes**: `fast` (60 prompts per split), `full` (150 / 150 / 200), `ci` (4 per split and at
-//!   most 16 new tokens: a smoke run for tests). `data.max_prompts_per_split` caps any mode.
+//! * **Modes**: `fast` (60 prompts per split), `full` (150 / 150 / 200), `ci` (4 per split, at
+//!   most 16 new tokens, and a 2 x 2 grid: the first and last configured layers, alpha 0 and the
+//!   largest alpha: a smoke run for tests). `data.max_prompts_per_split` caps any mode.
 //! * **Layers** are block indices (`[4, 8, 12]`, TOML integers) or depth fractions
 //!   (`[0.25, 0.5, 0.75]`, TOML floats in (0, 1]): fraction `f` is block `round(f · n_layers)`,
 //!   capped at the last block. The same file therefore works across model depths.
@@ -464,6 +465,14 @@ impl StudyConfig {
     /// hook points. Errors name the valid layer range; duplicate resolved layers are errors.
     pub fn resolve(&self, info: &ModelInfo) -> Result<ResolvedPlan> {
         let site = parse_site(&self.direction.hook_point)?;
+        if site == crate::hooks::Site::ResidMid && !info.resid_mid {
+            bail!(
+                "direction.hook_point = {:?}: this {} model has parallel-residual blocks without hook_resid_mid; \
+                 use resid_pre, resid_post, attn_out or mlp_out",
+                self.direction.hook_point,
+                info.arch
+            );
+        }
         let mut layers = Vec::new();
         for (i, l) in self.experiment.layers.iter().enumerate() {
             let b = l.resolve(info.n_layers).with_context(|| format!("experiment.layers[{i}] = {l}"))?;
@@ -471,6 +480,16 @@ impl StudyConfig {
                 bail!("experiment.layers[{i}] = {l} resolves to block {b}, the same as experiment.layers[{j}]");
             }
             layers.push(b);
+        }
+        let mut alphas = self.experiment.alphas.clone();
+        if self.mode == Mode::Ci {
+            // CI size: the first and last configured layers, alpha 0 (if configured) and the largest.
+            if layers.len() > 2 {
+                layers = vec![layers[0], layers[layers.len() - 1]];
+            }
+            let max = alphas.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            alphas = alphas.iter().copied().filter(|&a| a == 0.0 || a == max).collect();
+            alphas.dedup();
         }
         let hook_points: Vec<HookPoint> = layers.iter().map(|&l| HookPoint::new(l, site)).collect();
         for h in &hook_points {
@@ -481,7 +500,7 @@ impl StudyConfig {
             hook_points,
             n_prompts: Split::ALL.map(|s| self.n_prompts(s)),
             interventions: self.experiment.interventions.clone(),
-            alphas: self.experiment.alphas.clone(),
+            alphas,
         })
     }
 }
@@ -545,6 +564,15 @@ mod tests {
         assert_eq!(cfg.n_prompts(Split::HarmTest), 4);
         assert_eq!(cfg.generate_config(0).max_new_tokens, 16);
         assert_eq!(cfg.generate_config(2).seed, cfg.generation.seed + 2000);
+        // ci: a 2 x 2 grid (first and last layer, alpha 0 and the largest)
+        let plan = cfg.resolve(&info(24)).unwrap();
+        assert_eq!((plan.layers, plan.alphas), (vec![6, 18], vec![0.0, 4.0]));
+        let mut no_mid = info(24);
+        no_mid.resid_mid = false;
+        let mid = StudyConfig::from_toml(&ci.replace("hook_point = \"resid_post\"", "hook_point = \"resid_mid\""), &base).unwrap();
+        assert!(mid.resolve(&info(24)).is_ok());
+        let e = format!("{:#}", mid.resolve(&no_mid).unwrap_err());
+        assert!(e.contains("resid_mid") && e.contains("parallel-residual"), "{e}");
     }
 
     #[test]

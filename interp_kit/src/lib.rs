@@ -62,6 +62,8 @@ pub fn embedded_model_path() -> Result<PathBuf> {
 
 /// The names a notebook needs: `use interp_kit::prelude::*;`.
 pub mod prelude {
+    /// `.context(..)` / `.with_context(..)` on `Result` and `Option` (anyhow), for notebook cells.
+    pub use anyhow::Context as _;
     pub use crate::config::StudyConfig;
     pub use crate::data::{read_jsonl, PromptRecord, Split};
     pub use crate::alignment::{

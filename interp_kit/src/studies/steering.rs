@@ -697,17 +697,23 @@ pub fn study_run_dir(study: &Study, root: impl AsRef<std::path::Path>, run_id: &
     b.open()
 }
 
-/// Saves each layer's steering direction as `<sub>/layer_<l>.safetensors` and all of them as a
-/// llama.cpp control-vector GGUF `<sub>/control_vector.gguf`.
+/// Saves each layer's steering direction as `<sub>/layer_<l>.safetensors` and those llama.cpp
+/// can load as a control-vector GGUF `<sub>/control_vector.gguf`: llama.cpp has no control
+/// vector for block 0 (its `direction.0` is rejected), so a block-0 direction is only saved as
+/// safetensors, and no GGUF is written when block 0 is the only layer.
 pub fn save_directions(study: &Study, run: &RunDir, dirs: &BTreeMap<usize, ContrastiveResult>, sub: &str) -> Result<()> {
-    let mut all = vec![];
+    let mut exportable = vec![];
     for (l, r) in dirs {
         let d = study.steering_direction(r)?;
         d.save(run.join(format!("{sub}/layer_{l}.safetensors"))?)?;
-        all.push(d);
+        if *l > 0 {
+            exportable.push(d);
+        }
     }
-    let cv = crate::directions::ControlVector::from_directions(study.cfg.model.name.clone(), all)?;
-    cv.export_gguf(run.join(format!("{sub}/control_vector.gguf"))?)?;
+    if !exportable.is_empty() {
+        let cv = crate::directions::ControlVector::from_directions(study.cfg.model.name.clone(), exportable)?;
+        cv.export_gguf(run.join(format!("{sub}/control_vector.gguf"))?)?;
+    }
     Ok(())
 }
 
