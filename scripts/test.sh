@@ -3,7 +3,8 @@
 #   setup      scripts/setup.sh: evcxr_jupyter, Jupyter venv, kernel `rust`, model (idempotent)
 #   cargo      cargo test for the workspace, built like the notebooks build the kit (below)
 #   runner     scripts/test_runner.sh: the notebook runner fails on a failing cell and names it
-#   notebooks  scripts/run_notebooks.sh on the notebooks listed in NOTEBOOKS below
+#   notebooks  scripts/run_notebooks.sh on the notebooks listed in NOTEBOOKS below (studies at ci size)
+#   neox       the steering smoke notebook on the tiny GPT-NeoX fixture (configs/*_tiny_neox.toml)
 #   (check)    scripts/check_shared_build.py: warns if the cargo and notebook builds stopped sharing
 # On a fresh 2-core machine the first run takes ~45 min, most of it installing evcxr_jupyter; later
 # runs reuse everything under ${INTERP_KIT_CACHE:-~/.cache/interp_kit}.
@@ -34,9 +35,10 @@ EVCXR_TARGET_DIR=$INTERP_KIT_CACHE/evcxr/slot-0/target
 # split, 16 new tokens); `scripts/run_notebooks.sh --all` runs it at the config's size.
 NOTEBOOKS=(
   notebooks/inoculation_caps/00_smoke_positions.ipynb
+  notebooks/steering_reliability/01_smoke.ipynb
+  notebooks/steering_reliability/02_sweep.ipynb
+  notebooks/steering_reliability/03_analysis.ipynb
 )
-# To add once they pass headlessly (never run yet, see the session notes):
-#   notebooks/steering_reliability/0{1_smoke,2_sweep,3_analysis}.ipynb
 
 summary=() n_ok=0
 finish() {
@@ -67,5 +69,8 @@ stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_TARG
 stage runner scripts/test_runner.sh
 rm -rf results/steering_reliability/run_001_ci   # the CI-size run starts fresh each time
 stage notebooks env INTERP_KIT_STUDY_MODE=ci scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
+# A non-Qwen model through the steering study: the smoke notebook on the tiny GPT-NeoX fixture.
+stage neox env INTERP_KIT_STUDY_MODE=ci STEERING_CONFIG=../../configs/steering_reliability_tiny_neox.toml \
+  scripts/run_notebooks.sh --out-dir results/notebooks/tiny_neox notebooks/steering_reliability/01_smoke.ipynb
 "$INTERP_KIT_CACHE/venv/bin/python" scripts/check_shared_build.py \
   || echo "test.sh: WARNING: see above; tests pass, but fresh machines now build the dependencies twice"
