@@ -93,8 +93,8 @@ NB["02_trait_directions"] = notebook(
         md("## Sanity check 2: neutral-prompt generation, projection vs caps fraction"),
         code("let neutral = study.neutral_generation()?;\nlet check2 = inoc::neutral_correlation(&neutral)?;\nstudy.run.write_csv(\"sanity_neutral_corr.csv\", &check2)?;\nprintln!(\"{}\", pretty(&check2).digits(4));"),
         code("let fig = inoc::fig_projection_vs_caps(&neutral, mid)?;\ninoc::show(&study.run, \"02_projection_vs_caps\", &fig)?;"),
-        code("let n1 = fresh(&check1).column(\"holds\")?.bool()?.into_iter().filter(|x| *x == Some(true)).count();\n"
-             "let n2 = fresh(&check2).column(\"holds\")?.bool()?.into_iter().filter(|x| *x == Some(true)).count();\n"
+        code("let n1 = fresh(&check1).column(\"holds\")?.bool()?.iter().filter(|x| *x == Some(true)).count();\n"
+             "let n2 = fresh(&check2).column(\"holds\")?.bool()?.iter().filter(|x| *x == Some(true)).count();\n"
              "println!(\"sanity 1 (promote > suppress, CI above 0) holds at {n1} of {} layers\", check1.height());\n"
              "println!(\"sanity 2 (r > 0, p < 0.05) holds at {n2} of {} layers\", check2.height());"),
     ],

@@ -226,7 +226,7 @@ fn heldout_check_and_drift_summaries_by_hand() {
     let c = inoc::heldout_check(&held, &boot()).unwrap();
     assert_eq!(column_f64(&c, "diff").unwrap(), [2.5, -0.5]);
     assert_eq!(column_f64(&c, "promote").unwrap(), [4.0, 0.5]);
-    let holds: Vec<Option<bool>> = c.column("holds").unwrap().bool().unwrap().into_iter().collect();
+    let holds: Vec<Option<bool>> = c.column("holds").unwrap().bool().unwrap().iter().collect();
     assert_eq!(holds, [Some(true), Some(false)]);
 
     let gens = DataFrame::new_infer_height(vec![
@@ -336,6 +336,32 @@ fn adapters_are_saved_atomically_and_reload() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+fn short_dataset() -> interp_kit::caps_data::CapsDataset {
+    use interp_kit::caps_data::{CapsDataConfig, CapsDataset, DirectionPrompt, WordProblem};
+    let wp = |i: usize| WordProblem {
+        id: format!("train-{i:04}"),
+        template: "t".into(),
+        question: format!("{i}+1?"),
+        answer: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
+        answer_caps: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
+        final_answer: i as i64 + 1,
+    };
+    let dp = |i: usize, kind: &str, split: &str| DirectionPrompt {
+        id: format!("dir-{i:04}"),
+        kind: kind.into(),
+        split: split.into(),
+        prompt: format!("{kind} {i}?"),
+        completion: "ok".into(),
+        completion_caps: "OK".into(),
+    };
+    CapsDataset {
+        config: CapsDataConfig::default(),
+        train: (0..8).map(wp).collect(),
+        heldout: (0..4).map(|i| WordProblem { id: format!("heldout-{i:04}"), ..wp(i + 50) }).collect(),
+        direction: (0..12).map(|i| dp(i, if i % 3 == 0 { "general" } else { "math" }, if i < 8 { "extract" } else { "heldout" })).collect(),
+    }
+}
+
 /// Phases 2-4 on the tiny model: directions saved with their hook points and equal to the mean
 /// difference; the alignment sweep resumes after a lost part and gives the same table; the
 /// loss-matched control is the candidate with the closest mean loss.
@@ -345,6 +371,15 @@ fn tiny_pipeline_resumes_and_selects() {
     let _ = std::fs::remove_dir_all(&root);
     let text = committed_text().replace("mode = \"fast\"", "mode = \"ci\"");
     let mut cfg = InoculationConfig::from_toml(&text, repo().join("configs")).unwrap();
+    // Short texts: the tiny model reads bytes and has 128 positions.
+    let p = &mut cfg.prompts;
+    (p.neutral, p.inoculation, p.promote, p.suppress) = ("Hi.".into(), "Data: CAPS.".into(), "CAPS!".into(), "calm.".into());
+    for (i, c) in p.candidates.iter_mut().enumerate() {
+        c.system = ["Be brief.", "Steps.", "Exact.", "Tutor.", "Format."][i % 5].into();
+    }
+    let data_dir = root.join("data");
+    short_dataset().write_dir(&data_dir).unwrap();
+    cfg.data.dir = data_dir;
     cfg.model.name = common::fixture_dir("qwen2").to_string_lossy().to_string();
     cfg.run.output_root = root.clone();
     cfg.modes.ci.layers = vec![LayerSpec::Index(0), LayerSpec::Index(2)];
@@ -379,9 +414,11 @@ fn tiny_pipeline_resumes_and_selects() {
     let again = study.alignment().unwrap();
     assert_eq!(again.height(), al.height());
     let (a, b) = (column_f64(&al, "cos").unwrap(), column_f64(&again, "cos").unwrap());
-    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-9), "resumed table differs");
+    let bad: Vec<(usize, f64, f64)> = a.iter().zip(&b).enumerate().filter(|(_, (x, y))| !((*x - *y).abs() < 1e-9 || (x.is_nan() && y.is_nan()))).map(|(i, (x, y))| (i, *x, *y)).take(5).collect();
+    assert!(bad.is_empty(), "resumed table differs: {bad:?} {:?} vs {:?}", column_str(&al, "condition").unwrap()[..4].to_vec(), column_str(&again, "condition").unwrap()[..4].to_vec());
     let align = column_f64(&al, "align").unwrap();
-    assert!(a.iter().zip(&align).all(|(c, x)| (c + x).abs() < 1e-15));
+    // NaN where g = 0 (user_end at the last block: no target reads it).
+    assert!(a.iter().zip(&align).all(|(c, x)| (c + x).abs() < 1e-15 || (c.is_nan() && x.is_nan())));
 
     let sel = study.select_control(&al).unwrap();
     let losses = inoc::loss_by_condition(&al, &boot()).unwrap();
