@@ -215,8 +215,9 @@ NB["07_plots"] = notebook(
 
 OUT.mkdir(parents=True, exist_ok=True)
 for name, nb in NB.items():
-    for c in nb["cells"]:
+    for i, c in enumerate(nb["cells"]):
         src = c["source"]
         c["source"] = src.splitlines(keepends=True)
+        c["id"] = f"{name[:2]}-{i:02d}"  # stable ids (nbformat 4.5)
     (OUT / f"{name}.ipynb").write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     print("wrote", OUT / f"{name}.ipynb")

@@ -1040,7 +1040,7 @@ fn paired(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> (Vec<f64>, Ve
 
 /// Phase 3 summary of an alignment table, trait direction only: per condition × layer ×
 /// position, the mean over examples of `loss`, `grad_norm`, `dot`, `cos`, `align` with a
-/// bootstrap CI of `align`. Columns `condition, layer, position, n, loss, grad_norm, dot, cos,
+/// bootstrap CI of `align` (rows with a NaN cosine, where `g = 0`, are left out of `cos`/`align`). Columns `condition, layer, position, n, loss, grad_norm, dot, cos,
 /// align, align_lo, align_hi`.
 pub fn alignment_summary(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
     let df = fresh(df);
@@ -1056,9 +1056,14 @@ pub fn alignment_summary(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> 
     let mut c: (Vec<String>, Vec<i64>, Vec<String>, Vec<u32>) = Default::default();
     let mut m: [Vec<f64>; 7] = Default::default();
     for ((cn, l, p), idx) in by {
-        let col = |k: usize| -> Vec<f64> { idx.iter().map(|&i| vals[k][i]).collect() };
+        // NaN cosines (g = 0, e.g. user_end at the last block, which no target reads) are left out.
+        let col = |k: usize| -> Vec<f64> { idx.iter().map(|&i| vals[k][i]).filter(|x| x.is_finite()).collect() };
         let align: Vec<f64> = col(3).iter().map(|x| -x).collect();
-        let ci = bootstrap_mean_ci(&align, boot)?;
+        let ci = if align.is_empty() {
+            Ci { estimate: f64::NAN, lo: f64::NAN, hi: f64::NAN, level: boot.level, n: 0, n_boot: boot.n_boot }
+        } else {
+            bootstrap_mean_ci(&align, boot)?
+        };
         c.0.push(cn);
         c.1.push(l);
         c.2.push(p);
