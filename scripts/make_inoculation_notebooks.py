@@ -19,7 +19,8 @@ PARAMS = """// The study's config; INTERP_KIT_STUDY_MODE=ci|fast|full overrides 
 let config_path = "../../configs/inoculation_caps.toml";"""
 
 OPEN = """use interp_kit::prelude::*;
-use interp_kit::studies::inoculation::{self as inoc, Inoculation};
+use interp_kit::studies::inoculation as inoc;
+use interp_kit::studies::inoculation::Inoculation;
 let study = Inoculation::open(config_path)?;
 let boot = study.bootstrap();
 println!("mode {}, run {}, layers {:?}", study.cfg.mode.name(), study.run.path().display(), study.layers);"""
@@ -33,7 +34,13 @@ def md(s):
     return {"cell_type": "markdown", "metadata": {}, "source": s}
 
 
+USE_INOC = "use interp_kit::studies::inoculation as inoc;"
+
+
 def code(s):
+    # evcxr can forget a `use ... as` alias between cells: cells that use `inoc::` import it themselves.
+    if "inoc::" in s and not s.startswith("use interp_kit::prelude"):
+        s = USE_INOC + "\n" + s
     return {"cell_type": "code", "metadata": {}, "source": s, "execution_count": None, "outputs": []}
 
 
