@@ -128,11 +128,11 @@ NB["03_gradient_alignment"] = notebook(
         code("inoc::show(&study.run, \"03_align_by_position\", &inoc::fig_align_by_position(&summ)?)?;"),
         md("## Decision gate\nIs the cosine computable and not pure noise? Compare the trait cosines' spread across examples with the random "
            "directions' (expected sd of a random cosine: 1/√d)."),
-        code("let pre = filter_eq(&al, \"position\", \"pre_assistant\")?;\nlet tr = filter_eq(&pre, \"direction\", \"trait\")?;\n"
+        code("{ // a block: evcxr keeps no closure or borrow from this cell\nlet pre = filter_eq(&al, \"position\", \"pre_assistant\")?;\nlet tr = filter_eq(&pre, \"direction\", \"trait\")?;\n"
              "let cos_t = column_f64(&tr, \"cos\")?;\nlet all = column_f64(&pre, \"cos\")?;\nlet dirs = column_str(&pre, \"direction\")?;\n"
              "let cos_r: Vec<f64> = all.iter().zip(&dirs).filter(|(_, d)| d.as_str() != \"trait\").map(|(c, _)| *c).collect();\n"
              "let ms = |v: &[f64]| { let m = v.iter().sum::<f64>() / v.len().max(1) as f64; (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()) };\n"
-             "println!(\"trait cos: mean {:+.4} sd {:.4} (n {}); random cos: mean {:+.4} sd {:.4} (n {}); 1/sqrt(d) = {:.4}; finite: {}\", ms(&cos_t).0, ms(&cos_t).1, cos_t.len(), ms(&cos_r).0, ms(&cos_r).1, cos_r.len(), 1.0 / (study.model.d_model() as f64).sqrt(), all.iter().all(|x| x.is_finite()));"),
+             "println!(\"trait cos: mean {:+.4} sd {:.4} (n {}); random cos: mean {:+.4} sd {:.4} (n {}); 1/sqrt(d) = {:.4}; finite: {}\", ms(&cos_t).0, ms(&cos_t).1, cos_t.len(), ms(&cos_r).0, ms(&cos_r).1, cos_r.len(), 1.0 / (study.model.d_model() as f64).sqrt(), all.iter().all(|x| x.is_finite()));\n}"),
     ],
 )
 
