@@ -33,8 +33,17 @@ EVCXR_TARGET_DIR=$INTERP_KIT_CACHE/evcxr/slot-0/target
 # Notebooks executed headlessly as tests (paths relative to the repository root).
 # The steering-reliability study runs end to end at CI size (INTERP_KIT_STUDY_MODE=ci: 4 prompts per
 # split, 16 new tokens); `scripts/run_notebooks.sh --all` runs it at the config's size.
+# The ALL-CAPS inoculation study (00-07) runs end to end at CI size (INTERP_KIT_STUDY_MODE=ci: 2
+# calibration examples, 2 layers, 2 random directions, 2-step LoRA runs, 6 new tokens).
 NOTEBOOKS=(
   notebooks/inoculation_caps/00_smoke_positions.ipynb
+  notebooks/inoculation_caps/01_data.ipynb
+  notebooks/inoculation_caps/02_trait_directions.ipynb
+  notebooks/inoculation_caps/03_gradient_alignment.ipynb
+  notebooks/inoculation_caps/04_loss_matched_control.ipynb
+  notebooks/inoculation_caps/05_random_specificity.ipynb
+  notebooks/inoculation_caps/06_lora_finetunes.ipynb
+  notebooks/inoculation_caps/07_plots.ipynb
   notebooks/steering_reliability/01_smoke.ipynb
   notebooks/steering_reliability/02_sweep.ipynb
   notebooks/steering_reliability/03_analysis.ipynb
@@ -67,7 +76,8 @@ stage setup scripts/setup.sh
 stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
   cargo test --workspace --locked --target "$HOST"
 stage runner scripts/test_runner.sh
-rm -rf results/steering_reliability/run_001_ci   # the CI-size run starts fresh each time
+rm -rf results/steering_reliability/run_001_ci   # the CI-size runs start fresh each time
+rm -rf results/inoculation_caps/*_ci
 stage notebooks env INTERP_KIT_STUDY_MODE=ci scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
 # A non-Qwen model through the steering study: the smoke notebook on the tiny GPT-NeoX fixture.
 stage neox env INTERP_KIT_STUDY_MODE=ci STEERING_CONFIG=../../configs/steering_reliability_tiny_neox.toml \

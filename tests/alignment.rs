@@ -577,3 +577,28 @@ fn caps_data_arithmetic_is_correct() {
         assert_eq!(held, (all as f64 * c.direction_heldout_frac).round() as usize, "{kind}");
     }
 }
+
+/// drift_eval applies an adapter passed in its hooks (unmerged): the projections and texts equal
+/// those of the merged model, and differ from the base model's.
+#[test]
+fn drift_eval_applies_a_lora_adapter_from_the_hooks() {
+    let m = tiny_chat("qwen2");
+    let tok = m.tok().unwrap();
+    let exs = examples();
+    let cond = Condition::new("neutral", "Be helpful.");
+    let dirs = vec![Direction::new(randn(m.d_model(), 31)).at(HookPoint::resid_post(1))];
+    let adapter = LoraAdapter::new(&m, &LoraConfig::qv(4, 8.0).with_seed(3)).unwrap();
+    let data: Vec<TrainExample> = exs.iter().map(|e| TrainExample::qa(tok, Some("Be helpful."), &e.user, &e.assistant).unwrap()).collect();
+    let tcfg = TrainConfig { lr: 5e-2, max_steps: Some(3), batch_size: 3, shuffle: false, ..Default::default() };
+    train_lora(&m, &adapter, &data, &tcfg, |_, _| Ok(())).unwrap();
+    let cfg = DriftConfig { k: 2, generate: GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(3) }, batch_size: 2 };
+    let with = drift_eval(&m, "lora", &exs, &cond, &dirs, &cfg, &Hooks::new().lora(&adapter)).unwrap();
+    let merged = lora::merge(&m, &adapter).unwrap();
+    let want = drift_eval(&merged, "lora", &exs, &cond, &dirs, &cfg, &Hooks::new()).unwrap();
+    let base = drift_eval(&m, "base", &exs, &cond, &dirs, &cfg, &Hooks::new()).unwrap();
+    let col = |df: &DataFrame| -> Vec<f64> { df.column("projection").unwrap().f64().unwrap().into_no_null_iter().collect() };
+    let (a, b, c) = (col(&with.projections), col(&want.projections), col(&base.projections));
+    let max_diff = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(u, v)| (u - v).abs()).fold(0.0, f64::max);
+    assert!(max_diff(&a, &b) < 1e-3, "adapter via hooks vs merged: {a:?} vs {b:?}");
+    assert!(max_diff(&a, &c) > 1e-3, "the adapter changed nothing: {a:?} vs base {c:?}");
+}

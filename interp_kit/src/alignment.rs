@@ -219,12 +219,14 @@ fn unit_directions(model: &Model, directions: &[Direction]) -> Result<Vec<(HookP
     Ok(out)
 }
 
-/// A view of `hooks`' write hooks (their read hooks dropped) that more hooks can be added to.
+/// A view of `hooks`' write hooks and LoRA adapters (their read hooks dropped) that more hooks
+/// can be added to.
 fn writes_of<'a>(hooks: &'a Hooks<'a>) -> Hooks<'a> {
     let mut out = Hooks::new();
     for (p, phase, f) in &hooks.writes {
         out = out.write(*p, *phase, move |x: &Tensor, c: &HookCtx| f(x, c));
     }
+    out.lora = hooks.lora.clone();
     out
 }
 

@@ -49,6 +49,31 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode named by `INTERP_KIT_STUDY_MODE` (`ci`, `fast`, `full`), `None` when unset or
+    /// empty: the test command runs the study notebooks at CI size this way. Every study's
+    /// config loader applies it over the file's `mode`.
+    pub fn from_env() -> Result<Option<Mode>> {
+        match std::env::var("INTERP_KIT_STUDY_MODE") {
+            Ok(m) if m.trim().is_empty() => Ok(None),
+            Ok(m) => Ok(Some(match m.trim() {
+                "ci" => Mode::Ci,
+                "fast" => Mode::Fast,
+                "full" => Mode::Full,
+                other => bail!("INTERP_KIT_STUDY_MODE={other:?}: expected ci, fast or full"),
+            })),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// `ci`, `fast` or `full`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Ci => "ci",
+            Mode::Fast => "fast",
+            Mode::Full => "full",
+        }
+    }
+
     /// Prompts of `split` in this mode (before `max_prompts_per_split`).
     pub fn prompts(self, split: Split) -> usize {
         match (self, split) {
@@ -78,6 +103,45 @@ pub struct ModelCfg {
     /// Optional system message for chat prompts.
     #[serde(default)]
     pub system_prompt: Option<String>,
+}
+
+impl ModelCfg {
+    /// Checks device, dtype and (for a file) that it exists; `base_dir` resolves a relative path.
+    pub fn check(&self, base_dir: &Path) -> Result<()> {
+        if self.name != "embedded" {
+            let p = base_dir.join(&self.name);
+            ensure!(p.exists(), "model.name: {} does not exist (use \"embedded\" for the kit's default model)", p.display());
+        }
+        crate::device::device(&self.device).context("model.device")?;
+        ensure!(
+            ["auto", "f32", "f16", "bf16"].contains(&self.dtype.as_str()),
+            "model.dtype {:?}: expected auto, f32, f16 or bf16",
+            self.dtype
+        );
+        Ok(())
+    }
+
+    /// Loads the model on the configured device and dtype (`auto`: f32 on CPU, bf16 on CUDA);
+    /// a relative `name` resolves against `base_dir`.
+    pub fn load(&self, base_dir: &Path) -> Result<Model> {
+        let device = crate::device::device(&self.device)?;
+        let dtype = match self.dtype.as_str() {
+            "f32" => candle_core::DType::F32,
+            "f16" => candle_core::DType::F16,
+            "bf16" => candle_core::DType::BF16,
+            _ => crate::device::default_dtype(&device),
+        };
+        if self.name == "embedded" {
+            let p = crate::embedded_model_path()?;
+            return Model::from_gguf(&p, &device, dtype);
+        }
+        let p = base_dir.join(&self.name);
+        if p.is_dir() {
+            Model::from_hf_dir(&p, &device, dtype)
+        } else {
+            Model::from_gguf(&p, &device, dtype)
+        }
+    }
 }
 
 /// `[data]`.
@@ -356,16 +420,7 @@ impl StudyConfig {
             let p = self.data_path(split);
             ensure!(p.is_file(), "data.{split}_path: {} does not exist", p.display());
         }
-        if self.model.name != "embedded" {
-            let p = self.path(Path::new(&self.model.name));
-            ensure!(p.exists(), "model.name: {} does not exist (use \"embedded\" for the kit's default model)", p.display());
-        }
-        crate::device::device(&self.model.device).context("model.device")?;
-        ensure!(
-            ["auto", "f32", "f16", "bf16"].contains(&self.model.dtype.as_str()),
-            "model.dtype {:?}: expected auto, f32, f16 or bf16",
-            self.model.dtype
-        );
+        self.model.check(&self.base_dir)?;
         if self.sanity_checks.enabled {
             ensure!(self.sanity_checks.rerun_subset_n > 0, "sanity_checks.rerun_subset_n must be at least 1");
             let a = &self.sanity_checks.alt_prefixes;
@@ -442,23 +497,7 @@ impl StudyConfig {
 
     /// Loads the model on the configured device and dtype.
     pub fn load_model(&self) -> Result<Model> {
-        let device = crate::device::device(&self.model.device)?;
-        let dtype = match self.model.dtype.as_str() {
-            "f32" => candle_core::DType::F32,
-            "f16" => candle_core::DType::F16,
-            "bf16" => candle_core::DType::BF16,
-            _ => crate::device::default_dtype(&device),
-        };
-        if self.model.name == "embedded" {
-            let p = crate::embedded_model_path()?;
-            return Model::from_gguf(&p, &device, dtype);
-        }
-        let p = self.path(Path::new(&self.model.name));
-        if p.is_dir() {
-            Model::from_hf_dir(&p, &device, dtype)
-        } else {
-            Model::from_gguf(&p, &device, dtype)
-        }
+        self.model.load(&self.base_dir)
     }
 
     /// Checks the config against a model and resolves layers (indices or depth fractions) and

@@ -648,13 +648,8 @@ pub fn load_config(path: impl AsRef<std::path::Path>, mode: Option<Mode>) -> Res
     if let Some(m) = mode {
         cfg.mode = m;
     }
-    if let Ok(m) = std::env::var("INTERP_KIT_STUDY_MODE") {
-        cfg.mode = match m.as_str() {
-            "ci" => Mode::Ci,
-            "fast" => Mode::Fast,
-            "full" => Mode::Full,
-            other => bail!("INTERP_KIT_STUDY_MODE={other:?}: expected ci, fast or full"),
-        };
+    if let Some(m) = Mode::from_env()? {
+        cfg.mode = m;
     }
     Ok(cfg)
 }
