@@ -34,29 +34,9 @@ use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, then
-/// renamed over `path` (a reader never sees a half-written file). Creates missing parent dirs.
-pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let path = path.as_ref();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating directory {}", dir.display()))?;
-    let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", tmp.display()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
+/// Atomic file writes (temporary file in the same directory, synced, renamed; parent dirs created):
+/// one implementation, in [`crate::results::io`].
+pub use crate::results::io::write_atomic;
 
 /// Metadata of a prompt: `family` and `style` (empty when unknown) and any other fields.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]

@@ -569,14 +569,7 @@ fn parse_peft_config(obj: &Map<String, Value>) -> Result<(LoraConfig, String)> {
     Ok((config, base))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().context("write_atomic: path has no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
+pub(crate) use crate::results::io::write_atomic;
 
 /// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1/(1-p)`.
 pub(crate) fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> Result<Tensor> {
