@@ -5,7 +5,7 @@
 //! GPT-NeoX qkv order, GPT-2 Conv1D transposes, and the GGUF tokenizers.
 mod common;
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_dir, rel_err};
+use common::{fixture_dir, ids, rel_err};
 use interp_kit::model::Model;
 use interp_kit::prelude::*;
 use std::collections::HashMap;
@@ -22,10 +22,6 @@ fn load(arch: &str, file: &str) -> Model {
 
 fn reference(arch: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(gguf_dir(arch).join("reference.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
 }
 
 /// Logits of both prompts (dense f32 inference: exact) and the greedy continuation against the
@@ -107,30 +103,6 @@ fn unpermute_rows_by_hand() {
 #[test]
 fn gguf_tokenizers_match_transformers() {
     for arch in ["llama", "gpt_neox", "gpt2"] {
-        let m = load(arch, "model-f16.gguf");
-        let tok = m.tok().unwrap();
-        let cases: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture_dir(arch).join("tokenizer_cases.json")).unwrap()).unwrap();
-        let as_ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
-        for t in cases["texts"].as_array().unwrap() {
-            let text = t["text"].as_str().unwrap();
-            assert_eq!(tok.encode(text).unwrap(), as_ids(&t["ids"]), "{arch}: GGUF encode {text:?}");
-            assert_eq!(m.encode_prompt(text).unwrap(), as_ids(&t["prompt_ids"]), "{arch}: GGUF encode_prompt {text:?}");
-            assert_eq!(tok.decode(&as_ids(&t["ids"]), false).unwrap(), text, "{arch}: GGUF decode");
-        }
-        if let Some(chats) = cases["chats"].as_array() {
-            let bos = tok.bos_id().expect("llama-3 GGUF: add_bos_token");
-            for c in chats {
-                let mut chat = interp_kit::chat::Chat::new();
-                for msg in c["messages"].as_array().unwrap() {
-                    chat = chat.push(msg["role"].as_str().unwrap().parse().unwrap(), msg["content"].as_str().unwrap());
-                }
-                let r = tok.render_chat(&chat, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
-                assert_eq!(r.ids, as_ids(&c["ids"]), "{arch}: GGUF chat ids");
-                assert_eq!(r.ids.iter().filter(|&&i| i == bos).count(), 1, "{arch}: exactly one BOS");
-            }
-        } else {
-            assert_eq!(tok.bos_id(), None, "{arch}");
-        }
+        common::check_tokenizer_cases(&load(arch, "model-f16.gguf"), &fixture_dir(arch), &format!("{arch} GGUF"));
     }
 }

@@ -5,7 +5,7 @@
 //! GPT-2; plus the tiny tokenizers some of them carry.
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{fixture_dir, rel_err, tiny};
+use common::{fixture_dir, ids, rel_err, tiny};
 use interp_kit::prelude::*;
 use std::collections::HashMap;
 
@@ -13,10 +13,6 @@ const TOL: f32 = 1e-4;
 
 fn reference(arch: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture_dir(arch).join("reference.safetensors"), &Device::Cpu).expect("reference.safetensors")
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
 }
 
 fn check(what: &str, got: &Tensor, want: &Tensor) {
@@ -150,38 +146,7 @@ fn parallel_residual_has_no_resid_mid() {
 #[test]
 fn fixture_tokenizers_match_transformers() {
     for arch in ["llama", "gpt_neox", "gpt_neox_sequential", "gpt2"] {
-        let m = tiny(arch);
-        let tok = m.tok().unwrap();
-        let cases: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture_dir(arch).join("tokenizer_cases.json")).unwrap()).unwrap();
-        let as_ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
-        for t in cases["texts"].as_array().unwrap() {
-            let text = t["text"].as_str().unwrap();
-            assert_eq!(tok.encode(text).unwrap(), as_ids(&t["ids"]), "{arch}: encode {text:?}");
-            assert_eq!(m.encode_prompt(text).unwrap(), as_ids(&t["prompt_ids"]), "{arch}: encode_prompt {text:?}");
-            assert_eq!(tok.decode(&as_ids(&t["ids"]), false).unwrap(), text, "{arch}: decode");
-        }
-        match cases["chats"].as_array() {
-            Some(chats) => {
-                let bos = tok.bos_id().expect("llama-3 tokenizer has a BOS");
-                for c in chats {
-                    let mut chat = interp_kit::chat::Chat::new();
-                    for msg in c["messages"].as_array().unwrap() {
-                        chat = chat.push(msg["role"].as_str().unwrap().parse().unwrap(), msg["content"].as_str().unwrap());
-                    }
-                    let r = tok.render_chat(&chat, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
-                    assert_eq!(r.text, c["text"].as_str().unwrap(), "{arch}: chat text");
-                    assert_eq!(r.ids, as_ids(&c["ids"]), "{arch}: chat ids");
-                    assert_eq!(r.ids.iter().filter(|&&i| i == bos).count(), 1, "{arch}: exactly one BOS");
-                }
-            }
-            None => {
-                assert_eq!(tok.bos_id(), None, "{arch}: base-model tokenizer adds no BOS");
-                let e = tok.render_chat(&interp_kit::chat::Chat::new().user("hi"), true).err().expect("no chat template");
-                let e = format!("{e:#}");
-                assert!(e.contains("no chat template") && e.contains("encode_prompt"), "{arch}: {e}");
-            }
-        }
+        common::check_tokenizer_cases(&tiny(arch), &fixture_dir(arch), arch);
     }
 }
 

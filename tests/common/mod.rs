@@ -45,3 +45,47 @@ pub fn tiny_chat(arch: &str) -> Model {
     m.tokenizer = Some(interp_kit::tokenizer::Tokenizer::from_hf_dir(&byte_chat_dir()).expect("load byte_chat tokenizer"));
     m
 }
+
+/// Token ids stored as an integer tensor in a reference safetensors file.
+pub fn ids(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+}
+
+/// Checks `m`'s tokenizer against a fixture's `tokenizer_cases.json` (ids from HF
+/// AutoTokenizer): plain encoding and decoding, plain-text prompts with the model's BOS
+/// handling, and the chat template (Llama-3: text and ids of apply_chat_template, exactly one
+/// BOS) or its absence (base models: no BOS, and rendering a chat is a clear error).
+/// `label` names the model in messages (`"llama"`, `"llama GGUF"`).
+pub fn check_tokenizer_cases(m: &Model, cases_dir: &std::path::Path, label: &str) {
+    let tok = m.tok().unwrap();
+    let path = cases_dir.join("tokenizer_cases.json");
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let as_ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    for t in cases["texts"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text).unwrap(), as_ids(&t["ids"]), "{label}: encode {text:?}");
+        assert_eq!(m.encode_prompt(text).unwrap(), as_ids(&t["prompt_ids"]), "{label}: encode_prompt {text:?}");
+        assert_eq!(tok.decode(&as_ids(&t["ids"]), false).unwrap(), text, "{label}: decode");
+    }
+    match cases["chats"].as_array() {
+        Some(chats) => {
+            let bos = tok.bos_id().expect("llama-3 tokenizer has a BOS");
+            for c in chats {
+                let mut chat = interp_kit::chat::Chat::new();
+                for msg in c["messages"].as_array().unwrap() {
+                    chat = chat.push(msg["role"].as_str().unwrap().parse().unwrap(), msg["content"].as_str().unwrap());
+                }
+                let r = tok.render_chat(&chat, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
+                assert_eq!(r.text, c["text"].as_str().unwrap(), "{label}: chat text");
+                assert_eq!(r.ids, as_ids(&c["ids"]), "{label}: chat ids");
+                assert_eq!(r.ids.iter().filter(|&&i| i == bos).count(), 1, "{label}: exactly one BOS");
+            }
+        }
+        None => {
+            assert_eq!(tok.bos_id(), None, "{label}: base-model tokenizer adds no BOS");
+            let e = tok.render_chat(&interp_kit::chat::Chat::new().user("hi"), true).err().expect("no chat template");
+            let e = format!("{e:#}");
+            assert!(e.contains("no chat template") && e.contains("encode_prompt"), "{label}: {e}");
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //!   backward passes the gradient to the input only (plain matmul backward would also compute
 //!   the weight gradient: ~4x the time, 2x the memory).
 use super::forward::FwdCtx;
+use super::qgemm;
 use anyhow::{Context, Result};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{
@@ -140,11 +141,17 @@ impl Weight {
 /// transient dequantized copy of its weight (gemm) instead of quantized dot products.
 pub const DENSE_MIN_ROWS: usize = 16;
 
+/// From this many rows on (below [`DENSE_MIN_ROWS`]), a Q8_0 linear layer uses
+/// [`qgemm::matmul_xwt`] (f32 activations, blocks converted in registers): batch-8 decode of
+/// the embedded model went from 38 to 73 tok/s. A single row stays on candle's int8 dot
+/// products (30 vs 23 tok/s at batch 1; BENCHMARKS.md).
+pub const Q8_0_MIN_ROWS: usize = 2;
+
 /// Dequantizes on all cores (rayon, chunks of blocks through candle's own `to_float` for the
 /// block type); candle's `QTensor::dequantize` runs on one thread. Falls back to candle for
 /// non-CPU tensors and block types not listed here.
 pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
-    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};
     use candle_core::quantized::GgmlDType;
     use rayon::prelude::*;
     fn par<T: GgmlType + Sync>(data: &[u8], n_out: usize) -> Option<Vec<f32>> {
@@ -172,7 +179,7 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
     let n_out = q.shape().elem_count();
     let data = q.data()?;
     let out = match q.dtype() {
-        GgmlDType::Q8_0 => par::<BlockQ8_0>(&data, n_out),
+        GgmlDType::Q8_0 if qgemm::supports(q) => Some(qgemm::dequantize(q)?),
         GgmlDType::Q4K => par::<BlockQ4K>(&data, n_out),
         GgmlDType::Q5K => par::<BlockQ5K>(&data, n_out),
         GgmlDType::Q6K => par::<BlockQ6K>(&data, n_out),
@@ -245,6 +252,14 @@ impl Linear {
         let run = || -> Result<Tensor> {
             Ok(match (&self.weight, grad) {
             (Weight::Quant { .. }, false) if dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
+            (Weight::Quant { q, .. }, false)
+                if x.dtype() == DType::F32
+                    && qgemm::supports(q)
+                    && (Q8_0_MIN_ROWS..DENSE_MIN_ROWS).contains(&(x.elem_count() / self.in_dim().max(1))) =>
+            {
+                // Batched decode: Q8_0 blocks converted in registers, f32 activations.
+                x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?
+            }
             (Weight::Quant { qmm, q, dense: cached, dtype }, false) => {
                 let rows = x.elem_count() / self.in_dim().max(1);
                 if rows >= DENSE_MIN_ROWS {

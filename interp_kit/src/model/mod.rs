@@ -18,6 +18,7 @@ pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
 pub mod load;
+pub mod qgemm;
 pub mod qwen2;
 pub mod qwen3;
 
