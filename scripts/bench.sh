@@ -64,13 +64,15 @@ NOTES=()
 
 if [ "$RUN_RUST" = 1 ]; then
   log "interp_kit (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-  (cd "$ROOT" && cargo run --release --example bench -- --reps "$REPS" --json "$RAW/interp_kit.json")
+  (cd "$ROOT" && cargo run --release --example bench -- --reps "$REPS" --json "$RAW/interp_kit.json" \
+    --study-ids "$RAW/study_ids.json")
 fi
 
 if [ "$RUN_TF" = 1 ]; then
   if has "torch, transformers, peft, gguf"; then
     log "transformers + PEFT ($PY) ..."
-    "$PY" "$ROOT/scripts/bench_peers.py" --impl transformers --reps "$REPS" --json "$RAW/transformers.json"
+    "$PY" "$ROOT/scripts/bench_peers.py" --impl transformers --reps "$REPS" --json "$RAW/transformers.json" \
+      --study-ids "$RAW/study_ids.json"
   else
     log "no peer env with torch/transformers/peft/gguf (tried ${PY:-none}); create it with: bash scripts/setup_peers.sh"
     NOTES+=("transformers not run: no peer env (bash scripts/setup_peers.sh)")

@@ -4,7 +4,8 @@ the same embedded GGUF (Qwen2.5-Coder-0.5B-Instruct Q4_K_M), on 2 CPU threads.
 
     PY=~/.cache/interp_kit/peervenv/bin/python     # made by scripts/setup_peers.sh
     $PY scripts/bench_peers.py --impl transformers [--reps 3] [--json out.json] [--no-lora]
-                                                   [--only forward,decode,grad,lora]
+                                                   [--only forward,decode,grad,lora,study]
+                                                   [--study-ids ids.json]
     $PY scripts/bench_peers.py --impl llamacpp     [--reps 3] [--json out.json]
 
 Workloads (same token ids and repetition scheme as bench.rs: median of --reps, decode median
@@ -22,6 +23,11 @@ of min(reps, 2)):
                             forward+backward+step+zero_grad, median over --reps after one
                             untimed warm-up step. bench.rs's LoRA row runs the same step with
                             interp_kit's LoraTrainer (constant lr, no clipping)
+  study                     (transformers only; issue 5) batched sampled generate() on the
+                            steering study's prompts: the ids that bench.rs --study-ids wrote
+                            (8 chats from harm_test.jsonl), left-padded with an attention mask,
+                            80 new tokens, temperature 0.7, top-p 0.9; aggregate tokens/s =
+                            generated tokens (up to and without each row's EOS) / wall time
   peak RSS                  getrusage(RUSAGE_SELF).ru_maxrss after the inference workloads,
                             after the gradient workload and after the LoRA steps (the whole
                             process: Python, torch/ggml and the load's own peak included)
@@ -54,6 +60,8 @@ FWD = "forward, {n} tokens"
 DEC = "decode, batch {b} (aggregate)"
 GRAD = "forward+backward, 100 tokens, dL/dh at 3 layers"
 LORA = "LoRA step, r=16 q_proj+v_proj, batch 4 x 64 tokens, AdamW"
+STUDY = "generate, steering study prompts (batch 8, 80 new tokens, sampled), aggregate"
+STUDY_NEW_TOKENS = 80
 RSS_INF = "peak RSS, inference path"
 RSS_GRAD = "peak RSS, after gradient path"
 RSS_LORA = "peak RSS, after LoRA steps"
@@ -84,7 +92,7 @@ class Rows:
         print(f"{k}: {shown} {unit}", file=sys.stderr, flush=True)
 
 
-def bench_transformers(gguf, reps, lora, only=None):
+def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
     want = lambda w: only is None or w in only
     import torch
     import transformers
@@ -132,6 +140,8 @@ def bench_transformers(gguf, reps, lora, only=None):
                 ts.append(b * DECODE_STEPS / (time.perf_counter() - t))
                 del cache, out
             r.add(DEC.format(b=b), median(ts), "tok/s")
+        if want("study"):
+            r.add(STUDY, study_generate(model, study_ids, reps) if study_ids else None, "tok/s")
     infer_rss = max(infer_rss, peak_rss_mib())
 
     # Gradient of the teacher-forced loss w.r.t. the residual stream at 3 block outputs.
@@ -209,6 +219,32 @@ def bench_transformers(gguf, reps, lora, only=None):
     return r, versions
 
 
+def study_generate(model, ids_path, reps):
+    """Aggregate generated tokens/s of one batched, sampled generate() on the study prompts."""
+    import torch
+
+    prompts = json.loads(Path(ids_path).read_text())
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    pad = model.generation_config.pad_token_id
+    pad = pad if pad is not None else min(eos)
+    width = max(len(p) for p in prompts)
+    x = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    rates = []
+    for rep in range(min(reps, 2)):
+        torch.manual_seed(rep)
+        t = time.perf_counter()
+        out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=STUDY_NEW_TOKENS, do_sample=True,
+                             temperature=0.7, top_p=0.9, top_k=0, pad_token_id=pad)
+        dt = time.perf_counter() - t
+        n = 0
+        for row in out[:, width:].tolist():
+            n += next((i for i, tok in enumerate(row) if tok in eos), len(row))
+        rates.append(n / dt)
+    return median(rates)
+
+
 def bench_llamacpp(gguf, reps):
     import llama_cpp
     from llama_cpp import Llama
@@ -249,7 +285,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json")
     ap.add_argument("--no-lora", action="store_true", help="transformers: skip the LoRA training step")
-    ap.add_argument("--only", help="transformers: comma-separated subset of forward,decode,grad,lora (load always runs)")
+    ap.add_argument("--only", help="transformers: comma-separated subset of forward,decode,grad,lora,study (load always runs)")
+    ap.add_argument("--study-ids", help="transformers: the study prompts' ids written by bench.rs --study-ids")
     a = ap.parse_args()
     if a.reps < 1:
         ap.error("--reps must be >= 1")
@@ -258,7 +295,7 @@ def main():
         sys.exit(f"bench_peers: no model at {gguf} (run scripts/fetch_model.sh)")
     if a.impl == "transformers":
         only = None if a.only is None else {w.strip() for w in a.only.split(",")}
-        r, versions = bench_transformers(gguf, a.reps, not a.no_lora, only)
+        r, versions = bench_transformers(gguf, a.reps, not a.no_lora, only, a.study_ids)
     else:
         r, versions = bench_llamacpp(gguf, a.reps)
     versions["python"] = platform.python_version()

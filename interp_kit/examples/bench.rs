@@ -1,11 +1,17 @@
 //! Benchmark of the runtime on a model (default: the embedded GGUF), as in BENCHMARKS.md:
 //! load, forward over 64 and 256 tokens, decode tokens/s at batch 1 and 8,
 //! forward+backward to 3 residual hook points over ~100 tokens, one LoRA training step
-//! (r=16 on q_proj+v_proj, batch 4 x 64 tokens, loss on every next token, AdamW); peak RSS.
+//! (r=16 on q_proj+v_proj, batch 4 x 64 tokens, loss on every next token, AdamW); peak RSS;
+//! and `study`: sampled generation as the steering-reliability sweep runs it (the first 8 prompts
+//! of `datasets/steering_reliability/harm_test.jsonl` as chats, one batch of 8, 80 new tokens,
+//! temperature 0.7, top-p 0.9), aggregate generated tokens/s. `--study-ids FILE` writes the
+//! prompts' token ids so that `scripts/bench_peers.py` generates from the same ids.
 //!
 //!     cargo run --release --example bench -- [--model PATH] [--reps 3] [--json out.json]
-//!         [--only forward,decode,grad,lora]   (default: all; load is always measured)
-use anyhow::Result;
+//!         [--only forward,decode,grad,lora,study] [--study-ids ids.json]
+//!         (default: all; load is always measured)
+use anyhow::{Context, Result};
+use interp_kit::directions::PromptFormat;
 use interp_kit::prelude::*;
 use std::time::Instant;
 
@@ -26,6 +32,11 @@ fn ids(n: usize, salt: u32) -> Vec<u32> {
     // Ordinary word-piece ids (avoid special tokens).
     (0..n as u32).map(|i| 1000 + (i * 7919 + salt * 131) % 30000).collect()
 }
+
+/// The `study` workload: one batch of the sweep's size and generation length.
+const STUDY_BATCH: usize = 8;
+const STUDY_NEW_TOKENS: usize = 80;
+const STUDY_ROW: &str = "generate, steering study prompts (batch 8, 80 new tokens, sampled), aggregate";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -92,6 +103,28 @@ fn main() -> Result<()> {
     }
     if want("grad") {
         row("peak RSS, after gradient path".into(), peak_rss_mib(), "MiB");
+    }
+    if want("study") {
+        // As the study reads and encodes its prompts (chat, the template's default system prompt).
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/steering_reliability/harm_test.jsonl");
+        let texts: Vec<String> =
+            interp_kit::data::read_jsonl(&path)?.into_iter().take(STUDY_BATCH).map(|r| r.prompt).collect();
+        let prompts: Vec<Vec<u32>> = interp_kit::directions::PromptIds::encode_all(&model, &texts, &PromptFormat::chat())?
+            .into_iter()
+            .map(|p| p.ids)
+            .collect();
+        if let Some(out) = get("--study-ids") {
+            std::fs::write(&out, serde_json::to_string(&prompts)?).with_context(|| format!("writing {out}"))?;
+        }
+        let cfg = GenerateConfig::sampled(STUDY_NEW_TOKENS, 0.7, 0.9, 0);
+        let mut ts = vec![];
+        for _ in 0..reps.min(2) {
+            let t = Instant::now();
+            let gens = model.generate(&prompts, &cfg, &Hooks::new())?;
+            let n: usize = gens.iter().map(|g| g.tokens.len()).sum();
+            ts.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+        row(STUDY_ROW.into(), median(ts), "tok/s");
     }
     if want("lora") {
         // As scripts/bench_peers.py's PEFT workload: r=16, alpha=32, no dropout, q_proj+v_proj;
