@@ -192,3 +192,64 @@ fn same_seed_same_sample_and_greedy_is_argmax() {
         seq.push(tok);
     }
 }
+
+/// Dropping rows from a KV cache (and the padding columns they all share) leaves the kept rows'
+/// next-token logits unchanged: row 1 (shorter, padded) alone, then both rows swapped.
+#[test]
+fn kv_cache_retain_rows_keeps_each_rows_logits() {
+    for arch in ["qwen2", "gemma2", "gpt2"] {
+        let m = tiny(arch);
+        let ps = prompts();
+        let next = [13u32, 21];
+        let mut full = KvCache::new(&m);
+        m.prefill(&ps, &mut full, &Hooks::new(), LogitsAt::None).unwrap();
+        let want = m.decode(&next, &mut full, &Hooks::new()).unwrap().last_logits().unwrap();
+        for keep in [vec![1usize], vec![1, 0]] {
+            let mut c = KvCache::new(&m);
+            m.prefill(&ps, &mut c, &Hooks::new(), LogitsAt::None).unwrap();
+            c.retain_rows(&keep).unwrap();
+            assert_eq!(c.batch_size(), keep.len());
+            for (i, &r) in keep.iter().enumerate() {
+                assert_eq!(c.len(i), ps[r].len(), "{arch}: tokens held for kept row {r}");
+            }
+            let nx: Vec<u32> = keep.iter().map(|&r| next[r]).collect();
+            let got = m.decode(&nx, &mut c, &Hooks::new()).unwrap().last_logits().unwrap();
+            for (i, &r) in keep.iter().enumerate() {
+                let e = rel_err(&got.i(i).unwrap(), &want.i(r).unwrap());
+                assert!(e < 1e-5, "{arch} keep {keep:?}: row {r} rel err {e}");
+            }
+        }
+        let mut c = KvCache::new(&m);
+        m.prefill(&ps, &mut c, &Hooks::new(), LogitsAt::None).unwrap();
+        assert!(format!("{:#}", c.retain_rows(&[2]).unwrap_err()).contains("row 2 of a KV cache with 2 rows"));
+    }
+}
+
+/// `compact: true` (finished rows leave the batch) generates what the uncompacted batch does,
+/// with a steering hook in both phases, when the rows stop at different steps.
+#[test]
+fn compacted_generation_equals_uncompacted() {
+    let m = tiny("qwen2");
+    let ps = vec![prompts()[0].clone(), prompts()[1].clone(), vec![4, 8, 15, 16, 23, 42]];
+    let v = interp_kit::directions::random(m.d_model(), 5).unwrap();
+    let hooks = Intervention::add(&v, 2.0).at(HookPoint::resid_post(1)).hooks(&m).unwrap();
+    let free = GenerateConfig { stop_at_eos: false, ..GenerateConfig::sampled(12, 1.0, 0.9, 3) };
+    let long = m.generate(&ps, &free, &hooks).unwrap();
+    // An end token that row 0 samples early and row 2 never does: rows stop at different steps.
+    let eos = long[0].tokens[2..6]
+        .iter()
+        .copied()
+        .find(|t| !long[2].tokens.contains(t) && long[0].tokens.iter().position(|x| x == t) < long[1].tokens.iter().position(|x| x == t).or(Some(99)))
+        .expect("a token row 0 samples early and row 2 never");
+    let stop = GenerateConfig { stop_at_eos: true, eos: Some(vec![eos]), ..free.clone() };
+    let plain = m.generate(&ps, &stop, &hooks).unwrap();
+    let compact = m.generate(&ps, &GenerateConfig { compact: true, ..stop }, &hooks).unwrap();
+    assert!(plain[0].stopped_at_eos && !plain[2].stopped_at_eos, "the test needs rows that stop at different steps");
+    for (r, (a, b)) in plain.iter().zip(&compact).enumerate() {
+        assert_eq!(a.tokens, b.tokens, "row {r}");
+        assert_eq!(a.stopped_at_eos, b.stopped_at_eos, "row {r}");
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() < 1e-4, "row {r}: logprob {x} vs {y}");
+        }
+    }
+}

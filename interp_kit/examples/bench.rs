@@ -116,7 +116,8 @@ fn main() -> Result<()> {
         if let Some(out) = get("--study-ids") {
             std::fs::write(&out, serde_json::to_string(&prompts)?).with_context(|| format!("writing {out}"))?;
         }
-        let cfg = GenerateConfig::sampled(STUDY_NEW_TOKENS, 0.7, 0.9, 0);
+        // Finished rows leave the batch, as in the study (`StudyConfig::generate_config`).
+        let cfg = GenerateConfig { compact: true, ..GenerateConfig::sampled(STUDY_NEW_TOKENS, 0.7, 0.9, 0) };
         let mut ts = vec![];
         for _ in 0..reps.min(2) {
             let t = Instant::now();

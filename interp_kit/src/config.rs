@@ -470,6 +470,8 @@ impl StudyConfig {
             temperature: g.temperature,
             top_p: g.top_p,
             seed: g.seed + 1000 * sample as u64,
+            // The study's hooks are broadcast interventions (no per-row state, no reads).
+            compact: true,
             ..GenerateConfig::default()
         }
     }

@@ -20,11 +20,17 @@ pub struct GenerateConfig {
     /// Stop a row at an end-of-sequence token (the tokenizer's, unless `eos` is given).
     pub stop_at_eos: bool,
     pub eos: Option<Vec<u32>>,
+    /// Drop rows from the batch (and the KV cache) once they have stopped, instead of feeding
+    /// them end-of-sequence tokens until the longest row ends. Much faster when lengths differ;
+    /// the tokens are the same up to floating-point summation order (the quantized inference path
+    /// picks its matmul kernel by the number of rows). Off when read hooks are set, and leave it
+    /// off for write hooks that capture per-row state (their batch shrinks).
+    pub compact: bool,
 }
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 64, temperature: 0.0, top_p: None, top_k: None, seed: 0, seeds: None, stop_at_eos: true, eos: None }
+        Self { max_new_tokens: 64, temperature: 0.0, top_p: None, top_k: None, seed: 0, seeds: None, stop_at_eos: true, eos: None, compact: false }
     }
 }
 
@@ -207,32 +213,41 @@ impl Model {
             .collect();
         let mut done = vec![false; b];
         let mut acts = ActivationCache::default();
+        let compact = cfg.compact && hooks.reads.is_empty();
+        // `alive[slot]`: the original row in batch slot `slot` (all rows unless compacting).
+        let mut alive: Vec<usize> = (0..b).collect();
         for step in 0..cfg.max_new_tokens {
             let l32 = logits.to_dtype(DType::F32)?;
             let lp = candle_nn::ops::log_softmax(&l32, D::Minus1)?;
             let ent: Vec<f32> = (lp.exp()? * &lp)?.sum(D::Minus1)?.neg()?.to_vec1()?;
             let rows: Vec<Vec<f32>> = l32.to_vec2()?;
             let lps: Vec<Vec<f32>> = lp.to_vec2()?;
-            let mut next = vec![0u32; b];
-            for r in 0..b {
+            let mut next = vec![0u32; alive.len()];
+            for (slot, &r) in alive.iter().enumerate() {
                 if done[r] {
-                    next[r] = eos.first().copied().unwrap_or(0);
+                    next[slot] = eos.first().copied().unwrap_or(0);
                     continue;
                 }
-                let tok = procs[r].sample(&rows[r])?;
-                next[r] = tok;
+                let tok = procs[r].sample(&rows[slot])?;
+                next[slot] = tok;
                 if cfg.stop_at_eos && eos.contains(&tok) {
                     done[r] = true;
                     gens[r].stopped_at_eos = true;
                     continue;
                 }
                 gens[r].tokens.push(tok);
-                gens[r].logprobs.push(lps[r][tok as usize]);
-                gens[r].entropies.push(ent[r]);
+                gens[r].logprobs.push(lps[slot][tok as usize]);
+                gens[r].entropies.push(ent[slot]);
             }
             // The last token is fed too when read hooks want its activations.
             if done.iter().all(|d| *d) || (step + 1 == cfg.max_new_tokens && hooks.reads.is_empty()) {
                 break;
+            }
+            if compact && alive.iter().any(|&r| done[r]) {
+                let keep: Vec<usize> = (0..alive.len()).filter(|&s| !done[alive[s]]).collect();
+                cache.retain_rows(&keep)?;
+                next = keep.iter().map(|&s| next[s]).collect();
+                alive = keep.iter().map(|&s| alive[s]).collect();
             }
             let out = self.decode(&next, cache, hooks)?;
             logits = out.last_logits()?;

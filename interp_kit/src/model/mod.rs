@@ -139,6 +139,31 @@ impl KvCache {
     pub fn len(&self, row: usize) -> usize {
         self.cols - self.pad.get(row).copied().unwrap_or(0)
     }
+
+    /// Keeps only the rows `keep` (in that order; row `i` of the result is row `keep[i]` now),
+    /// and drops the left-padding columns that every kept row has. Positions do not change:
+    /// a row's tokens keep their prompt-relative indices.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<()> {
+        let b = self.batch_size();
+        ensure!(!keep.is_empty(), "retain_rows: keep at least one row");
+        if let Some(bad) = keep.iter().find(|&&r| r >= b) {
+            bail!("retain_rows: row {bad} of a KV cache with {b} rows");
+        }
+        let pad: Vec<usize> = keep.iter().map(|&r| self.pad[r]).collect();
+        let trim = pad.iter().copied().min().unwrap_or(0);
+        for kv in self.layers.iter_mut().flatten() {
+            let idx = Tensor::new(keep.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), kv.0.device())?;
+            let cut = |t: &Tensor| -> Result<Tensor> {
+                let t = t.index_select(&idx, 0)?;
+                let cols = t.dim(2)?;
+                Ok(if trim > 0 { t.narrow(2, trim, cols - trim)?.contiguous()? } else { t })
+            };
+            *kv = (cut(&kv.0)?, cut(&kv.1)?);
+        }
+        self.pad = pad.iter().map(|p| p - trim).collect();
+        self.cols -= trim;
+        Ok(())
+    }
 }
 
 /// The result of a forward call.
