@@ -4,7 +4,7 @@
 #   scripts/run_notebooks.sh --all                              # every notebooks/**/NN_*.ipynb, in order
 #   scripts/run_notebooks.sh notebooks/inoculation_caps         # every NN_*.ipynb below a folder
 #   scripts/run_notebooks.sh notebooks/inoculation_caps/00_smoke_positions.ipynb
-#   options: --device cpu|cuda (exported as INTERP_KIT_DEVICE)  --timeout SECONDS per cell (3600)
+#   options: --device cpu|cuda (exported as INTERP_KIT_DEVICE)  --timeout SECONDS per cell (48 h; env INTERP_KIT_CELL_TIMEOUT)
 #            --out-dir DIR (results/notebooks)  --quiet (don't echo what cells print)
 #
 # Executed copies land in results/notebooks/; the run stops at the first failing notebook and exits 1,

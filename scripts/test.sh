@@ -78,9 +78,9 @@ stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_TARG
 stage runner scripts/test_runner.sh
 rm -rf results/steering_reliability/run_001_ci   # the CI-size runs start fresh each time
 rm -rf results/inoculation_caps/*_ci
-stage notebooks env INTERP_KIT_STUDY_MODE=ci scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
+stage notebooks env INTERP_KIT_STUDY_MODE=ci INTERP_KIT_CELL_TIMEOUT=3600 scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
 # A non-Qwen model through the steering study: the smoke notebook on the tiny GPT-NeoX fixture.
-stage neox env INTERP_KIT_STUDY_MODE=ci STEERING_CONFIG=../../configs/steering_reliability_tiny_neox.toml \
+stage neox env INTERP_KIT_STUDY_MODE=ci INTERP_KIT_CELL_TIMEOUT=3600 STEERING_CONFIG=../../configs/steering_reliability_tiny_neox.toml \
   scripts/run_notebooks.sh --out-dir results/notebooks/tiny_neox notebooks/steering_reliability/01_smoke.ipynb
 "$INTERP_KIT_CACHE/venv/bin/python" scripts/check_shared_build.py \
   || echo "test.sh: WARNING: see above; tests pass, but fresh machines now build the dependencies twice"
