@@ -151,14 +151,18 @@ impl KvCache {
         }
         let pad: Vec<usize> = keep.iter().map(|&r| self.pad[r]).collect();
         let trim = pad.iter().copied().min().unwrap_or(0);
-        for kv in self.layers.iter_mut().flatten() {
-            let idx = Tensor::new(keep.iter().map(|&r| r as u32).collect::<Vec<_>>().as_slice(), kv.0.device())?;
+        // One index tensor for every layer (all on the model's device).
+        if let Some(device) = self.layers.iter().flatten().next().map(|kv| kv.0.device().clone()) {
+            let ids: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+            let idx = Tensor::new(ids.as_slice(), &device)?;
             let cut = |t: &Tensor| -> Result<Tensor> {
                 let t = t.index_select(&idx, 0)?;
                 let cols = t.dim(2)?;
                 Ok(if trim > 0 { t.narrow(2, trim, cols - trim)?.contiguous()? } else { t })
             };
-            *kv = (cut(&kv.0)?, cut(&kv.1)?);
+            for kv in self.layers.iter_mut().flatten() {
+                *kv = (cut(&kv.0)?, cut(&kv.1)?);
+            }
         }
         self.pad = pad.iter().map(|p| p - trim).collect();
         self.cols -= trim;
