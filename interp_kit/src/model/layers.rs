@@ -532,18 +532,21 @@ impl Attention {
         if ctx.keep_kv {
             *kv = Some((k.detach(), v.detach()));
         }
-        let rep = self.n_heads / self.n_kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-        let mut att = (q.matmul(&k.t()?)? * self.scale)?;
+        // GQA without copying keys and values per query head: query head `h` reads kv head
+        // `h / rep`, so `[B, H, t, hd]` is `[B, n_kv, rep * t, hd]` in memory, and one matmul per
+        // kv head scores all of its query heads (HF's `repeat_kv` copies K and V `rep` times).
+        let (rep, kv_h, hd) = (self.n_heads / self.n_kv_heads, self.n_kv_heads, self.head_dim);
+        let s = k.dim(2)?;
+        let grouped = q.reshape((b, kv_h, rep * t, hd))?;
+        let mut att = (grouped.matmul(&k.t()?)? * self.scale)?.reshape((b, self.n_heads, t, s))?;
         if let Some(c) = self.softcap {
             att = ((att / c)?.tanh()? * c)?;
         }
         let mask = ctx.mask(self.sliding_window)?;
         let att = att.broadcast_add(&mask)?;
-        let att = softmax(&att, g)?;
-        let y = att.matmul(&v)?; // [B, H, T, hd]
-        let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        let att = softmax(&att, g)?.reshape((b, kv_h, rep * t, s))?;
+        let y = att.matmul(&v)?.reshape((b, self.n_heads, t, hd))?;
+        let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
         self.o.forward_ctx(&y, ctx)
     }
 }
