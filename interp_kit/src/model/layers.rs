@@ -142,14 +142,15 @@ impl Weight {
 pub const DENSE_MIN_ROWS: usize = 16;
 
 /// From this many rows on (below [`DENSE_MIN_ROWS`]), a Q8_0 linear layer uses
-/// [`qgemm::matmul_xwt`] (f32 activations, blocks converted in registers): batch-8 decode of
-/// the embedded model went from 38 to 73 tok/s. A single row stays on candle's int8 dot
-/// products (30 vs 23 tok/s at batch 1; BENCHMARKS.md).
+/// [`qgemm::matmul_xwt`]: candle's integer arithmetic, each weight block loaded once for up to
+/// 8 rows (batch-8 decode of the embedded model: 38 tok/s through candle, 74 through it). A
+/// single row stays on candle, which is as exact and a little faster there (BENCHMARKS.md).
 pub const Q8_0_MIN_ROWS: usize = 2;
 
-/// Dequantizes on all cores (rayon, chunks of blocks through candle's own `to_float` for the
-/// block type); candle's `QTensor::dequantize` runs on one thread. Falls back to candle for
-/// non-CPU tensors and block types not listed here.
+/// Dequantizes on all cores; candle's `QTensor::dequantize` runs on one thread. Q8_0 goes
+/// through [`qgemm::dequantize`] (AVX2, bit-identical to candle's); Q4_K, Q5_K and Q6_K through
+/// rayon over chunks of blocks with candle's own `to_float`. Falls back to candle for non-CPU
+/// tensors and other block types.
 pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
     use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};
     use candle_core::quantized::GgmlDType;
@@ -257,7 +258,7 @@ impl Linear {
                     && qgemm::supports(q)
                     && (Q8_0_MIN_ROWS..DENSE_MIN_ROWS).contains(&(x.elem_count() / self.in_dim().max(1))) =>
             {
-                // Batched decode: Q8_0 blocks converted in registers, f32 activations.
+                // Batched decode: each Q8_0 weight block loaded once for up to 8 rows.
                 x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?
             }
             (Weight::Quant { qmm, q, dense: cached, dtype }, false) => {
