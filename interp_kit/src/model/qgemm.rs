@@ -52,9 +52,11 @@ pub fn matmul_xwt(x: &[f32], m: usize, w: &QTensor, y: &mut [f32]) -> Result<()>
     let row_bytes = k / BLOCK * BLOCK_BYTES;
     let y_ptr = SendPtr(y.as_mut_ptr());
     let xq = quantize_rows(x, m, k);
-    (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|t| {
+    // candle's own worker pool (not rayon): candle's ops before and after this one run there, and
+    // its workers spin for a while after each op, so a second pool would compete for the cores.
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
         let y = y_ptr;
-        for j in t * ROWS_PER_TASK..n.min((t + 1) * ROWS_PER_TASK) {
+        for j in tasks.start * ROWS_PER_TASK..n.min(tasks.end * ROWS_PER_TASK) {
             let wrow = &data[j * row_bytes..(j + 1) * row_bytes];
             let mut r0 = 0;
             while r0 < m {
@@ -77,13 +79,14 @@ pub fn dequantize(w: &QTensor) -> Result<Vec<f32>> {
     let (n, k, data) = q8_0_rows(w)?;
     let mut out = vec![0f32; n * k];
     const CHUNK: usize = 256; // blocks per task
+    // rayon, like the gemm that consumes the result (candle's pool would spin beside it).
     out.par_chunks_mut(BLOCK * CHUNK).zip(data.par_chunks(BLOCK_BYTES * CHUNK)).for_each(|(o, b)| dequant_blocks(b, o));
     Ok(out)
 }
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint output columns from the tasks of one parallel loop.
+// SAFETY: used only to write disjoint parts of one output from the tasks of one parallel loop.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
