@@ -495,8 +495,11 @@ impl<K> Sweep<K> {
                 Ok(df) => df,
                 Err(e) => {
                     bar.abandon();
+                    // The cause goes into the message itself: evcxr prints only an error's outermost
+                    // context, which would hide why the cell failed.
+                    let cause = format!("{e:#}");
                     return Err(e.context(format!(
-                        "sweep cell {v} failed; {done} of {total} cells are saved in {} and a rerun resumes here",
+                        "sweep cell {v} failed ({cause}); {done} of {total} cells are saved in {} and a rerun resumes here",
                         self.parts.display()
                     )));
                 }
