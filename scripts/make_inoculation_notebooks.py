@@ -10,10 +10,11 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "notebooks" / "inoculation_caps"
 
-DEP = """// Load interp_kit from this clone (path relative to this notebook's folder).
+DEP = """// Load interp_kit from this clone (path relative to this notebook's folder), as one shared
+// library (interp_kit_dylib): a plain `:dep` would put a separate copy of the kit in every cell.
 // `:opt 2` is pinned so that every notebook shares one build of the dependencies.
 :opt 2
-:dep interp_kit = { path = "../../interp_kit" }"""
+:dep interp_kit = { path = "../../interp_kit/dylib", package = "interp_kit_dylib" }"""
 
 PARAMS = """// The study's config; INTERP_KIT_STUDY_MODE=ci|fast|full overrides its `mode`.
 let config_path = "../../configs/inoculation_caps.toml";"""

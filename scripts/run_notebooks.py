@@ -8,7 +8,8 @@ Run it through scripts/run_notebooks.sh (which uses the venv made by scripts/set
     options: --device cpu|cuda  --timeout SECONDS (per cell)  --out-dir DIR  --quiet
 
 Notebooks run one after another, in path order, each in a fresh kernel whose working directory is
-the notebook's folder (so `:dep interp_kit = { path = "../../interp_kit" }` resolves to this clone).
+the notebook's folder (so `:dep interp_kit = { path = "../../interp_kit/dylib", package = "interp_kit_dylib" }` resolves
+to this clone).
 The kernel sees INTERP_KIT_ROOT (this clone), INTERP_KIT_CACHE and INTERP_KIT_DEVICE. The executed
 copy of notebooks/<sub>/<name>.ipynb goes to results/notebooks/<sub>/<name>.ipynb, written to a
 temporary file and renamed. The run stops at the first failing notebook: its partly executed copy

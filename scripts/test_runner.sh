@@ -4,6 +4,12 @@
 #   fail_panic.ipynb pass.ipynb     -> exit 1, names cell 2 and its panic, runs neither cell 3 nor pass.ipynb
 #   fail_compile.ipynb              -> exit 1, names cell 2 and its compile error
 #   fail_question_mark.ipynb        -> exit 1, names cell 2 and the error its `?` returned
+#   kit_one_copy.ipynb              -> exit 0: the kit loaded as interp_kit_dylib is one copy in every
+#                                      cell (tensor ids keep counting; a gradient through a model loaded
+#                                      in an earlier cell equals the one computed in the loading cell)
+#   kit_static_copy_refused.ipynb   -> exit 1: with a plain `:dep interp_kit`, a later cell's gradient
+#                                      through that model is refused with an error naming the fix
+# The last two load the kit on the tiny Qwen2 fixture (about 1 min more, on a warm build).
 # Needs scripts/setup.sh to have run.
 #
 #   scripts/test_runner.sh
@@ -54,6 +60,16 @@ check "? error: exit non-zero" test "$(rc qmark)" != 0
 check "? error: names cell 2" has qmark "failing cell: index 2"
 check "? error: shows the error" has qmark "invalid digit"
 check "? error: later cell not run" bash -c "! grep -qF MUST-NOT-RUN '$tmp/qmark.log'"
+
+run onecopy "$FX/kit_one_copy.ipynb"
+check "kit as one shared library: exit 0" test "$(rc onecopy)" = 0
+check "kit as one shared library: same gradients in a later cell" has onecopy "same gradients in a later cell"
+
+run static "$FX/kit_static_copy_refused.ipynb"
+check "kit linked into each cell: exit non-zero" test "$(rc static)" != 0
+check "kit linked into each cell: gradient refused in cell 3" has static "failing cell: index 3"
+check "kit linked into each cell: error names the fix" has static "interp_kit_dylib"
+check "kit linked into each cell: later cell not run" bash -c "! grep -qF MUST-NOT-RUN '$tmp/static.log'"
 
 echo "runner tests: $passed passed, $failed failed"
 [ "$failed" = 0 ]

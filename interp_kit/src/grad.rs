@@ -148,6 +148,7 @@ impl Model {
         hooks: &'a Hooks<'a>,
         points: &[HookPoint],
     ) -> Result<NllGraph<'a>> {
+        self.check_kit_copy()?;
         let (ids, pad) = self.pad_batch(prompts)?;
         let (b, t) = ids.dims2()?;
         let (h, ctx) = self.run(&ids, pad.clone(), None, hooks, points, true)?;

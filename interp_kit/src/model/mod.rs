@@ -92,6 +92,8 @@ pub struct Model {
     pub(crate) rope: Option<Rope>,
     /// Why the tokenizer could not be loaded, if it could not (reported by [`Model::tok`]).
     pub(crate) tokenizer_error: Option<String>,
+    /// [`kit_copy`] of the copy of the kit that built the model (see [`Model::check_kit_copy`]).
+    pub(crate) kit_copy: usize,
 }
 
 impl Clone for Model {
@@ -110,6 +112,8 @@ impl Clone for Model {
             final_softcap: self.final_softcap,
             rope: self.rope.clone(),
             tokenizer_error: self.tokenizer_error.clone(),
+            // The blocks keep running the code of the copy that built them.
+            kit_copy: self.kit_copy,
         }
     }
 }
@@ -322,7 +326,35 @@ fn llama_parts(
     })
 }
 
+/// Identifies this copy of the kit in the process: the address of one of its statics.
+///
+/// evcxr links a `:dep` crate into the shared object of every notebook cell, so a notebook that
+/// loads `interp_kit` itself runs a separate copy of the kit, and of candle, in each cell. candle
+/// numbers tensors from a static counter and its backward pass keys gradients by those numbers, so
+/// tensors made by different copies (the model's layers run the code of the cell that loaded them)
+/// can share a number and get each other's gradients. The `interp_kit_dylib` package
+/// (`interp_kit/dylib`) links the kit as one shared library: one copy, whichever cell calls it.
+pub fn kit_copy() -> usize {
+    static MARK: u8 = 0;
+    std::ptr::addr_of!(MARK) as usize
+}
+
 impl Model {
+    /// Fails unless this call runs in the copy of the kit that built the model (see
+    /// [`kit_copy`]): the gradient paths call it, because there a second copy gives wrong
+    /// gradients rather than an error.
+    pub fn check_kit_copy(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.kit_copy == kit_copy(),
+            "this model was loaded by another copy of interp_kit than the one running this call: \
+             evcxr links a `:dep` crate into every notebook cell, and across copies candle's backward \
+             pass can mix up tensors made in different cells (wrong gradients). Load the kit as one \
+             shared library, `:dep interp_kit = {{ path = \"<clone>/interp_kit/dylib\", package = \
+             \"interp_kit_dylib\" }}`, or load the model in the cell that computes the gradients"
+        );
+        Ok(())
+    }
+
     /// Loads from a path (GGUF file or HF directory) or a hub id; see [`Source::parse`].
     pub fn load(source: &str, device: &Device) -> Result<Self> {
         let dtype = crate::device::default_dtype(device);
@@ -507,6 +539,7 @@ impl Model {
             final_softcap: p.final_softcap,
             rope: p.rope,
             tokenizer_error,
+            kit_copy: kit_copy(),
         }
     }
 
