@@ -126,7 +126,8 @@ NB["03_gradient_alignment"] = notebook(
              "inoc::show(&study.run, \"03_loss_by_condition\", &inoc::fig_loss_by_condition(&losses)?)?;"),
         md("## Cosine alignment vs layer (canonical position `pre_assistant`) and by position"),
         code("inoc::show(&study.run, \"03_align_vs_layer\", &inoc::fig_align_vs_layer(&summ, \"pre_assistant\")?)?;"),
-        code("inoc::show(&study.run, \"03_align_by_position\", &inoc::fig_align_by_position(&summ)?)?;"),
+        code("println!(\"{}\", pretty(&inoc::align_by_position(&summ)?).digits(4).max_rows(60));\n"
+             "inoc::show(&study.run, \"03_align_by_position\", &inoc::fig_align_by_position(&summ)?)?;"),
         md("## Decision gate\nIs the cosine computable and not pure noise? Compare the trait cosines' spread across examples with the random "
            "directions' (expected sd of a random cosine: 1/√d)."),
         code("{ // a block: evcxr keeps no closure or borrow from this cell\nlet pre = filter_eq(&al, \"position\", \"pre_assistant\")?;\nlet tr = filter_eq(&pre, \"direction\", \"trait\")?;\n"

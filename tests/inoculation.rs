@@ -28,6 +28,19 @@ fn mean(x: &[f64]) -> f64 {
 /// A synthetic alignment table at `pre_assistant` (plus `user_end` rows that must be ignored):
 /// `cos(cond, dir, layer, example)` and `loss(cond, example)` given.
 fn table(conds: &[&str], n_ex: usize, layers: &[u32], n_random: usize, cos: impl Fn(&str, &str, u32, usize) -> f64, loss: impl Fn(&str, usize) -> f64) -> DataFrame {
+    table_with_user_end(conds, n_ex, layers, n_random, cos, |_| 0.9, loss)
+}
+
+/// As [`table`], with the `user_end` cosine per layer given (NaN: g = 0 there, grad_norm and dot 0).
+fn table_with_user_end(
+    conds: &[&str],
+    n_ex: usize,
+    layers: &[u32],
+    n_random: usize,
+    cos: impl Fn(&str, &str, u32, usize) -> f64,
+    user_end: impl Fn(u32) -> f64,
+    loss: impl Fn(&str, usize) -> f64,
+) -> DataFrame {
     let mut c: (Vec<String>, Vec<String>, Vec<u32>, Vec<String>, Vec<String>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
     let dirs: Vec<String> = std::iter::once("trait".to_string()).chain((0..n_random).map(|k| format!("random_{k}"))).collect();
     for cond in conds {
@@ -35,15 +48,16 @@ fn table(conds: &[&str], n_ex: usize, layers: &[u32], n_random: usize, cos: impl
             for &l in layers {
                 for pos in ["pre_assistant", "user_end"] {
                     for d in &dirs {
-                        let v = if pos == "pre_assistant" { cos(cond, d, l, e) } else { 0.9 };
+                        let v = if pos == "pre_assistant" { cos(cond, d, l, e) } else { user_end(l) };
+                        let norm = if v.is_nan() { 0.0 } else { 2.0 };
                         c.0.push(format!("ex{e}"));
                         c.1.push(cond.to_string());
                         c.2.push(l);
                         c.3.push(pos.to_string());
                         c.4.push(d.clone());
                         c.5.push(loss(cond, e));
-                        c.6.push(2.0);
-                        c.7.push(2.0 * v);
+                        c.6.push(norm);
+                        c.7.push(if v.is_nan() { 0.0 } else { norm * v });
                         c.8.push(v);
                     }
                 }
@@ -211,6 +225,40 @@ fn alignment_summary_and_losses_by_hand() {
     let l = inoc::loss_by_condition(&df, &boot()).unwrap();
     assert_eq!(column_str(&l, "condition").unwrap(), ["neutral", "inoculation", "exact"]);
     assert!((column_f64(&l, "loss").unwrap()[2] - 0.865).abs() < 1e-12);
+}
+
+/// At the last block `user_end` has g = 0 (no target reads that position), so its cosine is NaN:
+/// the by-position mean skips that layer and says so, and both figures still build.
+#[test]
+fn undefined_cosines_are_left_out_of_layer_means() {
+    let layers = [3u32, 7, 23];
+    let user_end = |l: u32| match l {
+        3 => -0.2,
+        7 => -0.4,
+        _ => f64::NAN,
+    };
+    let cos = |c: &str, _: &str, l: u32, e: usize| -(0.01 * l as f64 + 0.001 * e as f64) - if c == "inoculation" { 0.05 } else { 0.0 };
+    let df = table_with_user_end(&["neutral", "inoculation"], 4, &layers, 1, cos, user_end, |_, _| 1.0);
+    let summ = inoc::alignment_summary(&df, &boot()).unwrap();
+    let ue = filter_eq(&filter_eq(&summ, "position", "user_end").unwrap(), "condition", "neutral").unwrap();
+    let a = column_f64(&ue, "align").unwrap();
+    assert!((a[0] - 0.2).abs() < 1e-12 && (a[1] - 0.4).abs() < 1e-12 && a[2].is_nan(), "{a:?}");
+    let t = inoc::align_by_position(&summ).unwrap();
+    let (c, p, al) = (column_str(&t, "condition").unwrap(), column_str(&t, "position").unwrap(), column_f64(&t, "align").unwrap());
+    let (nl, nu) = (column_f64(&t, "n_layers").unwrap(), column_f64(&t, "n_undefined").unwrap());
+    assert_eq!(t.height(), 4);
+    for i in 0..t.height() {
+        let (want, n, u) = if p[i] == "user_end" {
+            (0.3, 2.0, 1.0)
+        } else {
+            // align = -cos, averaged over e = 0..3 (0.0015) and the three layers (0.11).
+            (0.11 + 0.0015 + if c[i] == "inoculation" { 0.05 } else { 0.0 }, 3.0, 0.0)
+        };
+        assert!((al[i] - want).abs() < 1e-12, "{} {}: {} vs {want}", c[i], p[i], al[i]);
+        assert_eq!((nl[i], nu[i]), (n, u), "{} {}", c[i], p[i]);
+    }
+    inoc::fig_align_by_position(&summ).unwrap();
+    inoc::fig_align_vs_layer(&summ, "user_end").unwrap();
 }
 
 #[test]

@@ -1556,7 +1556,9 @@ pub fn fig_projection_vs_caps(neutral: &DataFrame, layer: usize) -> Result<Figur
 }
 
 /// Phase 3: mean alignment (`align = -cos`, 95 % CI) vs layer, one line per condition, at
-/// `position`, from an [`alignment_summary`].
+/// `position`, from an [`alignment_summary`]. Layers where the cosine is undefined at that
+/// position (`align` NaN: g = 0, as at `user_end` in the last block, which no target reads) are
+/// left out of the line.
 pub fn fig_align_vs_layer(summary: &DataFrame, position: &str) -> Result<Figure> {
     let s = fresh(summary);
     let (c, l, p, a, lo, hi) = (column_str(&s, "condition")?, column_f64(&s, "layer")?, column_str(&s, "position")?, column_f64(&s, "align")?, column_f64(&s, "align_lo")?, column_f64(&s, "align_hi")?);
@@ -1568,30 +1570,66 @@ pub fn fig_align_vs_layer(summary: &DataFrame, position: &str) -> Result<Figure>
     }
     let mut fig = line_plot(format!("Trait alignment cos(-g, v) vs layer at {position}"), "layer", "cos(-dL/dh, v_trait)").hline(0.0);
     for cn in conds {
-        let idx: Vec<usize> = (0..c.len()).filter(|&i| c[i] == cn && p[i] == position).collect();
+        let idx: Vec<usize> = (0..c.len()).filter(|&i| c[i] == cn && p[i] == position && !a[i].is_nan()).collect();
+        if idx.is_empty() {
+            continue;
+        }
         fig = fig.series(Series::new(cn, idx.iter().map(|&i| l[i]), idx.iter().map(|&i| a[i])).ci(idx.iter().map(|&i| lo[i]), idx.iter().map(|&i| hi[i])));
     }
-    fig.build()
+    fig.build().with_context(|| format!("alignment vs layer at {position}"))
 }
 
-/// Phase 3: mean alignment by position (averaged over layers), one bar group per condition.
-pub fn fig_align_by_position(summary: &DataFrame) -> Result<Figure> {
+/// Phase 3: mean alignment per condition and position over the layers where it is defined, from
+/// an [`alignment_summary`]: columns `condition`, `position` (first-seen order), `align` (mean of
+/// the per-layer means; NaN if no layer has a defined cosine there), `n_layers` (layers averaged)
+/// and `n_undefined` (layers left out because g = 0 there, e.g. `user_end` at the last block).
+pub fn align_by_position(summary: &DataFrame) -> Result<DataFrame> {
     let s = fresh(summary);
     let (c, p, a) = (column_str(&s, "condition")?, column_str(&s, "position")?, column_f64(&s, "align")?);
+    let mut keys: Vec<(String, String)> = vec![];
+    let mut vals: Vec<Vec<f64>> = vec![];
+    for i in 0..c.len() {
+        let k = (c[i].clone(), p[i].clone());
+        let j = match keys.iter().position(|x| *x == k) {
+            Some(j) => j,
+            None => {
+                keys.push(k);
+                vals.push(vec![]);
+                keys.len() - 1
+            }
+        };
+        vals[j].push(a[i]);
+    }
+    let defined: Vec<Vec<f64>> = vals.iter().map(|v| v.iter().copied().filter(|x| !x.is_nan()).collect()).collect();
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("condition".into(), keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>()),
+        Column::new("position".into(), keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>()),
+        Column::new("align".into(), defined.iter().map(|v| mean(v)).collect::<Vec<_>>()),
+        Column::new("n_layers".into(), defined.iter().map(|v| v.len() as u32).collect::<Vec<_>>()),
+        Column::new("n_undefined".into(), vals.iter().zip(&defined).map(|(v, d)| (v.len() - d.len()) as u32).collect::<Vec<_>>()),
+    ])?)
+}
+
+/// Phase 3: mean alignment by position (averaged over the layers where it is defined, see
+/// [`align_by_position`]), one bar group per condition. A position with no defined cosine in
+/// any condition is left out.
+pub fn fig_align_by_position(summary: &DataFrame) -> Result<Figure> {
+    let t = align_by_position(summary)?;
+    let (c, p, a) = (column_str(&t, "condition")?, column_str(&t, "position")?, column_f64(&t, "align")?);
     let mut positions: Vec<String> = vec![];
     let mut conds: Vec<String> = vec![];
     for i in 0..c.len() {
-        if !positions.contains(&p[i]) {
+        if !a[i].is_nan() && !positions.contains(&p[i]) {
             positions.push(p[i].clone());
         }
         if !conds.contains(&c[i]) {
             conds.push(c[i].clone());
         }
     }
-    let mut fig = bar_chart("Trait alignment by position (mean over layers)", "position", "cos(-dL/dh, v_trait)", positions.clone());
+    let value = |cn: &String, ps: &String| (0..c.len()).find(|&i| &c[i] == cn && &p[i] == ps).map_or(f64::NAN, |i| a[i]);
+    let mut fig = bar_chart("Trait alignment by position (mean over layers with a defined cosine)", "position", "cos(-dL/dh, v_trait)", positions.clone());
     for cn in &conds {
-        let v: Vec<f64> = positions.iter().map(|ps| mean(&(0..c.len()).filter(|&i| &c[i] == cn && &p[i] == ps).map(|i| a[i]).collect::<Vec<_>>())).collect();
-        fig = fig.group(Bars::new(cn.clone(), v));
+        fig = fig.group(Bars::new(cn.clone(), positions.iter().map(|ps| value(cn, ps)).collect::<Vec<_>>()));
     }
     fig.build()
 }
