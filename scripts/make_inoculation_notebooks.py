@@ -217,7 +217,7 @@ NB["07_plots"] = notebook(
         code("let runs = inoc::run_points(&training, &proj, &gens, &boot)?;\nfor r in &runs { println!(\"{r:?}\"); }\ninoc::show(&study.run, \"07_align_vs_drift\", &inoc::fig_align_vs_drift(&runs)?)?;"),
         md("## Acceptance criteria"),
         code("let control = study.loss_matched()?.chosen;\nlet acc = inoc::acceptance(&al, \"pre_assistant\", &control, &runs, &boot)?;\nstudy.run.write_json(\"acceptance.json\", &acc)?;\n"
-             "println!(\"mode {} (ci numbers only show that the pipeline runs)\\n\", study.cfg.mode.name());\nfor c in &acc.criteria { println!(\"{c}\\n\"); }\n"
+             "let mode = study.cfg.mode.name();\nprintln!(\"mode {mode}{}\\n\", if mode == \"ci\" { \" (ci numbers only show that the pipeline runs)\" } else { \"\" });\nfor c in &acc.criteria { println!(\"{c}\\n\"); }\n"
              "println!(\"loss change inoculation - neutral: {:+.4} nats\\nVERDICT: {}\", acc.loss_delta, acc.verdict);"),
     ],
 )

@@ -144,6 +144,8 @@ fn acceptance_criteria_on_a_synthetic_effect() {
     let x = [0.3, 0.2, 0.28];
     let y = [2.0, 1.0, 1.8];
     assert!((c[3].value - pearson(&x, &y).unwrap().r).abs() < 1e-12);
+    // y - 1.6 = 10 (x - 0.26): r = 1, p = 0; the text carries both.
+    assert!(c[3].measured.ends_with("Pearson r over 3 runs = +1.000 (p = 0.00)"), "{}", c[3].measured);
     assert!(c[3].holds);
     assert!((acc.loss_delta - (-0.2)).abs() < 1e-9, "{}", acc.loss_delta);
     assert!(acc.verdict.starts_with("inoculation rotates"), "{}", acc.verdict);

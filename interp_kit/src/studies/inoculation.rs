@@ -1495,14 +1495,14 @@ pub fn acceptance(alignment: &DataFrame, position: &str, control: &str, runs: &[
         let (dn, di) = (avg("neutral", |r| r.projection_drift), avg("inoculation", |r| r.projection_drift));
         let x: Vec<f64> = runs.iter().map(|r| r.mean_align).collect();
         let y: Vec<f64> = runs.iter().map(|r| r.projection_drift).collect();
-        let r = pearson(&x, &y).map(|c| c.r).unwrap_or(f64::NAN);
+        let (r, p) = pearson(&x, &y).map_or((f64::NAN, f64::NAN), |c| (c.r, c.p));
         let order = ai < an && di < dn;
         let corr_ok = runs.len() < 3 || r > 0.0;
         crit.push(Criterion {
             id: 4,
             name: "reduced alignment predicts reduced drift along the same direction".into(),
             measured: format!(
-                "mean training align neutral {an:+.4} vs inoculation {ai:+.4}; projection drift (prompt_last, vs base) neutral {dn:+.4} vs inoculation {di:+.4}; Pearson r over {} runs = {r:+.3}",
+                "mean training align neutral {an:+.4} vs inoculation {ai:+.4}; projection drift (prompt_last, vs base) neutral {dn:+.4} vs inoculation {di:+.4}; Pearson r over {} runs = {r:+.3} (p = {p:.2})",
                 runs.len()
             ),
             value: r,
