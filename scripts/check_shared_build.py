@@ -10,7 +10,7 @@ kernel rewrites it at every start. Sharing needs
      or build-override (they would change how the dependencies compile);
   2. the same features for every dependency with and without dev-dependencies (evcxr's build has
      none; cargo test unifies them in);
-  3. the same RUSTFLAGS, --target and target dir, which scripts/test.sh passes.
+  3. the same RUSTFLAGS, CARGO_INCREMENTAL, --target and target dir, which scripts/test.sh passes.
 """
 from __future__ import annotations
 

@@ -25,6 +25,13 @@ export LD_LIBRARY_PATH="$sysroot/lib/rustlib/$host/lib${LD_LIBRARY_PATH:+:$LD_LI
 # compile time (the workspace's .cargo/config.toml does the same for plain cargo builds).
 # scripts/test.sh uses the same flags so that tests and notebooks share one dependency build.
 export CARGO_ENCODED_RUSTFLAGS=$'-Cprefer-dynamic\x1f-Ctarget-cpu=native'
+# No incremental compilation of the kit: with the opt-level 2 / 16 codegen units profile evcxr uses,
+# rustc's incremental cache now and then reuses an object that refers to a symbol a re-optimised unit
+# no longer defines, and every later build of the kit fails to link ("undefined hidden symbol
+# anon.*.llvm.*", rust-lang/rust#81280) until the cache is deleted. Seen here after an interrupted
+# build. A whole build of the kit takes about a minute on 2 cores. scripts/test.sh sets the same,
+# since the flag is part of the kit's build hash.
+export CARGO_INCREMENTAL=0
 
 for n in 0 1 2 3 4 5 6 7; do
   slot="$INTERP_KIT_CACHE/evcxr/slot-$n"

@@ -28,6 +28,7 @@ export INTERP_KIT_CACHE
 # dependency build. scripts/check_shared_build.py says when the sharing breaks.
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 KIT_RUSTFLAGS=$'-Cprefer-dynamic\x1f-Ctarget-cpu=native'   # keep equal to scripts/evcxr_kernel.sh
+# CARGO_INCREMENTAL=0 below is also the kernel's (scripts/evcxr_kernel.sh says why).
 EVCXR_TARGET_DIR=$INTERP_KIT_CACHE/evcxr/slot-0/target
 
 # Notebooks executed headlessly as tests (paths relative to the repository root).
@@ -73,7 +74,7 @@ stage() {  # stage NAME COMMAND...: runs and times one stage; a failure ends the
 }
 
 stage setup scripts/setup.sh
-stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
+stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_INCREMENTAL=0 CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
   cargo test --workspace --locked --target "$HOST"
 stage runner scripts/test_runner.sh
 rm -rf results/steering_reliability/run_001_ci   # the CI-size runs start fresh each time
