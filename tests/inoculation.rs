@@ -145,7 +145,7 @@ fn acceptance_criteria_on_a_synthetic_effect() {
     let y = [2.0, 1.0, 1.8];
     assert!((c[3].value - pearson(&x, &y).unwrap().r).abs() < 1e-12);
     // y - 1.6 = 10 (x - 0.26): r = 1, p = 0; the text carries both.
-    assert!(c[3].measured.ends_with("Pearson r over 3 runs = +1.000 (p = 0.00)"), "{}", c[3].measured);
+    assert!(c[3].measured.contains("Pearson r over 3 runs = +1.000 (p = 0.00); under 5 runs the ordering decides"), "{}", c[3].measured);
     assert!(c[3].holds);
     assert!((acc.loss_delta - (-0.2)).abs() < 1e-9, "{}", acc.loss_delta);
     assert!(acc.verdict.starts_with("inoculation rotates"), "{}", acc.verdict);
@@ -169,6 +169,29 @@ fn acceptance_reports_a_null_when_only_the_loss_drops() {
     r[1].projection_drift = 3.0;
     let acc = inoc::acceptance(&effect_table(-0.1, 0.0, 20), "pre_assistant", "exact", &r, &boot()).unwrap();
     assert!(!acc.criteria[3].holds);
+}
+
+#[test]
+fn criterion_4_tests_the_correlation_from_five_runs_on() {
+    let df = effect_table(-0.1, 0.0, 20);
+    let r = |c: &str, seed: i64, a: f64, d: f64| RunPoint { train_condition: c.into(), seed, mean_align: a, projection_drift: d, caps_drift: 0.0 };
+    // Six runs, the ordering holds (inoculation lower in both) and r > 0, but weakly:
+    // x = (0.30, 0.31, 0.20, 0.21, 0.28, 0.29), y = (2, 1, 1.5, 0.5, 0.1, 3).
+    let weak = vec![
+        r("neutral", 0, 0.30, 2.0), r("neutral", 1, 0.31, 1.0),
+        r("inoculation", 0, 0.20, 1.5), r("inoculation", 1, 0.21, 0.5),
+        r("control", 0, 0.28, 0.1), r("control", 1, 0.29, 3.0),
+    ];
+    let (x, y): (Vec<f64>, Vec<f64>) = weak.iter().map(|p| (p.mean_align, p.projection_drift)).unzip();
+    let pc = pearson(&x, &y).unwrap();
+    assert!(pc.r > 0.0 && pc.p > 0.05, "fixture: r {} p {}", pc.r, pc.p);
+    let c4 = &inoc::acceptance(&df, "pre_assistant", "exact", &weak, &boot()).unwrap().criteria[3];
+    assert!(!c4.holds, "{c4}");
+    assert!(c4.measured.ends_with(&format!("Pearson r over 6 runs = {:+.3} (p = {:.2}), needs r > 0 and p < 0.05", pc.r, pc.p)), "{}", c4.measured);
+    // The same six runs with drift = 10 x align - 1 (r = 1, p = 0) hold.
+    let strong: Vec<RunPoint> = weak.iter().map(|p| RunPoint { projection_drift: 10.0 * p.mean_align - 1.0, ..p.clone() }).collect();
+    let c4 = &inoc::acceptance(&df, "pre_assistant", "exact", &strong, &boot()).unwrap().criteria[3];
+    assert!(c4.holds && (c4.value - 1.0).abs() < 1e-9, "{c4}");
 }
 
 #[test]

@@ -1408,8 +1408,9 @@ fn ci_tuple(c: &Ci) -> Option<(f64, f64)> {
 /// 3. The trait direction's change (1) is negative and extreme among the random directions':
 ///    empirical two-sided `p = (1 + #{|Δ_rand| >= |Δ_trait|}) / (N + 1) < 0.05` (needs N >= 19).
 /// 4. Inoculation fine-tunes have both a lower mean training alignment and a lower projection
-///    drift than the neutral ones (means over seeds), and, with at least 3 runs, the Pearson r
-///    of mean alignment vs projection drift across runs is positive.
+///    drift than the neutral ones (means over seeds), and the Pearson r of mean alignment vs
+///    projection drift across runs is positive (3-4 runs) or positive with p < 0.05 (5 runs or
+///    more; 3 runs, one seed per condition, cannot make a correlation significant).
 ///
 /// A failed criterion 1 with a lower inoculation loss is reported as the plan's null.
 pub fn acceptance(alignment: &DataFrame, position: &str, control: &str, runs: &[RunPoint], boot: &Bootstrap) -> Result<Acceptance> {
@@ -1497,13 +1498,19 @@ pub fn acceptance(alignment: &DataFrame, position: &str, control: &str, runs: &[
         let y: Vec<f64> = runs.iter().map(|r| r.projection_drift).collect();
         let (r, p) = pearson(&x, &y).map_or((f64::NAN, f64::NAN), |c| (c.r, c.p));
         let order = ai < an && di < dn;
-        let corr_ok = runs.len() < 3 || r > 0.0;
+        // With few runs (one seed per condition: 3) a correlation cannot reach significance, so
+        // the ordering decides and r only has to be positive; from MIN_RUNS_TESTED runs on
+        // (e.g. full mode's 3 seeds x 3 conditions) the correlation must be significant too.
+        const MIN_RUNS_TESTED: usize = 5;
+        let tested = runs.len() >= MIN_RUNS_TESTED;
+        let corr_ok = if tested { r > 0.0 && p < 0.05 } else { runs.len() < 3 || r > 0.0 };
         crit.push(Criterion {
             id: 4,
             name: "reduced alignment predicts reduced drift along the same direction".into(),
             measured: format!(
-                "mean training align neutral {an:+.4} vs inoculation {ai:+.4}; projection drift (prompt_last, vs base) neutral {dn:+.4} vs inoculation {di:+.4}; Pearson r over {} runs = {r:+.3} (p = {p:.2})",
-                runs.len()
+                "mean training align neutral {an:+.4} vs inoculation {ai:+.4}; projection drift (prompt_last, vs base) neutral {dn:+.4} vs inoculation {di:+.4}; Pearson r over {} runs = {r:+.3} (p = {p:.2}){}",
+                runs.len(),
+                if tested { ", needs r > 0 and p < 0.05".to_string() } else { format!("; under {MIN_RUNS_TESTED} runs the ordering decides and the correlation is not tested") }
             ),
             value: r,
             ci: None,
