@@ -14,6 +14,7 @@ pub mod grad;
 pub mod hooks;
 pub mod metrics;
 pub mod lora;
+pub mod malloc;
 pub mod model;
 pub mod rng;
 pub mod stats;

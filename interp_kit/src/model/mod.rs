@@ -522,6 +522,7 @@ impl Model {
         dtype: DType,
         source: String,
     ) -> Self {
+        crate::malloc::tune();
         let mut info = p.info;
         info.source = source;
         info.resid_mid = p.blocks.iter().all(|b| b.has_resid_mid());
