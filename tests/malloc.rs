@@ -3,7 +3,7 @@
 //! one (over the fixed 32 MiB threshold) is still mmapped. Its own test binary: one process, no
 //! other test allocating in between.
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
-use interp_kit::malloc::{tune, Malloc};
+use interp_kit::malloc::{tune, Malloc, GLIBC_ENV};
 
 fn mmapped_chunks() -> usize {
     unsafe { libc::mallinfo2() }.hblks
@@ -11,9 +11,7 @@ fn mmapped_chunks() -> usize {
 
 #[test]
 fn tune_fixes_the_mmap_threshold_and_keeps_freed_heap() {
-    let user_set = ["MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some())
+    let user_set = GLIBC_ENV.iter().any(|k| std::env::var_os(k).is_some())
         || std::env::var("INTERP_KIT_MALLOC").is_ok_and(|v| v == "default");
     let outcome = tune();
     assert_eq!(tune(), outcome, "a second call reports the first one's outcome");

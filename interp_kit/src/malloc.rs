@@ -6,8 +6,8 @@
 //! in again: a LoRA step on the embedded model (4 × 64 tokens) spent about a quarter of its CPU
 //! time in the kernel. [`tune`] keeps up to 1 GiB of freed heap (`M_TRIM_THRESHOLD`), grows the
 //! heap in 64 MiB steps (`M_TOP_PAD`) and fixes the mmap threshold at its 32 MiB maximum
-//! (`M_MMAP_THRESHOLD`). Measured in `BENCHMARKS.md` ("malloc settings"): the LoRA step ~10 %
-//! faster, system time halved, peak RSS ~130 MiB higher; the forward pass unchanged.
+//! (`M_MMAP_THRESHOLD`). Measured in `BENCHMARKS.md` ("malloc settings"): the LoRA step ~12 %
+//! faster, system time halved, peak RSS 30-150 MiB higher; the forward pass unchanged.
 //!
 //! [`Model`](crate::model::Model) construction calls it once per process. It changes nothing when
 //! `INTERP_KIT_MALLOC=default` or when the user already set glibc's own knobs
@@ -25,6 +25,9 @@ pub enum Malloc {
     Unsupported,
 }
 
+/// glibc's own settings; when any is set, [`tune`] leaves the allocator to them.
+pub const GLIBC_ENV: [&str; 4] = ["MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"];
+
 const TRIM_THRESHOLD: i32 = 1 << 30;
 const TOP_PAD: i32 = 64 << 20;
 const MMAP_THRESHOLD: i32 = 32 << 20;
@@ -33,9 +36,7 @@ const MMAP_THRESHOLD: i32 = 32 << 20;
 pub fn tune() -> Malloc {
     static DONE: std::sync::OnceLock<Malloc> = std::sync::OnceLock::new();
     *DONE.get_or_init(|| {
-        let user_set = ["MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"]
-            .iter()
-            .any(|k| std::env::var_os(k).is_some());
+        let user_set = GLIBC_ENV.iter().any(|k| std::env::var_os(k).is_some());
         if user_set || std::env::var("INTERP_KIT_MALLOC").is_ok_and(|v| v == "default") {
             return Malloc::LeftAlone;
         }
