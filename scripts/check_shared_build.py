@@ -10,7 +10,9 @@ kernel rewrites it at every start. Sharing needs
      or build-override (they would change how the dependencies compile);
   2. the same features for every dependency with and without dev-dependencies (evcxr's build has
      none; cargo test unifies them in);
-  3. the same RUSTFLAGS, CARGO_INCREMENTAL, --target and target dir, which scripts/test.sh passes.
+  3. the same RUSTFLAGS, CARGO_INCREMENTAL, --target and target dir, which scripts/test.sh passes;
+  4. the same dependency versions: the kernel (scripts/evcxr_kernel.sh) puts the workspace's Cargo.lock
+     into the evcxr build dir, and this compares the lock evcxr last built with against it.
 """
 from __future__ import annotations
 
@@ -48,6 +50,19 @@ def main() -> int:
                 f"the workspace's [profile.dev] differs from evcxr's ({generated}):\n"
                 f"    workspace: {ours}{' + ' + ', '.join(extra) if extra else ''}\n    evcxr:     {theirs}\n"
                 "  copy evcxr's [profile.dev] into Cargo.toml (and drop package/build-override tables)"
+            )
+
+    built_lock = crate / "Cargo.lock"
+    if built_lock.is_file():
+        def versions(path: Path) -> set[tuple[str, str]]:
+            return {(p["name"], p["version"]) for p in tomllib.loads(path.read_text()).get("package", [])}
+        other = sorted(p for p in versions(built_lock) - versions(ROOT / "Cargo.lock") if p[0] != "ctx")
+        if other:
+            problems.append(
+                f"{built_lock} has {len(other)} package versions that the workspace's Cargo.lock does not: "
+                + ", ".join(f"{n} {v}" for n, v in other[:12]) + (" ..." if len(other) > 12 else "")
+                + "\n  the last kernel in that dir did not restore the workspace's lock (an older kernelspec? re-run"
+                " scripts/setup.sh), or its notebook added crates of its own"
             )
 
     normal, dev = features("normal,build"), features("normal,build,dev")

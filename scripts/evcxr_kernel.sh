@@ -38,10 +38,33 @@ for n in 0 1 2 3 4 5 6 7; do
   mkdir -p "$slot"
   exec 9>>"$slot.lock"
   if flock -n 9; then
-    # Start from the workspace's Cargo.lock (when the runner says where the clone is), so the
-    # notebooks build the same dependency versions as `cargo test`.
-    if [ -n "${INTERP_KIT_ROOT:-}" ] && [ -f "$INTERP_KIT_ROOT/Cargo.lock" ]; then
-      cp "$INTERP_KIT_ROOT/Cargo.lock" "$slot/Cargo.lock"
+    # Build the notebooks with the dependency versions of the workspace's Cargo.lock, the versions
+    # `cargo test` tested and built: the clone the runner names, else the one holding the notebook's
+    # folder (Jupyter starts the kernel there), else none. Copying the lock into the build dir is not
+    # enough: evcxr's start-up build ("42", a crate with no dependencies) prunes it to one package, and
+    # the first `:dep` would then resolve today's newest versions (seen: ~17 crates rebuilt, 13 min on
+    # a fresh machine, and untested versions). So the start-up prelude (evcxr runs
+    # $EVCXR_CONFIG_DIR/prelude.rs after that build, before any cell) copies it back.
+    root=${INTERP_KIT_ROOT:-}
+    if [ -z "$root" ]; then
+      d=$PWD
+      while [ "$d" != / ] && [ ! -f "$d/interp_kit/dylib/Cargo.toml" ]; do d=$(dirname "$d"); done
+      if [ "$d" != / ]; then root=$d; fi
+    fi
+    if [ -n "$root" ] && [ -f "$root/Cargo.lock" ]; then
+      export INTERP_KIT_LOCK="$root/Cargo.lock"
+      cp "$INTERP_KIT_LOCK" "$slot/Cargo.lock"
+    fi
+    if [ -n "${EVCXR_CONFIG_DIR:-}" ]; then
+      mkdir -p "$EVCXR_CONFIG_DIR"
+      cat >"$EVCXR_CONFIG_DIR/prelude.rs.$$" <<'RS'
+// Written by interp_kit's scripts/evcxr_kernel.sh (rewritten at every kernel start): put the
+// workspace's Cargo.lock back into evcxr's build dir before the first `:dep`.
+if let (Some(lock), Some(dir)) = (std::env::var_os("INTERP_KIT_LOCK"), std::env::var_os("EVCXR_TMPDIR")) {
+    std::fs::copy(&lock, std::path::Path::new(&dir).join("Cargo.lock")).ok();
+}
+RS
+      mv -f "$EVCXR_CONFIG_DIR/prelude.rs.$$" "$EVCXR_CONFIG_DIR/prelude.rs"
     fi
     export EVCXR_TMPDIR="$slot"
     exec "$EVCXR_JUPYTER" "$@"   # fd 9, and so the slot's lock, stays open until the kernel exits

@@ -6,8 +6,10 @@
 #   notebooks  scripts/run_notebooks.sh on the notebooks listed in NOTEBOOKS below (studies at ci size)
 #   neox       the steering smoke notebook on the tiny GPT-NeoX fixture (configs/*_tiny_neox.toml)
 #   (check)    scripts/check_shared_build.py: warns if the cargo and notebook builds stopped sharing
-# On a fresh 2-core machine the first run takes ~45 min, most of it installing evcxr_jupyter; later
-# runs reuse everything under ${INTERP_KIT_CACHE:-~/.cache/interp_kit}.
+# On a fresh 2-core machine the first run took 73 min (setup 10, of it evcxr_jupyter 9.5; cargo 20;
+# runner 15.5; notebooks 24; neox 1.5). 13 of the runner's minutes rebuilt crates at versions newer than
+# Cargo.lock's, which the kernel no longer does (scripts/evcxr_kernel.sh), so expect about an hour.
+# Later runs reuse everything under ${INTERP_KIT_CACHE:-~/.cache/interp_kit}.
 #
 #   scripts/test.sh
 set -euo pipefail

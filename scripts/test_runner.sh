@@ -6,7 +6,8 @@
 #   fail_question_mark.ipynb        -> exit 1, names cell 2 and the error its `?` returned
 #   kit_one_copy.ipynb              -> exit 0: the kit loaded as interp_kit_dylib is one copy in every
 #                                      cell (tensor ids keep counting; a gradient through a model loaded
-#                                      in an earlier cell equals the one computed in the loading cell)
+#                                      in an earlier cell equals the one computed in the loading cell),
+#                                      built with the dependency versions of the workspace's Cargo.lock
 #   kit_static_copy_refused.ipynb   -> exit 1: with a plain `:dep interp_kit`, a later cell's gradient
 #                                      through that model is refused with an error naming the fix
 # The last two load the kit on the tiny Qwen2 fixture (about 1 min more, on a warm build).
@@ -64,6 +65,7 @@ check "? error: later cell not run" bash -c "! grep -qF MUST-NOT-RUN '$tmp/qmark
 run onecopy "$FX/kit_one_copy.ipynb"
 check "kit as one shared library: exit 0" test "$(rc onecopy)" = 0
 check "kit as one shared library: same gradients in a later cell" has onecopy "same gradients in a later cell"
+check "kit as one shared library: built with the workspace's Cargo.lock" has onecopy ", 0 not as in the workspace's Cargo.lock"
 
 run static "$FX/kit_static_copy_refused.ipynb"
 check "kit linked into each cell: exit non-zero" test "$(rc static)" != 0
