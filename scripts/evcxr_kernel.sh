@@ -44,7 +44,7 @@ for n in 0 1 2 3 4 5 6 7; do
     # enough: evcxr's start-up build ("42", a crate with no dependencies) prunes it to one package, and
     # the first `:dep` would then resolve today's newest versions (seen: ~17 crates rebuilt, 13 min on
     # a fresh machine, and untested versions). So the start-up prelude (evcxr runs
-    # $EVCXR_CONFIG_DIR/prelude.rs after that build, before any cell) copies it back.
+    # $EVCXR_CONFIG_DIR/prelude.rs after that build, before any cell) copies it in.
     root=${INTERP_KIT_ROOT:-}
     if [ -z "$root" ]; then
       d=$PWD
@@ -53,13 +53,12 @@ for n in 0 1 2 3 4 5 6 7; do
     fi
     if [ -n "$root" ] && [ -f "$root/Cargo.lock" ]; then
       export INTERP_KIT_LOCK="$root/Cargo.lock"
-      cp "$INTERP_KIT_LOCK" "$slot/Cargo.lock"
     fi
     if [ -n "${EVCXR_CONFIG_DIR:-}" ]; then
       mkdir -p "$EVCXR_CONFIG_DIR"
       cat >"$EVCXR_CONFIG_DIR/prelude.rs.$$" <<'RS'
 // Written by interp_kit's scripts/evcxr_kernel.sh (rewritten at every kernel start): put the
-// workspace's Cargo.lock back into evcxr's build dir before the first `:dep`.
+// workspace's Cargo.lock into evcxr's build dir before the first `:dep`.
 if let (Some(lock), Some(dir)) = (std::env::var_os("INTERP_KIT_LOCK"), std::env::var_os("EVCXR_TMPDIR")) {
     std::fs::copy(&lock, std::path::Path::new(&dir).join("Cargo.lock")).ok();
 }

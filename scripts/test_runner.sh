@@ -7,7 +7,8 @@
 #   kit_one_copy.ipynb              -> exit 0: the kit loaded as interp_kit_dylib is one copy in every
 #                                      cell (tensor ids keep counting; a gradient through a model loaded
 #                                      in an earlier cell equals the one computed in the loading cell),
-#                                      built with the dependency versions of the workspace's Cargo.lock
+#                                      built with the workspace's Cargo.lock versions (check_shared_build.py
+#                                      on the build dir the fixture prints)
 #   kit_static_copy_refused.ipynb   -> exit 1: with a plain `:dep interp_kit`, a later cell's gradient
 #                                      through that model is refused with an error naming the fix
 # The last two load the kit on the tiny Qwen2 fixture (about 1 min more, on a warm build).
@@ -65,7 +66,10 @@ check "? error: later cell not run" bash -c "! grep -qF MUST-NOT-RUN '$tmp/qmark
 run onecopy "$FX/kit_one_copy.ipynb"
 check "kit as one shared library: exit 0" test "$(rc onecopy)" = 0
 check "kit as one shared library: same gradients in a later cell" has onecopy "same gradients in a later cell"
-check "kit as one shared library: built with the workspace's Cargo.lock" has onecopy ", 0 not as in the workspace's Cargo.lock"
+built_dir=$(sed -n 's/^ *| evcxr build dir: //p' "$tmp/onecopy.log" | head -n 1)
+check "kit as one shared library: names its build dir, which has a Cargo.lock" test -f "$built_dir/Cargo.lock"
+check "kit as one shared library: built with the workspace's Cargo.lock (check_shared_build.py)" \
+  "${INTERP_KIT_CACHE:-$HOME/.cache/interp_kit}/venv/bin/python" "$ROOT/scripts/check_shared_build.py" "${built_dir:-/nonexistent}"
 
 run static "$FX/kit_static_copy_refused.ipynb"
 check "kit linked into each cell: exit non-zero" test "$(rc static)" != 0
