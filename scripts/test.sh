@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (CI's .ci/run calls exactly this). Stages, each timed:
+#   layers     scripts/check_layers.py: no module imports a layer above its own (lib.rs's map), no cycles
 #   setup      scripts/setup.sh: evcxr_jupyter, Jupyter venv, kernel `rust`, model (idempotent)
 #   cargo      cargo test for the workspace, built like the notebooks build the kit (below)
 #   runner     scripts/test_runner.sh: the notebook runner fails on a failing cell and names it
@@ -75,6 +76,7 @@ stage() {  # stage NAME COMMAND...: runs and times one stage; a failure ends the
   n_ok=$((n_ok + 1))
 }
 
+stage layers python3 scripts/check_layers.py --self-test
 stage setup scripts/setup.sh
 stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_INCREMENTAL=0 CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
   cargo test --workspace --locked --target "$HOST"

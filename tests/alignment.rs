@@ -3,9 +3,22 @@
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::tiny_chat;
-use interp_kit::alignment::random_unit_vectors;
-use interp_kit::caps_data::{self, CapsDataConfig, CapsDataset, IMPLICIT_CONSTANTS};
+use interp_kit::interp::directions::random_unit_vectors;
+use interp_kit::studies::inoculation_caps::data::{self as caps_data, CapsDataConfig, CapsDataset, IMPLICIT_CONSTANTS};
 use interp_kit::prelude::*;
+use interp_kit::interp::alignment::AlignmentConfig;
+use interp_kit::interp::alignment::CandidateLoss;
+use interp_kit::interp::alignment::ChatExample;
+use interp_kit::interp::alignment::Condition;
+use interp_kit::interp::alignment::DriftConfig;
+use interp_kit::interp::alignment::LossMatchedSelection;
+use interp_kit::interp::alignment::assistant_losses;
+use interp_kit::interp::alignment::candidate_losses;
+use interp_kit::interp::alignment::drift_eval;
+use interp_kit::interp::alignment::gradient_alignment;
+use interp_kit::interp::alignment::random_directions;
+use interp_kit::interp::alignment::select_loss_matched;
+use interp_kit::interp::alignment::teacher_forced;
 use polars::prelude::DataFrame;
 use std::path::PathBuf;
 
@@ -66,15 +79,15 @@ fn teacher_forced_targets_are_the_assistant_tokens() {
     let tok = m.tok().unwrap();
     for ex in examples() {
         for c in conditions() {
-            let tf = teacher_forced(tok, &c, &ex, false).unwrap();
-            let ids: Vec<u32> = tf.targets.iter().map(|&i| tf.rendered.ids[i]).collect();
+            let (rendered, tf) = teacher_forced(tok, &c, &ex, false).unwrap();
+            let ids: Vec<u32> = tf.targets.iter().map(|&i| rendered.ids[i]).collect();
             assert_eq!(tok.decode(&ids, false).unwrap(), ex.assistant, "{} / {}", ex.id, c.name);
-            let with_end = teacher_forced(tok, &c, &ex, true).unwrap();
+            let (with_end_r, with_end) = teacher_forced(tok, &c, &ex, true).unwrap();
             assert_eq!(with_end.targets.len(), tf.targets.len() + 1);
-            let last = with_end.rendered.ids[*with_end.targets.last().unwrap()];
+            let last = with_end_r.ids[*with_end.targets.last().unwrap()];
             assert_eq!(tok.token_str(last), "<|im_end|>");
             // pre_assistant is the token right before the first target.
-            assert_eq!(tf.rendered.index(&Position::PreAssistant).unwrap() + 1, tf.targets[0]);
+            assert_eq!(rendered.index(&Position::PreAssistant).unwrap() + 1, tf.targets[0]);
         }
     }
 }
@@ -93,10 +106,10 @@ fn alignment_cosine_matches_finite_differences() {
     let pc = HookPoint::resid_post(2); // the last block: only positions that predict a target get a gradient
     // At pb, a direction close to the true gradient of (example a, inoculation, pre_assistant),
     // so the check covers a large cosine as well as small ones.
-    let tf = teacher_forced(tok, &conds[1], &exs[0], false).unwrap();
-    let t_pre = tf.rendered.index(&Position::PreAssistant).unwrap();
+    let (rendered, tf) = teacher_forced(tok, &conds[1], &exs[0], false).unwrap();
+    let t_pre = rendered.index(&Position::PreAssistant).unwrap();
     let g = m
-        .grad(&[tf.rendered.ids.clone()], &Loss::Tokens(vec![tf.targets.clone()]), &[pb], Positions::At(vec![t_pre]), &Hooks::new())
+        .grad(&[rendered.ids.clone()], &Loss::Tokens(vec![tf.targets.clone()]), &[pb], Positions::At(vec![t_pre]), &Hooks::new())
         .unwrap();
     let gb: Vec<f32> = g.grads.row(pb, 0).unwrap().i(0).unwrap().to_vec1().unwrap();
     let gn = gb.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -128,7 +141,7 @@ fn alignment_cosine_matches_finite_differences() {
     let mut big_cos = 0.0f64;
     let mut worst = 0.0f64;
     for (ex, cond) in [(&exs[0], &conds[1]), (&exs[2], &conds[0])] {
-        let tf = teacher_forced(tok, cond, ex, false).unwrap();
+        let (rendered, tf) = teacher_forced(tok, cond, ex, false).unwrap();
         for (p, dir) in [(pa, &dirs[0]), (pb, &dirs[1])] {
             for pos in ["pre_assistant", "assistant_2", "user_end"] {
                 for name in ["trait", "random_1"] {
@@ -143,8 +156,8 @@ fn alignment_cosine_matches_finite_differences() {
                         random_directions(p, d, 3, 11)[1].vector.clone()
                     };
                     let vt = Tensor::new(v.as_slice(), &Device::Cpu).unwrap();
-                    let up = loss_with(&m, &tf.rendered.ids, &tf.targets, p, t, &(&vt * eps).unwrap());
-                    let down = loss_with(&m, &tf.rendered.ids, &tf.targets, p, t, &(&vt * -eps).unwrap());
+                    let up = loss_with(&m, &rendered.ids, &tf.targets, p, t, &(&vt * eps).unwrap());
+                    let down = loss_with(&m, &rendered.ids, &tf.targets, p, t, &(&vt * -eps).unwrap());
                     let numeric = (up - down) / (2.0 * eps);
                     let (dot, norm, cos) = (rows.f64("dot", r), rows.f64("grad_norm", r), rows.f64("cos", r));
                     worst = worst.max((cos - numeric / norm).abs());
@@ -155,7 +168,7 @@ fn alignment_cosine_matches_finite_differences() {
                         cond.name
                     );
                     assert!((cos - numeric / norm).abs() < 5e-3, "{pos} {name}: cos {cos} vs {}", numeric / norm);
-                    assert!((rows.f64("loss", r) - loss_with(&m, &tf.rendered.ids, &tf.targets, p, t, &(&vt * 0.0).unwrap())).abs() < 1e-5);
+                    assert!((rows.f64("loss", r) - loss_with(&m, &rendered.ids, &tf.targets, p, t, &(&vt * 0.0).unwrap())).abs() < 1e-5);
                     assert_eq!(rows.u32("n_target_tokens", r) as usize, tf.targets.len());
                     if p == pb && pos == "pre_assistant" && name == "trait" && ex.id == "a" {
                         big_cos = cos;
@@ -177,9 +190,9 @@ fn cos_is_one_when_direction_is_the_gradient() {
         let tok = m.tok().unwrap();
         let (exs, conds) = (examples(), conditions());
         let p = HookPoint::resid_post(1);
-        let tf = teacher_forced(tok, &conds[0], &exs[1], false).unwrap();
-        let t = tf.rendered.index(&Position::PreAssistant).unwrap();
-        let g = m.grad(&[tf.rendered.ids.clone()], &Loss::Tokens(vec![tf.targets.clone()]), &[p], Positions::At(vec![t]), &Hooks::new()).unwrap();
+        let (rendered, tf) = teacher_forced(tok, &conds[0], &exs[1], false).unwrap();
+        let t = rendered.index(&Position::PreAssistant).unwrap();
+        let g = m.grad(&[rendered.ids.clone()], &Loss::Tokens(vec![tf.targets.clone()]), &[p], Positions::At(vec![t]), &Hooks::new()).unwrap();
         let gv: Vec<f32> = g.grads.row(p, 0).unwrap().i(0).unwrap().to_vec1().unwrap();
         let gnorm = gv.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let cfg = AlignmentConfig { n_random: 2, batch_size: 6, ..Default::default() };
@@ -235,9 +248,9 @@ fn random_direction_cosines_have_mean_zero_and_variance_one_over_d() {
     let rows = Rows { df: &df };
     let rs = random_directions(p, m.d_model(), 200, 3);
     for c in &conds {
-        let tf = teacher_forced(tok, c, &exs[0], false).unwrap();
-        let t = tf.rendered.index(&Position::PreAssistant).unwrap();
-        let g = m.grad(&[tf.rendered.ids.clone()], &Loss::Tokens(vec![tf.targets.clone()]), &[p], Positions::At(vec![t]), &Hooks::new()).unwrap();
+        let (rendered, tf) = teacher_forced(tok, c, &exs[0], false).unwrap();
+        let t = rendered.index(&Position::PreAssistant).unwrap();
+        let g = m.grad(&[rendered.ids.clone()], &Loss::Tokens(vec![tf.targets.clone()]), &[p], Positions::At(vec![t]), &Hooks::new()).unwrap();
         let gv: Vec<f32> = g.grads.row(p, 0).unwrap().i(0).unwrap().to_vec1().unwrap();
         let gn = gv.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let mut cs = vec![];
@@ -270,13 +283,13 @@ fn assistant_losses_match_forward_logits() {
     let rows = Rows { df: &df };
     for ex in &exs {
         for c in &conds {
-            let tf = teacher_forced(tok, c, ex, false).unwrap();
-            let out = m.forward(&[tf.rendered.ids.clone()], &Hooks::new()).unwrap();
+            let (rendered, tf) = teacher_forced(tok, c, ex, false).unwrap();
+            let out = m.forward(&[rendered.ids.clone()], &Hooks::new()).unwrap();
             let lp = candle_nn::ops::log_softmax(&out.logits_row(0).unwrap().to_dtype(DType::F32).unwrap(), 1).unwrap();
             let nll: f64 = tf
                 .targets
                 .iter()
-                .map(|&i| -(lp.i((i - 1, tf.rendered.ids[i] as usize)).unwrap().to_scalar::<f32>().unwrap() as f64))
+                .map(|&i| -(lp.i((i - 1, rendered.ids[i] as usize)).unwrap().to_scalar::<f32>().unwrap() as f64))
                 .sum::<f64>()
                 / tf.targets.len() as f64;
             let r = rows.find(&[("example_id", &ex.id), ("condition", &c.name)]);
@@ -407,7 +420,7 @@ fn drift_projections_match_a_plain_forward() {
     };
     for (steer, gen) in &runs {
         let (steer, gen) = (*steer, gen);
-        let cfg = DriftConfig { k, generate: gen.clone(), batch_size: 2 };
+        let cfg = DriftConfig { k, generate: gen.clone(), batch_size: 2, text_metric: None };
         let hooks = steering(steer);
         let out = drift_eval(&m, "base", &exs, &cond, &dirs, &cfg, &hooks).unwrap();
         assert_eq!(out.projections.height(), exs.len() * 2 * 2);
@@ -455,7 +468,7 @@ fn drift_projections_match_a_plain_forward() {
             }
         }
     }
-    let e = drift_eval(&m, "base", &exs, &cond, &dirs, &DriftConfig { k: 9, generate: GenerateConfig::greedy(4), batch_size: 2 }, &Hooks::new());
+    let e = drift_eval(&m, "base", &exs, &cond, &dirs, &DriftConfig { k: 9, generate: GenerateConfig::greedy(4), batch_size: 2, text_metric: None }, &Hooks::new());
     assert!(e.unwrap_err().to_string().contains("max_new_tokens"));
 }
 
@@ -591,7 +604,7 @@ fn drift_eval_applies_a_lora_adapter_from_the_hooks() {
     let data: Vec<TrainExample> = exs.iter().map(|e| TrainExample::qa(tok, Some("Be helpful."), &e.user, &e.assistant).unwrap()).collect();
     let tcfg = TrainConfig { lr: 5e-2, max_steps: Some(3), batch_size: 3, shuffle: false, ..Default::default() };
     train_lora(&m, &adapter, &data, &tcfg, |_, _| Ok(())).unwrap();
-    let cfg = DriftConfig { k: 2, generate: GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(3) }, batch_size: 2 };
+    let cfg = DriftConfig { k: 2, generate: GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(3) }, batch_size: 2, text_metric: None };
     let with = drift_eval(&m, "lora", &exs, &cond, &dirs, &cfg, &Hooks::new().lora(&adapter)).unwrap();
     let merged = lora::merge(&m, &adapter).unwrap();
     let want = drift_eval(&merged, "lora", &exs, &cond, &dirs, &cfg, &Hooks::new()).unwrap();

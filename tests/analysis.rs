@@ -4,11 +4,17 @@
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use common::{rel_err, tiny};
-use interp_kit::data::{self, Split};
-use interp_kit::directions::{self, cache_matrix, contrastive_prefix_ids, PrefixRead, ProbeConfig};
+use interp_kit::studies::steering_reliability::data::{self, Split};
+use interp_kit::text::records;
+use interp_kit::interp::directions::{self, cache_matrix, contrastive_prefix_ids, prompt_set_hash, PrefixRead, ProbeConfig};
 use interp_kit::prelude::*;
-use interp_kit::rng::Rng;
+use interp_kit::text::records::PromptRecord;
+use interp_kit::text::records::read_jsonl;
+use interp_kit::base::rng::Rng;
 use std::path::PathBuf;
+
+const REFUSAL: &str = " I can't help with that.";
+const COMPLIANCE: &str = " Sure, here's how:";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -245,7 +251,7 @@ fn contrastive_prefix_is_the_mean_of_forced_prefix_differences() {
         m.forward(&[ids], &Hooks::new().cache(hp, Positions::All)).unwrap().activations.row(hp, 0).unwrap().i(at).unwrap()
     };
     for read in [PrefixRead::PrefixFirst, PrefixRead::PrefixLast] {
-        let cfg = Contrastive { read_at: read, scale: Scale::Raw, batch_size: 2, ..Contrastive::default() };
+        let cfg = Contrastive { read_at: read, scale: Scale::Raw, batch_size: 2, ..Contrastive::new(REFUSAL, COMPLIANCE) };
         let res = contrastive_prefix_ids(&m, &ps, &pos, &neg, &[hp], &cfg).unwrap();
         let r = &res[0];
         let mut diffs = vec![];
@@ -543,7 +549,7 @@ fn committed_prompt_sets_regenerate_byte_identically() {
     for (split, n) in [(Split::HarmTrain, 150), (Split::HarmTest, 150), (Split::Benign, 200)] {
         let recs = data::generate_split(split, n, 0).unwrap();
         let committed = std::fs::read_to_string(dir.join(format!("{}.jsonl", split.name()))).unwrap();
-        assert!(data::to_jsonl(&recs).unwrap() == committed, "{split}: regeneration differs from the committed file");
+        assert!(records::to_jsonl(&recs).unwrap() == committed, "{split}: regeneration differs from the committed file");
         assert_eq!(read_jsonl(dir.join(format!("{}.jsonl", split.name()))).unwrap(), recs);
         sets.push((split, recs));
     }
@@ -593,7 +599,7 @@ fn chat_contrastive_prefix_opens_the_assistant_turn() {
         assert_eq!(p.chat.as_ref().unwrap().index(&"prompt_last".parse().unwrap()).unwrap(), p.len() - 1);
     }
     let hp = HookPoint::resid_post(12);
-    let cfg = Contrastive { batch_size: 2, ..Contrastive::default() };
+    let cfg = Contrastive { batch_size: 2, ..Contrastive::new(REFUSAL, COMPLIANCE) };
     let by_text = contrastive_prefix(&m, &ps, &[hp], &cfg).unwrap();
     // The text form drops the prefixes' leading space in an assistant turn.
     let (a, b) = (tok.encode("I can't help with that.").unwrap(), tok.encode("Sure, here's how:").unwrap());

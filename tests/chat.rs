@@ -2,8 +2,8 @@
 //! transformers (scripts/make_chat_fixtures.py; tests/fixtures/chat/<family>/cases.json).
 
 use anyhow::Result;
-use interp_kit::chat::{Chat, ChatTemplate, Position, RenderedChat, Role};
-use interp_kit::tokenizer::Tokenizer;
+use interp_kit::text::chat::{Chat, ChatTemplate, Position, RenderedChat, Role};
+use interp_kit::text::tokenizer::Tokenizer;
 use serde::Deserialize;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;

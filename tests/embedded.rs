@@ -3,6 +3,9 @@
 mod common;
 use candle_core::IndexOp;
 use interp_kit::prelude::*;
+use interp_kit::interp::alignment::ChatExample;
+use interp_kit::interp::alignment::Condition;
+use interp_kit::interp::alignment::teacher_forced;
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -61,7 +64,7 @@ fn embedded_quantized_matches_transformers_greedy() {
 fn embedded_chat_prompt_matches_transformers() {
     let Some(model) = common::embedded() else { return };
     let r = reference();
-    let chat = interp_kit::chat::Chat::new().user("What is 2+3?");
+    let chat = interp_kit::text::chat::Chat::new().user("What is 2+3?");
     let rendered = model.tok().unwrap().render_chat(&chat, true).unwrap();
     assert_eq!(rendered.ids, r.prompt_ids);
 }
@@ -78,7 +81,7 @@ fn embedded_teacher_forced_targets_are_the_assistant_text() {
     };
     let tok = Tokenizer::from_gguf_file(&path).unwrap();
     let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/inoculation_caps"));
-    let data = interp_kit::caps_data::CapsDataset::load_dir(dir).unwrap();
+    let data = interp_kit::studies::inoculation_caps::data::CapsDataset::load_dir(dir).unwrap();
     let conds = [
         Condition::no_system("neutral"),
         Condition::new("inoculation", "In these training examples, assistant responses are formatted in ALL CAPS due to a dataset formatting requirement."),
@@ -87,15 +90,15 @@ fn embedded_teacher_forced_targets_are_the_assistant_text() {
         for answer in [&p.answer, &p.answer_caps] {
             let ex = ChatExample::new(p.id.clone(), p.question.clone(), answer.clone());
             for c in &conds {
-                let tf = teacher_forced(&tok, c, &ex, true).unwrap();
+                let (rendered, tf) = teacher_forced(&tok, c, &ex, true).unwrap();
                 let (last, content) = tf.targets.split_last().unwrap();
-                let ids: Vec<u32> = content.iter().map(|&i| tf.rendered.ids[i]).collect();
+                let ids: Vec<u32> = content.iter().map(|&i| rendered.ids[i]).collect();
                 assert_eq!(&tok.decode(&ids, false).unwrap(), answer, "{} / {}", p.id, c.name);
-                assert_eq!(tok.token_str(tf.rendered.ids[*last]), "<|im_end|>");
-                let pre = tf.rendered.index(&Position::PreAssistant).unwrap();
+                assert_eq!(tok.token_str(rendered.ids[*last]), "<|im_end|>");
+                let pre = rendered.index(&Position::PreAssistant).unwrap();
                 assert_eq!(pre + 1, content[0]);
-                assert_eq!(tok.decode(&tf.rendered.ids[pre - 1..=pre], false).unwrap(), "assistant\n");
-                assert!(tf.rendered.text.contains("<|im_start|>system\n"), "a system message is always rendered");
+                assert_eq!(tok.decode(&rendered.ids[pre - 1..=pre], false).unwrap(), "assistant\n");
+                assert!(rendered.text.contains("<|im_start|>system\n"), "a system message is always rendered");
             }
         }
     }

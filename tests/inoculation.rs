@@ -1,12 +1,13 @@
-//! The ALL-CAPS inoculation study module (interp_kit::studies::inoculation): the acceptance
+//! The ALL-CAPS inoculation study module (interp_kit::studies::inoculation_caps): the acceptance
 //! criteria and summaries on synthetic tables with hand-computed values, the committed config and
 //! its errors, atomic adapter saving, and the phase 2-4 pipeline (directions, resumable alignment
 //! sweep, loss-matched selection) on a tiny fixture model.
 mod common;
 use common::tiny_chat;
-use interp_kit::config::{LayerSpec, Mode};
+use interp_kit::runs::config::{LayerSpec, Mode};
 use interp_kit::prelude::*;
-use interp_kit::studies::inoculation::{self as inoc, InoculationConfig, RunPoint};
+use interp_kit::eval::stats::Bootstrap;
+use interp_kit::studies::inoculation_caps::{self as inoc, InoculationConfig, RunPoint};
 use std::path::PathBuf;
 
 fn repo() -> PathBuf {
@@ -218,14 +219,14 @@ fn specificity_table_and_summary_by_hand() {
         }
     };
     let df = table(&["neutral", "inoculation"], 2, &[5], 2, cos, |_, _| 1.0);
-    let t = inoc::specificity_table(&df, "pre_assistant", "neutral", "inoculation").unwrap();
+    let t = interp_kit::eval::analysis::specificity_table(&df, "pre_assistant", "neutral", "inoculation").unwrap();
     let (l, d, v) = (column_f64(&t, "layer").unwrap(), column_str(&t, "direction").unwrap(), column_f64(&t, "delta").unwrap());
     assert_eq!(d, ["trait", "random_0", "random_1", "trait", "random_0", "random_1"]);
     assert_eq!(l, [5.0, 5.0, 5.0, -1.0, -1.0, -1.0]);
     for (got, want) in v.iter().zip([-0.3, -0.1, 0.2, -0.3, -0.1, 0.2]) {
         assert!((got - want).abs() < 1e-12, "{v:?}");
     }
-    let s = inoc::specificity_summary(&t).unwrap();
+    let s = interp_kit::eval::analysis::specificity_summary(&t).unwrap();
     let g = |c: &str| column_f64(&s, c).unwrap()[0];
     assert!((g("trait_delta") + 0.3).abs() < 1e-12);
     assert!((g("random_mean") - 0.05).abs() < 1e-12);
@@ -334,7 +335,7 @@ fn heldout_check_and_drift_summaries_by_hand() {
         .unwrap()
     };
     let proj = mk("base", "base", -1, [1.0, 2.0]).vstack(&mk("neutral_s0", "neutral", 0, [3.0, 5.0])).unwrap().vstack(&mk("inoculation_s0", "inoculation", 0, [1.5, 2.5])).unwrap();
-    let p = inoc::drift_projection_summary(&proj, &boot()).unwrap();
+    let p = interp_kit::eval::analysis::drift_projection_summary(&proj, &Default::default(), &boot()).unwrap();
     assert_eq!(column_str(&p, "model").unwrap(), ["inoculation_s0", "neutral_s0"]);
     assert_eq!(column_f64(&p, "shift_vs_base").unwrap(), [0.5, 2.5]);
     let dn = column_f64(&p, "diff_vs_neutral").unwrap();
@@ -395,9 +396,9 @@ fn adapters_are_saved_atomically_and_reload() {
     let _ = std::fs::remove_dir_all(&dir);
     let target = dir.join("adapters/neutral_s0");
     let a = LoraAdapter::new(&m, &LoraConfig::qv(2, 4.0).with_seed(1)).unwrap();
-    inoc::save_adapter_atomic(&a, &target).unwrap();
+    a.save_atomic(&target).unwrap();
     let b = LoraAdapter::new(&m, &LoraConfig::qv(2, 4.0).with_seed(2)).unwrap();
-    inoc::save_adapter_atomic(&b, &target).unwrap(); // replaces the first
+    b.save_atomic(&target).unwrap(); // replaces the first
     let entries: Vec<String> = std::fs::read_dir(dir.join("adapters")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert_eq!(entries, ["neutral_s0"], "no temporary directory is left behind");
     let back = LoraAdapter::load(&target, &m).unwrap();
@@ -409,8 +410,8 @@ fn adapters_are_saved_atomically_and_reload() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn short_dataset() -> interp_kit::caps_data::CapsDataset {
-    use interp_kit::caps_data::{CapsDataConfig, CapsDataset, DirectionPrompt, WordProblem};
+fn short_dataset() -> interp_kit::studies::inoculation_caps::data::CapsDataset {
+    use interp_kit::studies::inoculation_caps::data::{CapsDataConfig, CapsDataset, DirectionPrompt, WordProblem};
     let wp = |i: usize| WordProblem {
         id: format!("train-{i:04}"),
         template: "t".into(),

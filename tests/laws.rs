@@ -236,7 +236,7 @@ fn kv_cache_retain_rows_keeps_each_rows_logits() {
 fn compacted_generation_equals_uncompacted() {
     let m = tiny("qwen2");
     let ps = vec![prompts()[0].clone(), prompts()[1].clone(), vec![4, 8, 15, 16, 23, 42]];
-    let v = interp_kit::directions::random(m.d_model(), 5).unwrap();
+    let v = interp_kit::interp::directions::random(m.d_model(), 5).unwrap();
     let hooks = Intervention::add(&v, 2.0).at(HookPoint::resid_post(1)).hooks(&m).unwrap();
     let free = GenerateConfig { stop_at_eos: false, ..GenerateConfig::sampled(12, 1.0, 0.9, 3) };
     let long = m.generate(&ps, &free, &hooks).unwrap();

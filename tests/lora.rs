@@ -6,6 +6,12 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{fixture_dir, rel_err, tiny};
 use interp_kit::prelude::*;
+use interp_kit::lora::LoraTrainer;
+use interp_kit::lora::Schedule;
+use interp_kit::lora::StepInfo;
+use interp_kit::lora::eval_loss;
+use interp_kit::lora::lora_grad;
+use interp_kit::lora::train_lora_with;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -550,11 +556,11 @@ fn chat_examples_target_assistant_tokens() {
     assert!(!text.contains("What is"), "{text:?}");
     assert!(ex.targets.windows(2).all(|w| w[1] == w[0] + 1), "one contiguous span");
     // Two assistant turns: both are targets; the user turns are not.
-    let chat = interp_kit::chat::Chat::new().user("a?").assistant("ALPHA").user("b?").assistant("BETA");
+    let chat = interp_kit::text::chat::Chat::new().user("a?").assistant("ALPHA").user("b?").assistant("BETA");
     let ex = TrainExample::from_chat(&tok, &chat).unwrap();
     let text = tok.decode(&ex.targets.iter().map(|&i| ex.ids[i]).collect::<Vec<_>>(), false).unwrap();
     assert!(text.contains("ALPHA<|im_end|>") && text.ends_with("BETA<|im_end|>") && !text.contains("b?"), "{text:?}");
-    let e = err_of(TrainExample::from_chat(&tok, &interp_kit::chat::Chat::new().user("hi")));
+    let e = err_of(TrainExample::from_chat(&tok, &interp_kit::text::chat::Chat::new().user("hi")));
     assert!(e.contains("no assistant tokens"), "{e}");
 }
 

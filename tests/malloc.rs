@@ -1,9 +1,9 @@
-//! `interp_kit::malloc::tune` puts glibc's settings in force: a 16 MiB buffer (over glibc's
+//! `interp_kit::base::malloc::tune` puts glibc's settings in force: a 16 MiB buffer (over glibc's
 //! default 128 KiB mmap threshold) comes from the heap and stays there when freed, and a 40 MiB
 //! one (over the fixed 32 MiB threshold) is still mmapped. Its own test binary: one process, no
 //! other test allocating in between.
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
-use interp_kit::malloc::{tune, Malloc, GLIBC_ENV};
+use interp_kit::base::malloc::{tune, Malloc, GLIBC_ENV};
 
 fn mmapped_chunks() -> usize {
     unsafe { libc::mallinfo2() }.hblks

@@ -1,7 +1,8 @@
 //! Figures: PNGs decode at the requested size with the expected colours, SVGs carry the text,
 //! bad data is refused with a message naming it, and saving is atomic.
 use base64::Engine;
-use interp_kit::plots::*;
+use interp_kit::tables::Matrix;
+use interp_kit::viz::plots::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::RGBColor;
 

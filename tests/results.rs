@@ -1,8 +1,11 @@
 //! Run directories, manifests, atomic writes, the resumable sweep, table helpers and reports.
-use interp_kit::reports::{escape_cell, escape_inline, fence_for, Markdown};
-use interp_kit::results::io::TEMP_PREFIX;
-use interp_kit::results::provenance::{sha256_cache_path, sha256_file_cached, GitInfo};
-use interp_kit::results::*;
+use interp_kit::base::io::*;
+use interp_kit::tables::markdown::{escape_cell, escape_inline, fence_for};
+use interp_kit::tables::*;
+use interp_kit::viz::reports::Markdown;
+use interp_kit::base::io::TEMP_PREFIX;
+use interp_kit::runs::provenance::{sha256_cache_path, sha256_file_cached, GitInfo};
+use interp_kit::runs::*;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

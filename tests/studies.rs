@@ -1,10 +1,10 @@
-//! The steering-reliability study layer (`interp_kit::studies::steering`): rates, operating points
+//! The steering-reliability study layer (`interp_kit::studies::steering_reliability`): rates, operating points
 //! and the Pareto flag against hand-computed values, the results round trip, and an end-to-end
 //! sweep on the tiny GPT-NeoX fixture (a non-Qwen model through the whole study) that is
 //! interrupted and resumed.
-use interp_kit::config::Mode;
-use interp_kit::results::RunDir;
-use interp_kit::studies::steering::*;
+use interp_kit::runs::config::Mode;
+use interp_kit::runs::RunDir;
+use interp_kit::studies::steering_reliability::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -149,13 +149,13 @@ fn tiny_neox_study_sweeps_and_resumes_after_a_lost_cell() {
     assert_eq!(study.plan.layers, vec![0, 1]);
     let tmp = tempfile::tempdir().unwrap();
     let run = study_run_dir(&study, tmp.path(), "t").unwrap();
-    let dirs = study.directions(false).unwrap();
+    let dirs = study.directions(PrefixSet::Main).unwrap();
     assert_eq!(dirs.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
     save_directions(&study, &run, &dirs, "directions").unwrap();
     for f in ["layer_0.safetensors", "layer_1.safetensors", "control_vector.gguf"] {
         assert!(run.path().join("directions").join(f).is_file(), "{f}");
     }
-    let cv = interp_kit::directions::ControlVector::import_gguf(run.path().join("directions/control_vector.gguf")).unwrap();
+    let cv = interp_kit::interp::directions::ControlVector::import_gguf(run.path().join("directions/control_vector.gguf")).unwrap();
     assert_eq!(cv.directions.len(), 1, "block 0 has no llama.cpp control vector");
 
     let df = study.run_sweep(&run, &dirs).unwrap();

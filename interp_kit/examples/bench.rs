@@ -11,8 +11,9 @@
 //!         [--only forward,decode,grad,lora,study] [--study-ids ids.json]
 //!         (default: all; load is always measured)
 use anyhow::{Context, Result};
-use interp_kit::directions::PromptFormat;
+use interp_kit::interp::directions::PromptFormat;
 use interp_kit::prelude::*;
+use interp_kit::lora::{LoraTrainer, Schedule};
 use std::time::Instant;
 
 fn peak_rss_mib() -> f64 {
@@ -108,8 +109,8 @@ fn main() -> Result<()> {
         // As the study reads and encodes its prompts (chat, the template's default system prompt).
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/steering_reliability/harm_test.jsonl");
         let texts: Vec<String> =
-            interp_kit::data::read_jsonl(&path)?.into_iter().take(STUDY_BATCH).map(|r| r.prompt).collect();
-        let prompts: Vec<Vec<u32>> = interp_kit::directions::PromptIds::encode_all(&model, &texts, &PromptFormat::chat())?
+            interp_kit::text::records::read_jsonl(&path)?.into_iter().take(STUDY_BATCH).map(|r| r.prompt).collect();
+        let prompts: Vec<Vec<u32>> = interp_kit::interp::directions::PromptIds::encode_all(&model, &texts, &PromptFormat::chat())?
             .into_iter()
             .map(|p| p.ids)
             .collect();

@@ -9,7 +9,7 @@
 //! `--exact` runs with dequantized f32 weights (as transformers runs a GGUF).
 use anyhow::{Context, Result};
 use candle_core::IndexOp;
-use interp_kit::chat::Chat;
+use interp_kit::text::chat::Chat;
 use interp_kit::prelude::*;
 
 fn main() -> Result<()> {

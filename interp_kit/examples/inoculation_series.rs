@@ -6,7 +6,8 @@
 //! `last_phase` (1-7, default 7) stops after that notebook's work. Every phase resumes from the
 //! run directory's artifacts.
 use interp_kit::prelude::*;
-use interp_kit::studies::inoculation::{self as inoc, Inoculation};
+use interp_kit::tables::group_mean;
+use interp_kit::studies::inoculation_caps::{self as inoc, Inoculation};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -45,9 +46,9 @@ fn main() -> anyhow::Result<()> {
     if last < 5 {
         return Ok(());
     }
-    let spec = inoc::specificity_table(&al, "pre_assistant", "neutral", "inoculation")?;
+    let spec = interp_kit::eval::analysis::specificity_table(&al, "pre_assistant", "neutral", "inoculation")?;
     study.run.write_parquet("specificity.parquet", &spec)?;
-    let ssum = inoc::specificity_summary(&spec)?;
+    let ssum = interp_kit::eval::analysis::specificity_summary(&spec)?;
     study.run.write_csv("specificity.csv", &ssum)?;
     println!("{}", pretty(&ssum).digits(4));
     stamp("05 specificity");
@@ -57,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     let training = study.finetune()?;
     println!("{}", pretty(&group_mean(&training, &["condition", "seed", "step"], &["train_loss", "log_loss", "align"])?).digits(4).max_rows(80));
     let (proj, gens) = study.drift()?;
-    println!("{}", pretty(&inoc::drift_projection_summary(&proj, &boot)?).digits(4).max_rows(80));
+    println!("{}", pretty(&interp_kit::eval::analysis::drift_projection_summary(&proj, &Default::default(), &boot)?).digits(4).max_rows(80));
     println!("{}", pretty(&inoc::drift_caps_summary(&gens, &boot)?).digits(4));
     stamp("06 fine-tunes and drift");
     if last < 7 {

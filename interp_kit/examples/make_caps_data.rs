@@ -7,7 +7,7 @@
 //!
 //! OUT_DIR defaults to `datasets/inoculation_caps` under the repository root.
 use anyhow::{Context, Result};
-use interp_kit::caps_data::{generate, CapsDataConfig};
+use interp_kit::studies::inoculation_caps::data::{generate, CapsDataConfig};
 use std::path::PathBuf;
 
 fn main() -> Result<()> {

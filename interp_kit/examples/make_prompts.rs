@@ -8,7 +8,9 @@
 //! The first form writes `harm_train.jsonl`, `harm_test.jsonl`, `benign.jsonl` and `README.md`
 //! (seed and counts) into `--out_dir`; the same arguments always give the same bytes.
 use anyhow::{bail, Context, Result};
-use interp_kit::data::{generate_split, generator_readme, ingest, write_atomic, write_jsonl, Split};
+use interp_kit::base::io::write_atomic;
+use interp_kit::studies::steering_reliability::data::{generate_split, generator_readme, Split};
+use interp_kit::text::records::{ingest, write_jsonl};
 use std::path::PathBuf;
 
 fn main() -> Result<()> {

@@ -1,6 +1,7 @@
 //! Render one figure of each kind into a directory, to look at them: 
 //! `cargo run -p interp_kit --example plot_gallery -- /tmp/gallery` (PNG and SVG per figure).
-use interp_kit::plots::*;
+use interp_kit::tables::Matrix;
+use interp_kit::viz::plots::*;
 
 fn main() -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "gallery".into()));

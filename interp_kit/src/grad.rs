@@ -1,10 +1,16 @@
-//! Gradients of a teacher-forced loss with respect to the residual stream.
+//! Teacher-forced examples and losses, and their gradients with respect to the residual stream.
+//!
+//! [`TrainExample`] is the kit's one teacher-forced example type (token ids plus the indices whose
+//! ids the loss predicts): LoRA training, gradient alignment and loss evaluation all take it.
 //!
 //! `dL/dh` at a hook point is read by adding a zero `Var` to the activation there (candle keeps
 //! gradients only for `Var`s). Base weights are frozen: no weight gradient is computed.
 use crate::hooks::{ActivationCache, HookPoint, Hooks, Positions};
-use crate::model::forward::FwdCtx;
+use crate::model::forward::{FwdCtx, Pass};
 use crate::model::Model;
+use crate::text::chat::{Chat, RenderedChat, Role};
+use crate::text::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
 use anyhow::{ensure, Context, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
@@ -151,7 +157,7 @@ impl Model {
         self.check_kit_copy()?;
         let (ids, pad) = self.pad_batch(prompts)?;
         let (b, t) = ids.dims2()?;
-        let (h, ctx) = self.run(&ids, pad.clone(), None, hooks, points, true)?;
+        let (h, ctx) = self.run(&ids, pad.clone(), None, hooks, Pass::Gradient { taps: points })?;
         // Rows of the flattened [B*T, d] hidden state that predict each target.
         let mut src = vec![];
         let mut tgt = vec![];
@@ -225,3 +231,63 @@ impl Model {
         })
     }
 }
+
+/// One training sequence and the tokens its loss predicts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainExample {
+    pub ids: Vec<u32>,
+    /// Token indices (`1..ids.len()`, increasing) whose ids the loss predicts, each from the
+    /// previous position (the convention of [`Loss::Tokens`]).
+    pub targets: Vec<usize>,
+}
+
+impl TrainExample {
+    /// Checks that targets are in `1..ids.len()`, increasing, and not empty.
+    pub fn new(ids: Vec<u32>, targets: Vec<usize>) -> Result<Self> {
+        ensure!(!targets.is_empty(), "training example without target tokens");
+        ensure!(targets.windows(2).all(|w| w[0] < w[1]), "training example: targets must be increasing");
+        let n = ids.len();
+        for &t in &targets {
+            ensure!(t >= 1 && t < n, "training example: target token {t} must be in 1..{n}");
+        }
+        Ok(Self { ids, targets })
+    }
+    /// `prompt ++ completion` with the loss on the completion tokens.
+    pub fn prompt_completion(prompt: &[u32], completion: &[u32]) -> Result<Self> {
+        ensure!(!prompt.is_empty(), "training example: empty prompt");
+        let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+        Self::new(ids, (prompt.len()..prompt.len() + completion.len()).collect())
+    }
+    /// A rendered chat with the loss on every assistant message's content tokens, each followed
+    /// by its end-of-turn token when that token is one of `end_of_turn` (e.g. `tok.eos_ids()`:
+    /// Qwen's `<|im_end|>`), as TRL's assistant-only loss does.
+    pub fn from_rendered(r: &RenderedChat, end_of_turn: &[u32]) -> Result<Self> {
+        let mut targets = vec![];
+        for m in r.messages.iter().filter(|m| m.role == Role::Assistant) {
+            targets.extend(m.tokens.clone());
+            if m.tokens.end < r.ids.len() && end_of_turn.contains(&r.ids[m.tokens.end]) {
+                targets.push(m.tokens.end);
+            }
+        }
+        ensure!(!targets.is_empty(), "the chat has no assistant tokens to train on");
+        targets.sort_unstable();
+        targets.dedup();
+        Self::new(r.ids.clone(), targets)
+    }
+    /// `chat` rendered with the model's template (no generation prompt), loss on the assistant
+    /// messages and their end-of-turn tokens (see [`TrainExample::from_rendered`]).
+    pub fn from_chat(tok: &Tokenizer, chat: &Chat) -> Result<Self> {
+        let r = tok.render_chat(chat, false)?;
+        Self::from_rendered(&r, tok.eos_ids())
+    }
+    /// One (system prompt condition, user, assistant) example. `system: None` sends no system
+    /// message (the template may insert its default one); `Some("")` an empty one.
+    pub fn qa(tok: &Tokenizer, system: Option<&str>, user: &str, assistant: &str) -> Result<Self> {
+        let mut chat = Chat::new();
+        if let Some(s) = system {
+            chat = chat.system(s);
+        }
+        Self::from_chat(tok, &chat.user(user).assistant(assistant))
+    }
+}
+

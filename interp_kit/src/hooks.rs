@@ -12,7 +12,6 @@
 //! assert_eq!("blocks.3.hook_resid_post".parse::<HookPoint>().unwrap(), hp);
 //! assert_eq!(HookPoint::ln_final().to_string(), "ln_final.hook_normalized");
 //! ```
-use crate::lora::LoraAdapter;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
@@ -268,10 +267,26 @@ pub struct Hooks<'a> {
     pub(crate) lora: Vec<LoraUse<'a>>,
 }
 
+/// A weight-space patch that a call's linear layers add to their outputs: LoRA
+/// ([`crate::lora::LoraAdapter`]) is the kit's. It is a trait at this level so that a hook set can
+/// carry an adapter while the runtime (hooks, model, forward) knows nothing of LoRA or training.
+pub trait Adapter: Sync {
+    /// Whether the adapter patches the linear layer `module` (`model.layers.{l}.self_attn.q_proj`, ...).
+    fn targets(&self, module: &str) -> bool;
+    /// `Δy` for the input `x` (`[.., in]`, f32 or f64) of a module it [`targets`](Adapter::targets).
+    fn delta(&self, module: &str, x: &Tensor) -> Result<Tensor>;
+    /// Dropout probability on the adapter's input in training mode (0 for none).
+    fn dropout(&self) -> f64 {
+        0.0
+    }
+    /// `(module, (in, out))` for every module the adapter targets, checked against the model.
+    fn module_dims(&self) -> Result<Vec<(String, (usize, usize))>>;
+}
+
 /// An adapter applied during one call; `dropout_seed` is `Some` in training mode.
 #[derive(Clone, Copy)]
 pub(crate) struct LoraUse<'a> {
-    pub(crate) adapter: &'a LoraAdapter,
+    pub(crate) adapter: &'a dyn Adapter,
     pub(crate) dropout_seed: Option<u64>,
 }
 
@@ -307,14 +322,14 @@ impl<'a> Hooks<'a> {
     /// and the adapter acts only in the call this hook set is passed to (forward, generate,
     /// grad, prefill, extend, decode). Several adapters add their deltas. Gradients reach the
     /// adapter's `A`/`B` (candle `Var`s) on the gradient path.
-    pub fn lora(mut self, adapter: &'a LoraAdapter) -> Self {
+    pub fn lora(mut self, adapter: &'a dyn Adapter) -> Self {
         self.lora.push(LoraUse { adapter, dropout_seed: None });
         self
     }
     /// Like [`Hooks::lora`] in training mode: the adapter's dropout (if > 0) is applied to the
     /// input of its `A`, with masks drawn from `seed` (the same seed, inputs and call give the
     /// same masks; each targeted module draws its own mask).
-    pub fn lora_train(mut self, adapter: &'a LoraAdapter, seed: u64) -> Self {
+    pub fn lora_train(mut self, adapter: &'a dyn Adapter, seed: u64) -> Self {
         self.lora.push(LoraUse { adapter, dropout_seed: Some(seed) });
         self
     }

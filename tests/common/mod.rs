@@ -42,7 +42,7 @@ pub fn byte_chat_dir() -> PathBuf {
 /// named positions resolve on it.
 pub fn tiny_chat(arch: &str) -> Model {
     let mut m = tiny(arch);
-    m.tokenizer = Some(interp_kit::tokenizer::Tokenizer::from_hf_dir(&byte_chat_dir()).expect("load byte_chat tokenizer"));
+    m.tokenizer = Some(interp_kit::text::tokenizer::Tokenizer::from_hf_dir(&byte_chat_dir()).expect("load byte_chat tokenizer"));
     m
 }
 
@@ -71,7 +71,7 @@ pub fn check_tokenizer_cases(m: &Model, cases_dir: &std::path::Path, label: &str
         Some(chats) => {
             let bos = tok.bos_id().expect("llama-3 tokenizer has a BOS");
             for c in chats {
-                let mut chat = interp_kit::chat::Chat::new();
+                let mut chat = interp_kit::text::chat::Chat::new();
                 for msg in c["messages"].as_array().unwrap() {
                     chat = chat.push(msg["role"].as_str().unwrap().parse().unwrap(), msg["content"].as_str().unwrap());
                 }
@@ -83,7 +83,7 @@ pub fn check_tokenizer_cases(m: &Model, cases_dir: &std::path::Path, label: &str
         }
         None => {
             assert_eq!(tok.bos_id(), None, "{label}: base-model tokenizer adds no BOS");
-            let e = tok.render_chat(&interp_kit::chat::Chat::new().user("hi"), true).err().expect("no chat template");
+            let e = tok.render_chat(&interp_kit::text::chat::Chat::new().user("hi"), true).err().expect("no chat template");
             let e = format!("{e:#}");
             assert!(e.contains("no chat template") && e.contains("encode_prompt"), "{label}: {e}");
         }

@@ -3,7 +3,7 @@ use super::layers::Rope;
 use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{rngs::StdRng, SeedableRng};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,21 +39,50 @@ pub struct FwdCtx<'a> {
     lora_rngs: RefCell<Vec<Option<StdRng>>>,
 }
 
+/// Which kind of pass a call is: inference (fused kernels, quantized matmuls, no graph) or a
+/// gradient pass whose `dL/dh` is read at `taps` (differentiable ops only).
+#[derive(Clone, Copy, Debug)]
+pub enum Pass<'p> {
+    Inference,
+    Gradient { taps: &'p [HookPoint] },
+}
+
+impl Pass<'_> {
+    pub fn is_gradient(&self) -> bool {
+        matches!(self, Pass::Gradient { .. })
+    }
+    pub fn taps(&self) -> &[HookPoint] {
+        match self {
+            Pass::Inference => &[],
+            Pass::Gradient { taps } => taps,
+        }
+    }
+}
+
+/// What [`FwdCtx::new`] needs to know about a call.
+pub struct CallSpec<'a, 'p> {
+    /// The model's rotary tables (`None` for learned absolute positions).
+    pub rope: Option<&'a Rope>,
+    pub hooks: &'a Hooks<'a>,
+    pub pass: Pass<'p>,
+    /// Dense weights on the inference path (exact f32 instead of quantized matmuls).
+    pub dense: bool,
+    /// Append this call's K/V to a cache the caller holds.
+    pub keep_kv: bool,
+    /// Left padding per row (in cache columns).
+    pub pad: Vec<usize>,
+    /// Columns already in the cache, and columns this call adds.
+    pub past_cols: usize,
+    pub new_cols: usize,
+    pub device: &'a Device,
+    pub dtype: DType,
+}
+
 impl<'a> FwdCtx<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        rope: Option<&'a Rope>,
-        hooks: &'a Hooks<'a>,
-        grad_points: &[HookPoint],
-        grad: bool,
-        dense: bool,
-        keep_kv: bool,
-        pad: Vec<usize>,
-        past_cols: usize,
-        new_cols: usize,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn new(spec: CallSpec<'a, '_>) -> Result<Self> {
+        let CallSpec { rope, hooks, pass, dense, keep_kv, pad, past_cols, new_cols, device, dtype } = spec;
+        let grad = pass.is_gradient();
+        let grad_points = pass.taps();
         let phase = if past_cols == 0 { Phase::Prefill } else { Phase::Decode };
         let b = pad.len();
         let mut token_index = Vec::with_capacity(b);
@@ -143,15 +172,17 @@ impl<'a> FwdCtx<'a> {
     /// ([`Hooks::lora_train`]).
     pub fn lora_delta(&self, name: &str, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
         for (i, u) in self.hooks.lora.iter().enumerate() {
-            let Some(m) = u.adapter.module(name) else { continue };
+            if !u.adapter.targets(name) {
+                continue;
+            }
             let mut xin = if x.dtype() == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
-            let p = u.adapter.config.dropout;
+            let p = u.adapter.dropout();
             if p > 0.0 {
                 if let Some(rng) = self.lora_rngs.borrow_mut()[i].as_mut() {
-                    xin = crate::lora::dropout(&xin, p, rng)?;
+                    xin = dropout(&xin, p, rng)?;
                 }
             }
-            let d = m.delta(&xin)?.to_dtype(y.dtype())?;
+            let d = u.adapter.delta(name, &xin)?.to_dtype(y.dtype())?;
             y = (y + d)?;
         }
         Ok(y)
@@ -217,3 +248,13 @@ pub(crate) fn gather_rows(x: &Tensor, sel: &[Vec<(usize, usize)>]) -> Result<(Ve
     }
     Ok((rows, idx))
 }
+
+/// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1/(1-p)`.
+fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> Result<Tensor> {
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+

@@ -9,6 +9,7 @@
 //! let h = out.activations.row(HookPoint::resid_post(3), 0)?; // [1, d_model]
 //! # anyhow::Ok(())
 //! ```
+mod arch;
 pub mod config;
 pub mod decoder;
 pub mod forward;
@@ -23,11 +24,11 @@ pub mod qwen2;
 pub mod qwen3;
 
 use crate::hooks::{ActivationCache, HookPoint, Hooks};
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use decoder::Block;
-use forward::FwdCtx;
+use forward::{CallSpec, FwdCtx, Pass};
 use layers::{Linear, Norm, Rope, Weight};
 use load::{GgufWeights, Layout, SafetensorsWeights, Weights};
 use std::path::{Path, PathBuf};
@@ -230,12 +231,6 @@ impl Source {
     }
 }
 
-/// Architectures this build knows (HF `model_type`), for error messages.
-pub const ARCHITECTURES: &[&str] = &["qwen2", "qwen3", "llama", "gemma2", "gpt_neox", "gpt2"];
-
-/// The same, as llama.cpp names them in GGUF `general.architecture`.
-pub const GGUF_ARCHITECTURES: &[&str] = &["qwen2", "qwen3", "llama", "gemma2", "gptneox", "gpt2"];
-
 /// The rope tables cover the configured context, capped to keep memory small.
 pub(crate) const ROPE_MAX_POSITIONS: usize = 1 << 16;
 
@@ -357,7 +352,7 @@ impl Model {
 
     /// Loads from a path (GGUF file or HF directory) or a hub id; see [`Source::parse`].
     pub fn load(source: &str, device: &Device) -> Result<Self> {
-        let dtype = crate::device::default_dtype(device);
+        let dtype = crate::base::device::default_dtype(device);
         match Source::parse(source) {
             Source::HfDir(d) => Self::from_hf_dir(&d, device, dtype),
             Source::Gguf(p) => {
@@ -371,8 +366,8 @@ impl Model {
     /// The embedded default model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M), fetched by
     /// `scripts/fetch_model.sh`.
     pub fn embedded(device: &Device) -> Result<Self> {
-        let p = crate::embedded_model_path()?;
-        Self::from_gguf(&p, device, crate::device::default_dtype(device))
+        let p = crate::base::embedded_model_path()?;
+        Self::from_gguf(&p, device, crate::base::device::default_dtype(device))
     }
 
     /// An HF directory: `config.json`, `model.safetensors` (or sharded), tokenizer files.
@@ -381,33 +376,10 @@ impl Model {
         let txt = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
         let v: serde_json::Value =
             serde_json::from_str(&txt).with_context(|| format!("parsing {}", cfg_path.display()))?;
-        let arch = v["model_type"].as_str().unwrap_or("").to_string();
-        ensure!(
-            ARCHITECTURES.contains(&arch.as_str()),
-            "{}: unknown architecture (model_type) {arch:?}; this build supports {ARCHITECTURES:?}",
-            cfg_path.display()
-        );
+        let arch = v["model_type"].as_str().unwrap_or("");
+        let family = arch::by_hf(arch).with_context(|| cfg_path.display().to_string())?;
         let w = SafetensorsWeights::from_dir(dir, device, dtype)?;
-        let parse = |e: serde_json::Error| anyhow::anyhow!("{}: {e}", cfg_path.display());
-        let cfg_err = || format!("{}", cfg_path.display());
-        let parts = match arch.as_str() {
-            "qwen2" => llama_parts(&arch, &serde_json::from_value::<qwen2::Config>(v.clone()).map_err(parse)?.spec(), &w, device, dtype)?,
-            "qwen3" => llama_parts(&arch, &serde_json::from_value::<qwen3::Config>(v.clone()).map_err(parse)?.spec(), &w, device, dtype)?,
-            "llama" => {
-                let spec = serde_json::from_value::<llama::Config>(v.clone()).map_err(parse)?.spec().with_context(cfg_err)?;
-                llama_parts(&arch, &spec, &w, device, dtype)?
-            }
-            "gemma2" => {
-                let spec = serde_json::from_value::<gemma2::Config>(v.clone()).map_err(parse)?.spec().with_context(cfg_err)?;
-                llama_parts(&arch, &spec, &w, device, dtype)?
-            }
-            "gpt_neox" => serde_json::from_value::<gpt_neox::Config>(v.clone()).map_err(parse)?.parts(&w, device, dtype).with_context(cfg_err)?,
-            "gpt2" => serde_json::from_value::<gpt2::Config>(v.clone()).map_err(parse)?.parts(&w, device, dtype).with_context(cfg_err)?,
-            other => bail!(
-                "{}: unknown architecture (model_type) {other:?}; this build supports {ARCHITECTURES:?}",
-                cfg_path.display()
-            ),
-        };
+        let parts = (family.from_hf)(&v, &w, device, dtype).with_context(|| cfg_path.display().to_string())?;
         let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_hf_dir(dir)?) } else { None };
         let tokenizer_error = tokenizer.is_none().then(|| format!("{} has no tokenizer.json", dir.display()));
         Ok(Self::assemble(parts, tokenizer, tokenizer_error, device, dtype, dir.display().to_string()))
@@ -430,42 +402,8 @@ impl Model {
             .shape
             .dims()[0];
         let tied = !w.content.tensor_infos.contains_key("output.weight");
-        let ctx = || path.display().to_string();
-        let mut parts = match arch.as_str() {
-            "qwen2" => llama_parts(&arch, &qwen2::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(), &w, device, dtype)?,
-            "qwen3" => llama_parts(&arch, &qwen3::Config::from_gguf(md, vocab, tied).with_context(ctx)?.spec(), &w, device, dtype)?,
-            "llama" => {
-                let mut spec = llama::Config::from_gguf(md, vocab, tied).and_then(|c| c.spec()).with_context(ctx)?;
-                spec.qk_permuted = true;
-                if w.contains("rope_freqs.weight") {
-                    // Llama-3.1 rope scaling, as llama.cpp stores it: per-frequency divisors.
-                    let f: Vec<f32> = w.dense_f32("rope_freqs.weight")?.flatten_all()?.to_vec1()?;
-                    ensure!(
-                        f.len() == spec.rope_inv_freq.len(),
-                        "{}: rope_freqs.weight has {} entries, head_dim {} needs {}",
-                        path.display(),
-                        f.len(),
-                        spec.head_dim,
-                        spec.rope_inv_freq.len()
-                    );
-                    for (x, d) in spec.rope_inv_freq.iter_mut().zip(&f) {
-                        *x /= d;
-                    }
-                }
-                llama_parts(&arch, &spec, &w, device, dtype)?
-            }
-            "gemma2" => {
-                let mut spec = gemma2::Config::from_gguf(md, vocab, tied).and_then(|c| c.spec()).with_context(ctx)?;
-                spec.norm_plus_one = false; // the converter stored 1 + w
-                llama_parts(&arch, &spec, &w, device, dtype)?
-            }
-            "gptneox" => gpt_neox::Config::from_gguf(md, vocab, tied).with_context(ctx)?.parts(&w, device, dtype)?,
-            "gpt2" => gpt2::Config::from_gguf(md, vocab, tied).with_context(ctx)?.parts(&w, device, dtype)?,
-            other => bail!(
-                "{}: unknown GGUF architecture {other:?}; this build supports {GGUF_ARCHITECTURES:?}",
-                path.display()
-            ),
-        };
+        let family = arch::by_gguf(&arch).with_context(|| path.display().to_string())?;
+        let mut parts = (family.from_gguf)(md, vocab, tied, &w, device, dtype).with_context(|| path.display().to_string())?;
         parts.info.quantized = true;
         let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&w.content) {
             Ok(t) => (Some(t), None),
@@ -522,7 +460,7 @@ impl Model {
         dtype: DType,
         source: String,
     ) -> Self {
-        crate::malloc::tune();
+        crate::base::malloc::tune();
         let mut info = p.info;
         info.source = source;
         info.resid_mid = p.blocks.iter().all(|b| b.has_resid_mid());
@@ -572,6 +510,26 @@ impl Model {
         self.blocks.iter().enumerate().flat_map(|(l, b)| b.linears().into_iter().map(move |x| (l, x))).collect()
     }
 
+    /// Checks that every module an adapter targets exists in this model with the adapter's shapes.
+    pub fn check_adapter(&self, adapter: &dyn crate::hooks::Adapter) -> Result<()> {
+        let dims: std::collections::BTreeMap<&str, (usize, usize)> =
+            self.block_linears().into_iter().map(|(_, x)| (x.name.as_str(), (x.in_dim(), x.out_dim()))).collect();
+        for (name, got) in adapter.module_dims()? {
+            let want = dims
+                .get(name.as_str())
+                .with_context(|| format!("the LoRA adapter targets {name}, which this model does not have"))?;
+            ensure!(
+                got == *want,
+                "the LoRA adapter's {name} maps {} -> {} features, the model's layer {} -> {}",
+                got.0,
+                got.1,
+                want.0,
+                want.1
+            );
+        }
+        Ok(())
+    }
+
     /// Checks hook points against the model depth and architecture.
     pub fn check_points<'p>(&self, points: impl IntoIterator<Item = &'p HookPoint>) -> Result<()> {
         for p in points {
@@ -615,30 +573,29 @@ impl Model {
         pad: Vec<usize>,
         kv: Option<&mut KvCache>,
         hooks: &'a Hooks<'a>,
-        grad_points: &[HookPoint],
-        grad: bool,
+        pass: Pass<'_>,
     ) -> Result<(Tensor, FwdCtx<'a>)> {
         self.check_points(hooks.points().collect::<Vec<_>>().iter())?;
-        self.check_points(grad_points)?;
+        self.check_points(pass.taps())?;
+        let grad = pass.is_gradient();
         for u in &hooks.lora {
-            u.adapter.check_model(self)?;
+            self.check_adapter(u.adapter)?;
         }
         let (b, t) = ids.dims2()?;
         let past = kv.as_ref().map_or(0, |c| c.cols);
         let keep = kv.is_some();
-        let mut ctx = FwdCtx::new(
-            self.rope.as_ref(),
+        let mut ctx = FwdCtx::new(CallSpec {
+            rope: self.rope.as_ref(),
             hooks,
-            grad_points,
-            grad,
-            !self.quantized_inference,
-            keep,
+            pass,
+            dense: !self.quantized_inference,
+            keep_kv: keep,
             pad,
-            past,
-            t,
-            &self.device,
-            self.dtype,
-        )?;
+            past_cols: past,
+            new_cols: t,
+            device: &self.device,
+            dtype: self.dtype,
+        })?;
         let mut x = self.embed.weight.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
         if let Some(s) = self.embed.scale {
             // HF: the scale is a tensor cast to the weight dtype before the product.
@@ -694,7 +651,7 @@ impl Model {
     /// Like [`Model::forward`], choosing which logits to compute.
     pub fn forward_at(&self, prompts: &[Vec<u32>], hooks: &Hooks, at: LogitsAt) -> Result<Output> {
         let (ids, pad) = self.pad_batch(prompts)?;
-        let (h, ctx) = self.run(&ids, pad, None, hooks, &[], false)?;
+        let (h, ctx) = self.run(&ids, pad, None, hooks, Pass::Inference)?;
         self.finish(h, ctx, at)
     }
 
@@ -710,7 +667,7 @@ impl Model {
         ensure!(cache.layers.len() == self.blocks.len(), "KV cache was made for another model");
         let (ids, pad) = self.pad_batch(prompts)?;
         let t = ids.dim(1)?;
-        let (h, ctx) = self.run(&ids, pad.clone(), Some(cache), hooks, &[], false)?;
+        let (h, ctx) = self.run(&ids, pad.clone(), Some(cache), hooks, Pass::Inference)?;
         cache.pad = pad;
         cache.cols = t;
         self.finish(h, ctx, at)
@@ -734,7 +691,7 @@ impl Model {
         }
         let ids = Tensor::from_vec(flat, (tokens.len(), n), &self.device)?;
         let pad = cache.pad.clone();
-        let (h, ctx) = self.run(&ids, pad, Some(cache), hooks, &[], false)?;
+        let (h, ctx) = self.run(&ids, pad, Some(cache), hooks, Pass::Inference)?;
         cache.cols += n;
         self.finish(h, ctx, at)
     }

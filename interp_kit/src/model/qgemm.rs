@@ -271,7 +271,7 @@ mod tests {
 
     /// Seeded standard-normal `[n, k]` values (a failure reproduces).
     fn normal(n: usize, k: usize, seed: u64) -> Tensor {
-        let mut rng = crate::rng::Rng::new(seed);
+        let mut rng = crate::base::rng::Rng::new(seed);
         let v: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
         Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap()
     }

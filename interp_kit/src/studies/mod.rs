@@ -1,4 +1,4 @@
-//! Study orchestration: the steps of a research plan as kit functions, so that the notebooks stay
-//! thin (a params cell and calls). One module per study.
-pub mod inoculation;
-pub mod steering;
+//! One folder per study: its config type, data generators, pipeline steps and study tables, on top of
+//! the generic layers. Notebooks under `notebooks/<study>/` only set parameters and call these.
+pub mod inoculation_caps;
+pub mod steering_reliability;

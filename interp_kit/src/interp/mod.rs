@@ -1,0 +1,5 @@
+//! Interpretability on top of the model: directions (values, IO, extraction methods), steering
+//! interventions, and gradient alignment with a direction.
+pub mod alignment;
+pub mod directions;
+pub mod steer;

@@ -1,0 +1,1536 @@
+//! The ALL-CAPS inoculation study (plan `shared/seeds/000_*`, issue 6) as kit functions: the
+//! notebooks in `notebooks/inoculation_caps/` (01 data .. 07 plots) are a params cell and calls
+//! into this module. Every phase reads what earlier phases wrote in one run directory
+//! (`<output_root>/inoculation_caps/<run_id>[_ci]/`, with a manifest), never notebook state.
+//!
+//! Flow and artifacts (paths relative to the run directory):
+//! - 01 [`Inoculation::data_stats`] → `data_stats.csv`.
+//! - 02 [`Inoculation::extract_directions`] → `directions/layer_<l>.safetensors` (mean difference
+//!   promote − suppress at `pre_assistant`, raw), `directions/summary.csv`;
+//!   [`Inoculation::heldout_projections`] → `direction_heldout.parquet` (sanity check 1);
+//!   [`Inoculation::neutral_generation`] → `neutral_generation.parquet` (sanity check 2).
+//! - 03 [`Inoculation::alignment`] → `alignment.parquet` (resumable sweep over conditions:
+//!   neutral, inoculation and every control candidate; one row per example × condition × layer
+//!   × position × direction, see [`crate::interp::alignment::gradient_alignment`]).
+//! - 04 [`Inoculation::select_control`] → `loss_matched.json`, `loss_matched.csv`.
+//! - 05 [`specificity_table`] / [`specificity_summary`] → `specificity.parquet`, `specificity.csv`.
+//! - 06 [`Inoculation::finetune`] → `adapters/<condition>_s<seed>/` (PEFT format) and
+//!   `training.parquet` (loss and trait alignment on a fixed batch, logged during training);
+//!   [`Inoculation::drift`] → `drift_projections.parquet`, `drift_generations.parquet`.
+//! - 07 [`acceptance`] → `acceptance.json`; figures in `figures/`.
+//!
+//! Sign convention. The kit's table has `cos = cos(g, v̂)` with `g = dL/dh`. Training moves `h`
+//! along `-g`, so the alignment of the *update* with the trait direction is
+//! `align = cos(-g, v̂) = -cos`: positive when a gradient step on the ALL-CAPS data pushes the
+//! residual towards "caps" (`v` = promote − suppress). "Inoculation rotates gradients away from
+//! the trait" means `align` drops under the inoculation prompt; the acceptance criteria use
+//! `align`, tables carry both.
+use crate::interp::alignment::{
+    candidate_losses, drift_eval, gradient_alignment, select_loss_matched, AlignmentConfig, ChatExample, Condition, DriftConfig, TextMetric,
+    LossMatchedSelection,
+};
+use crate::studies::inoculation_caps::data::CapsDataset;
+use crate::text::chat::Position;
+use crate::runs::config::{LayerSpec, Mode, ModelCfg};
+use crate::interp::directions::{collect_activations, mean_diff, Direction, PromptFormat, PromptIds, ReadAt};
+use crate::generate::GenerateConfig;
+use crate::hooks::{HookPoint, Hooks};
+use crate::grad::TrainExample;
+use crate::lora::{train_lora, LoraAdapter, LoraConfig, StepInfo, TrainConfig};
+use crate::model::Model;
+use crate::viz::plots::{bar_chart, histogram, line_plot, scatter_plot, Bars, Figure, Series};
+use crate::runs::{CellKey, RunDir};
+use crate::tables::{column_f64, column_str, fresh};
+use crate::eval::analysis::{ci_or_nan, drift_projection_summary, mean, paired, per_example, specificity_summary, specificity_table, DriftLabels, Layers};
+use crate::eval::metrics::caps_fraction;
+use crate::eval::stats::{bootstrap_mean_ci, bootstrap_paired_ci, pearson, Bootstrap, Ci};
+use anyhow::{bail, ensure, Context, Result};
+use polars::prelude::{Column, DataFrame};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The study's name: its run directories live in `<output_root>/inoculation_caps/`.
+pub mod data;
+
+pub const STUDY: &str = "inoculation_caps";
+
+/// The behavioural drift measure of the ALL-CAPS plan: the share of capital letters in a generation.
+const CAPS: TextMetric = TextMetric { name: "caps_fraction", score: caps_fraction };
+
+// ------------------------------------------------------------------------------------------------
+// Configuration
+// ------------------------------------------------------------------------------------------------
+
+/// `[data]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDir {
+    /// The directory of `caps_data` files (`gsm_train.jsonl`, ...), relative to the config file.
+    pub dir: PathBuf,
+}
+
+/// A named system prompt (a control candidate).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPrompt {
+    pub name: String,
+    pub system: String,
+}
+
+/// `[prompts]`: the system prompts of the conditions and of direction extraction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompts {
+    /// Condition A (baseline) and the test-time system prompt of the drift evaluation.
+    pub neutral: String,
+    /// Condition B.
+    pub inoculation: String,
+    /// Direction extraction: the trait-promoting system prompt.
+    pub promote: String,
+    /// Direction extraction: the trait-suppressing system prompt.
+    pub suppress: String,
+    /// Appended to half of the user prompts of sanity check 2 (so that caps propensity varies
+    /// under the neutral system prompt).
+    pub ask_caps_suffix: String,
+    /// Condition C candidates (no mention of caps); the loss-matched one is chosen in phase 4.
+    pub candidates: Vec<NamedPrompt>,
+}
+
+/// `[modes.*].lora`: the fine-tunes of phase 5 (notebook 06).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSizes {
+    /// `qv`, `qkv`, `qkvo` or `all_linear`.
+    pub preset: String,
+    pub r: usize,
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    pub lr: f64,
+    pub max_steps: usize,
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Log the trait alignment on the fixed batch every this many optimizer steps (and before
+    /// the first step).
+    pub log_every: usize,
+    /// Calibration examples in the fixed logging batch.
+    pub n_log_examples: usize,
+    /// One fine-tune per condition and seed.
+    pub seeds: Vec<u64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The sizes of one mode (`[modes.ci]`, `[modes.fast]`, `[modes.full]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sizes {
+    /// Layer subset (block indices or depth fractions), read at `hook_resid_post`.
+    pub layers: Vec<LayerSpec>,
+    /// Direction-extraction prompts (`extract` split), each under promote and suppress.
+    pub n_direction: usize,
+    /// Held-out direction prompts for sanity check 1.
+    pub n_direction_heldout: usize,
+    /// Prompts generated under the neutral system prompt for sanity check 2.
+    pub n_neutral_gen: usize,
+    /// Calibration batch (training problems with ALL-CAPS answers) of phases 3-4.
+    pub n_calibration: usize,
+    /// Control candidates measured (the first n; 0 = all).
+    pub n_candidates: usize,
+    /// Random unit directions per layer (specificity control).
+    pub n_random: usize,
+    /// Gradient read at `pre_assistant`, `user_end` and the first `k_assistant` assistant tokens.
+    pub k_assistant: usize,
+    /// Sequences per forward/backward and prompts per generation batch.
+    pub batch_size: usize,
+    /// Training examples of each fine-tune (after the calibration ones in `gsm_train`).
+    pub n_train: usize,
+    pub lora: LoraSizes,
+    /// Held-out problems of the drift evaluation.
+    pub n_eval: usize,
+    pub max_new_tokens: usize,
+    /// `gen_avg(k)`: projection averaged over the first k generated tokens.
+    pub gen_k: usize,
+    /// Bootstrap resamples of every CI.
+    pub n_boot: usize,
+}
+
+/// `[modes]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modes {
+    pub ci: Sizes,
+    pub fast: Sizes,
+    pub full: Sizes,
+}
+
+/// `[run]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCfg {
+    /// Root of the run directories, relative to the config file.
+    pub output_root: PathBuf,
+    /// Run id; `ci` mode appends `_ci`.
+    pub run_id: String,
+    /// Seed of random directions and bootstraps.
+    pub seed: u64,
+}
+
+/// `configs/inoculation_caps.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InoculationConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    pub model: ModelCfg,
+    pub data: DataDir,
+    pub prompts: Prompts,
+    pub run: RunCfg,
+    pub modes: Modes,
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl InoculationConfig {
+    /// Parses TOML; `base_dir` resolves relative paths. Checks sizes and prompts.
+    pub fn from_toml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self> {
+        let mut cfg: InoculationConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.base_dir = base_dir.into();
+        for m in [Mode::Ci, Mode::Fast, Mode::Full] {
+            cfg.check_sizes(cfg.sizes_of(m)).with_context(|| format!("[modes.{}]", m.name()))?;
+        }
+        let p = &cfg.prompts;
+        for (what, s) in [("neutral", &p.neutral), ("inoculation", &p.inoculation), ("promote", &p.promote), ("suppress", &p.suppress)] {
+            ensure!(!s.trim().is_empty(), "prompts.{what} is empty");
+        }
+        ensure!(!p.candidates.is_empty(), "prompts.candidates is empty: give the control candidates");
+        let mut names = vec!["neutral".to_string(), "inoculation".to_string()];
+        for c in &p.candidates {
+            ensure!(!names.contains(&c.name), "prompts.candidates: the name {:?} is used twice (neutral and inoculation are taken)", c.name);
+            ensure!(!c.system.to_lowercase().contains("caps") && !c.system.to_lowercase().contains("capital"), "control candidate {:?} mentions caps", c.name);
+            names.push(c.name.clone());
+        }
+        cfg.model.check(&cfg.base_dir)?;
+        ensure!(cfg.path(&cfg.data.dir).is_dir(), "data.dir: {} is not a directory", cfg.path(&cfg.data.dir).display());
+        Ok(cfg)
+    }
+
+    /// Reads a config file; the mode is the file's unless `INTERP_KIT_STUDY_MODE` says otherwise
+    /// ([`Mode::from_env`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        let mut cfg = Self::from_toml(&text, base).with_context(|| format!("config {}", path.display()))?;
+        if let Some(m) = Mode::from_env()? {
+            cfg.mode = m;
+        }
+        Ok(cfg)
+    }
+
+    fn check_sizes(&self, s: &Sizes) -> Result<()> {
+        ensure!(!s.layers.is_empty(), "layers is empty");
+        for (what, n) in [
+            ("n_direction", s.n_direction),
+            ("n_direction_heldout", s.n_direction_heldout),
+            ("n_neutral_gen", s.n_neutral_gen),
+            ("n_calibration", s.n_calibration),
+            ("batch_size", s.batch_size),
+            ("n_train", s.n_train),
+            ("n_eval", s.n_eval),
+            ("max_new_tokens", s.max_new_tokens),
+            ("gen_k", s.gen_k),
+            ("n_boot", s.n_boot),
+            ("lora.r", s.lora.r),
+            ("lora.max_steps", s.lora.max_steps),
+            ("lora.batch_size", s.lora.batch_size),
+            ("lora.log_every", s.lora.log_every),
+            ("lora.n_log_examples", s.lora.n_log_examples),
+        ] {
+            ensure!(n > 0, "{what} must be at least 1");
+        }
+        ensure!(s.gen_k <= s.max_new_tokens, "gen_k ({}) must be <= max_new_tokens ({})", s.gen_k, s.max_new_tokens);
+        ensure!(s.lora.n_log_examples <= s.n_calibration, "lora.n_log_examples must be <= n_calibration (the logging batch is taken from it)");
+        ensure!(!s.lora.seeds.is_empty(), "lora.seeds is empty");
+        lora_config(&s.lora, 0)?;
+        Ok(())
+    }
+
+    /// The sizes of mode `m`.
+    pub fn sizes_of(&self, m: Mode) -> &Sizes {
+        match m {
+            Mode::Ci => &self.modes.ci,
+            Mode::Fast => &self.modes.fast,
+            Mode::Full => &self.modes.full,
+        }
+    }
+
+    /// The sizes of the current mode.
+    pub fn sizes(&self) -> &Sizes {
+        self.sizes_of(self.mode)
+    }
+
+    /// `p` resolved against the config's directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The run id: `run.run_id`, with `_ci` appended in `ci` mode.
+    pub fn run_id(&self) -> String {
+        self.mode.run_id(&self.run.run_id)
+    }
+
+    /// Condition A.
+    pub fn neutral(&self) -> Condition {
+        Condition::new("neutral", self.prompts.neutral.clone())
+    }
+
+    /// Condition B.
+    pub fn inoculation(&self) -> Condition {
+        Condition::new("inoculation", self.prompts.inoculation.clone())
+    }
+
+    /// The control candidates measured in this mode.
+    pub fn candidates(&self) -> Vec<Condition> {
+        let n = match self.sizes().n_candidates {
+            0 => self.prompts.candidates.len(),
+            n => n.min(self.prompts.candidates.len()),
+        };
+        self.prompts.candidates[..n].iter().map(|c| Condition::new(c.name.clone(), c.system.clone())).collect()
+    }
+
+    /// Neutral, inoculation, then the candidates: the conditions of phase 3.
+    pub fn all_conditions(&self) -> Vec<Condition> {
+        let mut v = vec![self.neutral(), self.inoculation()];
+        v.extend(self.candidates());
+        v
+    }
+}
+
+/// The LoRA configuration of `s` with seed `seed`.
+pub fn lora_config(s: &LoraSizes, seed: u64) -> Result<LoraConfig> {
+    let c = match s.preset.as_str() {
+        "qv" => LoraConfig::qv(s.r, s.alpha),
+        "qkv" => LoraConfig::qkv(s.r, s.alpha),
+        "qkvo" => LoraConfig::qkvo(s.r, s.alpha),
+        "all_linear" => LoraConfig::all_linear(s.r, s.alpha),
+        other => bail!("lora.preset {other:?}: expected qv, qkv, qkvo or all_linear"),
+    };
+    let c = c.with_dropout(s.dropout).with_seed(seed);
+    c.validate()?;
+    Ok(c)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The study
+// ------------------------------------------------------------------------------------------------
+
+/// An opened study: config (mode applied), model, data, resolved layers and the run directory.
+pub struct Inoculation {
+    pub cfg: InoculationConfig,
+    pub model: Model,
+    pub data: CapsDataset,
+    /// Block indices of the layer subset (resid_post).
+    pub layers: Vec<usize>,
+    pub run: RunDir,
+}
+
+impl Inoculation {
+    /// Loads the config (mode from `INTERP_KIT_STUDY_MODE` if set), the model and the data, and
+    /// opens (or creates) the run directory with its manifest.
+    pub fn open(config_path: impl AsRef<Path>) -> Result<Self> {
+        let cfg = InoculationConfig::load(config_path)?;
+        let model = cfg.model.load(&cfg.base_dir).context("loading the study's model")?;
+        Self::with_model(cfg, model)
+    }
+
+    /// [`Inoculation::open`] with a config and model at hand.
+    pub fn with_model(cfg: InoculationConfig, model: Model) -> Result<Self> {
+        let data = CapsDataset::load_dir(&cfg.path(&cfg.data.dir))?;
+        let mut layers = vec![];
+        for (i, l) in cfg.sizes().layers.iter().enumerate() {
+            let b = l.resolve(model.info.n_layers).with_context(|| format!("[modes.{}] layers[{i}] = {l}", cfg.mode.name()))?;
+            ensure!(!layers.contains(&b), "[modes.{}] layers[{i}] = {l} resolves to block {b} twice", cfg.mode.name());
+            layers.push(b);
+        }
+        let s = cfg.sizes();
+        ensure!(
+            s.n_calibration + s.n_train <= data.train.len(),
+            "n_calibration + n_train = {} but gsm_train has {} problems",
+            s.n_calibration + s.n_train,
+            data.train.len()
+        );
+        let mut b = RunDir::builder(cfg.path(&cfg.run.output_root), STUDY, &cfg.run_id())
+            .config(&cfg)?
+            .seeds(std::iter::once(cfg.run.seed).chain(s.lora.seeds.iter().copied()))
+            .device(&model.device);
+        b = if cfg.model.name == "embedded" {
+            b.model_file("embedded", crate::base::embedded_model_path()?)
+        } else {
+            b.model_file(&cfg.model.name, cfg.path(Path::new(&cfg.model.name)))
+        };
+        let run = b.open()?;
+        Ok(Inoculation { cfg, model, data, layers, run })
+    }
+
+    pub fn sizes(&self) -> &Sizes {
+        self.cfg.sizes()
+    }
+
+    /// `blocks.{l}.hook_resid_post` for the layer subset.
+    pub fn points(&self) -> Vec<HookPoint> {
+        self.layers.iter().map(|&l| HookPoint::resid_post(l)).collect()
+    }
+
+    fn boot(&self) -> Bootstrap {
+        Bootstrap::new(self.sizes().n_boot, 0.95, self.cfg.run.seed)
+    }
+
+    // -------------------------------------------------------------------------------- phase 1
+
+    /// Per file (and direction-prompt kind × split): rows, mean prompt / answer characters, and
+    /// the caps fraction of the normal and ALL-CAPS answers. Written to `data_stats.csv`.
+    pub fn data_stats(&self) -> Result<DataFrame> {
+        let mut rows: Vec<(String, Vec<(&str, &str, &str)>)> = vec![];
+        rows.push(("gsm_train".into(), self.data.train.iter().map(|p| (p.question.as_str(), p.answer.as_str(), p.answer_caps.as_str())).collect()));
+        rows.push(("gsm_heldout".into(), self.data.heldout.iter().map(|p| (p.question.as_str(), p.answer.as_str(), p.answer_caps.as_str())).collect()));
+        for kind in ["math", "general"] {
+            for split in ["extract", "heldout"] {
+                rows.push((
+                    format!("direction/{kind}/{split}"),
+                    self.data
+                        .direction
+                        .iter()
+                        .filter(|d| d.kind == kind && d.split == split)
+                        .map(|d| (d.prompt.as_str(), d.completion.as_str(), d.completion_caps.as_str()))
+                        .collect(),
+                ));
+            }
+        }
+        let mean = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let df = DataFrame::new_infer_height(vec![
+            Column::new("set".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
+            Column::new("n".into(), rows.iter().map(|r| r.1.len() as u32).collect::<Vec<_>>()),
+            Column::new("mean_prompt_chars".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| x.0.chars().count() as f64).collect())).collect::<Vec<_>>()),
+            Column::new("mean_answer_chars".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| x.1.chars().count() as f64).collect())).collect::<Vec<_>>()),
+            Column::new("caps_fraction_answer".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| crate::eval::metrics::caps_fraction(x.1)).collect())).collect::<Vec<_>>()),
+            Column::new("caps_fraction_answer_caps".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| crate::eval::metrics::caps_fraction(x.2)).collect())).collect::<Vec<_>>()),
+        ])?;
+        self.run.write_csv("data_stats.csv", &df)?;
+        Ok(df)
+    }
+
+    /// The first `n` training problems: id, question, answer, ALL-CAPS answer.
+    pub fn example_rows(&self, n: usize) -> Result<DataFrame> {
+        let t = &self.data.train[..n.min(self.data.train.len())];
+        Ok(DataFrame::new_infer_height(vec![
+            Column::new("id".into(), t.iter().map(|p| p.id.clone()).collect::<Vec<_>>()),
+            Column::new("question".into(), t.iter().map(|p| p.question.clone()).collect::<Vec<_>>()),
+            Column::new("answer".into(), t.iter().map(|p| p.answer.clone()).collect::<Vec<_>>()),
+            Column::new("answer_caps".into(), t.iter().map(|p| p.answer_caps.clone()).collect::<Vec<_>>()),
+        ])?)
+    }
+
+    /// The calibration batch: the first `n_calibration` training problems with ALL-CAPS answers.
+    pub fn calibration(&self) -> Vec<ChatExample> {
+        self.data.train[..self.sizes().n_calibration].iter().map(|p| ChatExample::new(p.id.clone(), p.question.clone(), p.answer_caps.clone())).collect()
+    }
+
+    /// The fine-tuning set: the `n_train` problems after the calibration ones, ALL-CAPS answers.
+    pub fn train_examples(&self) -> Vec<ChatExample> {
+        let s = self.sizes();
+        self.data.train[s.n_calibration..s.n_calibration + s.n_train]
+            .iter()
+            .map(|p| ChatExample::new(p.id.clone(), p.question.clone(), p.answer_caps.clone()))
+            .collect()
+    }
+
+    /// Held-out problems of the drift evaluation (their answers are not used).
+    pub fn eval_examples(&self) -> Vec<ChatExample> {
+        let n = self.sizes().n_eval.min(self.data.heldout.len());
+        self.data.heldout[..n].iter().map(|p| ChatExample::new(p.id.clone(), p.question.clone(), p.answer.clone())).collect()
+    }
+
+    // -------------------------------------------------------------------------------- phase 2
+
+    /// The first `n` direction prompts of `split`, math and general interleaved (so that any
+    /// prefix mixes both kinds): `(id, kind, prompt)`.
+    pub fn direction_prompts(&self, split: &str, n: usize) -> Vec<(String, String, String)> {
+        let of = |k: &str| self.data.direction.iter().filter(|d| d.split == split && d.kind == k).collect::<Vec<_>>();
+        let (m, g) = (of("math"), of("general"));
+        let mut out = vec![];
+        for i in 0..m.len().max(g.len()) {
+            for d in [m.get(i), g.get(i)].into_iter().flatten() {
+                if out.len() < n {
+                    out.push((d.id.clone(), d.kind.clone(), d.prompt.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Residuals at `pre_assistant` of `texts` under system prompt `system`, per point `[N, D]`.
+    fn acts(&self, texts: &[String], system: &str) -> Result<BTreeMap<HookPoint, candle_core::Tensor>> {
+        let fmt = PromptFormat::Chat { system: Some(system.to_string()) };
+        let prompts = PromptIds::encode_all(&self.model, texts, &fmt)?;
+        collect_activations(&self.model, &prompts, &self.points(), &ReadAt::Named(Position::PreAssistant), self.sizes().batch_size)
+    }
+
+    /// Phase 2: `v_trait(l) = E[h_l | promote] − E[h_l | suppress]` at `pre_assistant` over the
+    /// first `n_direction` extraction prompts, per layer; saved raw (not normalised) with its
+    /// hook point as `directions/layer_<l>.safetensors`. Returns (and writes to
+    /// `directions/summary.csv`) per layer: `layer, n, norm, mean_norm_promote, split_half_cos`
+    /// (cosine between the directions of the two halves of the prompts).
+    pub fn extract_directions(&self) -> Result<DataFrame> {
+        let prompts = self.direction_prompts("extract", self.sizes().n_direction);
+        ensure!(prompts.len() >= 2, "need at least 2 extraction prompts, have {}", prompts.len());
+        let texts: Vec<String> = prompts.iter().map(|p| p.2.clone()).collect();
+        let pos = self.acts(&texts, &self.cfg.prompts.promote)?;
+        let neg = self.acts(&texts, &self.cfg.prompts.suppress)?;
+        let (mut ls, mut ns, mut norms, mut hnorm, mut half) = (vec![], vec![], vec![], vec![], vec![]);
+        let n = texts.len();
+        for p in self.points() {
+            let (a, b) = (&pos[&p], &neg[&p]);
+            let mut d = mean_diff(a, b)?;
+            d.meta.hook = Some(p);
+            d = d.with_extra("promote", &self.cfg.prompts.promote).with_extra("suppress", &self.cfg.prompts.suppress).with_extra("position", "pre_assistant");
+            d.save(self.run.join(format!("directions/layer_{}.safetensors", p.layer))?)?;
+            let h = n / 2;
+            let d1 = mean_diff(&a.narrow(0, 0, h)?, &b.narrow(0, 0, h)?)?;
+            let d2 = mean_diff(&a.narrow(0, h, n - h)?, &b.narrow(0, h, n - h)?)?;
+            let hn: f32 = a.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar()?;
+            ls.push(p.layer as u32);
+            ns.push(n as u32);
+            norms.push(d.norm() as f64);
+            hnorm.push(hn as f64);
+            half.push(d1.cosine(&d2)? as f64);
+        }
+        let df = DataFrame::new_infer_height(vec![
+            Column::new("layer".into(), ls),
+            Column::new("n".into(), ns),
+            Column::new("norm".into(), norms),
+            Column::new("mean_resid_norm_promote".into(), hnorm),
+            Column::new("split_half_cos".into(), half),
+        ])?;
+        self.run.write_csv("directions/summary.csv", &df)?;
+        Ok(df)
+    }
+
+    /// The trait directions saved by [`Inoculation::extract_directions`], in layer order.
+    pub fn directions(&self) -> Result<Vec<Direction>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let p = self.run.join(format!("directions/layer_{l}.safetensors"))?;
+                ensure!(p.is_file(), "{} is missing: run notebook 02 (extract_directions) first", p.display());
+                let d = Direction::load(&p)?;
+                ensure!(d.meta.hook == Some(HookPoint::resid_post(*l)), "{}: hook point {:?}, expected layer {l} resid_post", p.display(), d.meta.hook);
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Sanity check 1 data: the held-out direction prompts under promote and under suppress,
+    /// projection of the `pre_assistant` residual onto the unit trait direction per layer.
+    /// Columns `example_id, kind, system, layer, projection`; written to
+    /// `direction_heldout.parquet`.
+    pub fn heldout_projections(&self) -> Result<DataFrame> {
+        let dirs = self.directions()?;
+        let prompts = self.direction_prompts("heldout", self.sizes().n_direction_heldout);
+        ensure!(!prompts.is_empty(), "no held-out direction prompts");
+        let texts: Vec<String> = prompts.iter().map(|p| p.2.clone()).collect();
+        let (mut ex, mut kind, mut sys, mut layer, mut proj) = (vec![], vec![], vec![], vec![], vec![]);
+        for (name, system) in [("promote", &self.cfg.prompts.promote), ("suppress", &self.cfg.prompts.suppress)] {
+            let acts = self.acts(&texts, system)?;
+            for (p, d) in self.points().iter().zip(&dirs) {
+                let v = d.normalized()?.vector;
+                let h: Vec<Vec<f32>> = acts[p].to_vec2()?;
+                for (i, row) in h.iter().enumerate() {
+                    ex.push(prompts[i].0.clone());
+                    kind.push(prompts[i].1.clone());
+                    sys.push(name.to_string());
+                    layer.push(p.layer as u32);
+                    proj.push(dot(row, &v));
+                }
+            }
+        }
+        let df = DataFrame::new_infer_height(vec![
+            Column::new("example_id".into(), ex),
+            Column::new("kind".into(), kind),
+            Column::new("system".into(), sys),
+            Column::new("layer".into(), layer),
+            Column::new("projection".into(), proj),
+        ])?;
+        self.run.write_parquet("direction_heldout.parquet", &df)?;
+        Ok(df)
+    }
+
+    /// Sanity check 2 data: held-out direction prompts (half of them, balanced over math and
+    /// general, with `ask_caps_suffix` appended, so that caps propensity varies) generated greedily under the
+    /// neutral system prompt: per prompt and layer, the projection at `prompt_last` (the
+    /// `pre_assistant` token of the generation prompt) and the caps fraction of the
+    /// generation. Columns `example_id, variant, layer, projection, caps_fraction, text`;
+    /// written to `neutral_generation.parquet`.
+    pub fn neutral_generation(&self) -> Result<DataFrame> {
+        let dirs = self.directions()?;
+        let s = self.sizes();
+        let prompts: Vec<(String, String, String)> = self
+            .direction_prompts("heldout", s.n_neutral_gen)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, _, prompt))| {
+                // i % 4 in {1, 2}: half of each kind (prompts alternate math / general).
+                if i % 4 == 1 || i % 4 == 2 {
+                    (id, "ask_caps".to_string(), format!("{prompt} {}", self.cfg.prompts.ask_caps_suffix))
+                } else {
+                    (id, "plain".to_string(), prompt)
+                }
+            })
+            .collect();
+        let exs: Vec<ChatExample> = prompts.iter().map(|p| ChatExample::new(p.0.clone(), p.2.clone(), "")).collect();
+        let dcfg = DriftConfig { k: 1, generate: GenerateConfig::greedy(s.max_new_tokens), batch_size: s.batch_size, text_metric: Some(CAPS) };
+        let out = drift_eval(&self.model, "base", &exs, &self.cfg.neutral(), &dirs, &dcfg, &Hooks::new())?;
+        let variant: BTreeMap<String, String> = prompts.iter().map(|p| (p.0.clone(), p.1.clone())).collect();
+        let g = &out.generations;
+        let gid = column_str(g, "example_id")?;
+        let gcaps = column_f64(g, "caps_fraction")?;
+        let gtext = column_str(g, "text")?;
+        let by_id: BTreeMap<&str, usize> = gid.iter().enumerate().map(|(i, e)| (e.as_str(), i)).collect();
+        let pr = &out.projections;
+        let (pid, ppos, player, pval) = (column_str(pr, "example_id")?, column_str(pr, "position")?, column_f64(pr, "layer")?, column_f64(pr, "projection")?);
+        let (mut e, mut var, mut l, mut p, mut c, mut t) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for i in 0..pid.len() {
+            if ppos[i] != "prompt_last" {
+                continue;
+            }
+            let gi = by_id[pid[i].as_str()];
+            e.push(pid[i].clone());
+            var.push(variant[&pid[i]].clone());
+            l.push(player[i] as u32);
+            p.push(pval[i]);
+            c.push(gcaps[gi]);
+            t.push(gtext[gi].clone());
+        }
+        let df = DataFrame::new_infer_height(vec![
+            Column::new("example_id".into(), e),
+            Column::new("variant".into(), var),
+            Column::new("layer".into(), l),
+            Column::new("projection".into(), p),
+            Column::new("caps_fraction".into(), c),
+            Column::new("text".into(), t),
+        ])?;
+        self.run.write_parquet("neutral_generation.parquet", &df)?;
+        Ok(df)
+    }
+
+    // -------------------------------------------------------------------------------- phase 3
+
+    /// The alignment settings of phase 3: `pre_assistant`, `user_end`, `assistant[k]`.
+    pub fn alignment_config(&self) -> AlignmentConfig {
+        let s = self.sizes();
+        let mut positions = vec![Position::PreAssistant, Position::UserEnd];
+        if s.k_assistant > 0 {
+            positions.push(Position::Assistant(s.k_assistant));
+        }
+        AlignmentConfig { positions, n_random: s.n_random, seed: self.cfg.run.seed, batch_size: s.batch_size, include_end_of_turn: false }
+    }
+
+    /// Phase 3: the gradient-alignment table of the calibration batch under every condition
+    /// (neutral, inoculation, the candidates), one resumable sweep cell per condition (sweep
+    /// `alignment`: parts in `parts/alignment/`, collected into `alignment.parquet`). Adds the
+    /// column `align = -cos` (see the module docs).
+    pub fn alignment(&self) -> Result<DataFrame> {
+        let dirs = self.directions()?;
+        let exs = self.calibration();
+        let acfg = self.alignment_config();
+        let conds = self.cfg.all_conditions();
+        let keys: Vec<CellKey> = conds.iter().map(|c| CellKey::new().with("condition", c.name.as_str())).collect();
+        let mut sweep = self.run.sweep::<CellKey>("alignment")?;
+        sweep.run(keys, |k| {
+            let name = k.str("condition")?;
+            let c = conds.iter().find(|c| c.name == name).with_context(|| format!("unknown condition {name}"))?;
+            let df = gradient_alignment(&self.model, &exs, std::slice::from_ref(c), &dirs, &acfg, &Hooks::new())?;
+            with_align(df)
+        })?;
+        sweep.collect()
+    }
+
+    /// `alignment.parquet` as written by [`Inoculation::alignment`].
+    pub fn load_alignment(&self) -> Result<DataFrame> {
+        let p = "alignment.parquet";
+        ensure!(self.run.exists(p), "{} is missing: run notebook 03 first", self.run.join(p)?.display());
+        self.run.read_parquet(p)
+    }
+
+    // -------------------------------------------------------------------------------- phase 4
+
+    /// Phase 4.1: the candidates' mean loss on the calibration batch (from the alignment table),
+    /// the one closest to the inoculation loss chosen (neutral excluded); writes
+    /// `loss_matched.json` and `loss_matched.csv`.
+    pub fn select_control(&self, alignment: &DataFrame) -> Result<LossMatchedSelection> {
+        let conds = self.cfg.all_conditions();
+        let cands = candidate_losses(&fresh(alignment), &conds)?;
+        let sel = select_loss_matched(&cands, "inoculation", &["neutral"])?;
+        sel.write_json(&self.run.join("loss_matched.json")?)?;
+        self.run.write_csv("loss_matched.csv", &sel.to_df()?)?;
+        Ok(sel)
+    }
+
+    /// The selection written by [`Inoculation::select_control`].
+    pub fn loss_matched(&self) -> Result<LossMatchedSelection> {
+        let p = self.run.join("loss_matched.json")?;
+        ensure!(p.is_file(), "{} is missing: run notebook 04 first", p.display());
+        LossMatchedSelection::read_json(&p)
+    }
+
+    /// The loss-matched control condition (named `control`, with the chosen prompt).
+    pub fn control(&self) -> Result<Condition> {
+        let s = self.loss_matched()?;
+        let sys = s.chosen_system.context("the chosen control has no system prompt")?;
+        Ok(Condition::new("control", sys))
+    }
+
+    // -------------------------------------------------------------------------------- phase 5
+
+    /// The conditions fine-tuned in phase 5: neutral, inoculation, control.
+    pub fn finetune_conditions(&self) -> Result<Vec<Condition>> {
+        Ok(vec![self.cfg.neutral(), self.cfg.inoculation(), self.control()?])
+    }
+
+    /// The adapter directory of a fine-tune.
+    pub fn adapter_dir(&self, condition: &str, seed: u64) -> Result<PathBuf> {
+        self.run.join(format!("adapters/{condition}_s{seed}"))
+    }
+
+    /// Phase 5.1-5.2: one LoRA fine-tune per condition (neutral, inoculation, control) and seed
+    /// on the ALL-CAPS training set with that condition's system prompt, loss on assistant
+    /// tokens only. Before the first step and every `log_every` steps, the trait alignment of the
+    /// gradient (w.r.t. the residual, at `pre_assistant`, per layer) on a fixed batch (the first
+    /// `n_log_examples` calibration examples, same condition, adapter applied) is logged. Each
+    /// fine-tune is a resumable sweep cell (`training`); its adapter is saved in PEFT format in
+    /// `adapters/<condition>_s<seed>/` (written to a temporary directory, then renamed).
+    /// Returns `training.parquet`: `condition, seed, step, train_loss, lr, lora_grad_norm, layer,
+    /// log_loss, cos, align, grad_norm`.
+    pub fn finetune(&self) -> Result<DataFrame> {
+        let dirs = self.directions()?;
+        let conds = self.finetune_conditions()?;
+        let s = self.sizes().clone();
+        let log_batch: Vec<ChatExample> = self.calibration().into_iter().take(s.lora.n_log_examples).collect();
+        let train = self.train_examples();
+        let tok = self.model.tok()?;
+        let acfg = AlignmentConfig { positions: vec![Position::PreAssistant], n_random: 0, seed: self.cfg.run.seed, batch_size: s.batch_size, include_end_of_turn: false };
+        let mut keys = vec![];
+        for c in &conds {
+            for &seed in &s.lora.seeds {
+                keys.push(CellKey::new().with("condition", c.name.as_str()).with("seed", seed as i64));
+            }
+        }
+        let mut sweep = self.run.sweep::<CellKey>("training")?;
+        sweep.run(keys, |k| {
+            let name = k.str("condition")?.to_string();
+            let seed = k.i64("seed")? as u64;
+            let c = conds.iter().find(|c| c.name == name).with_context(|| format!("unknown condition {name}"))?;
+            let data: Vec<TrainExample> = train
+                .iter()
+                .map(|e| TrainExample::qa(tok, c.system.as_deref(), &e.user, &e.assistant))
+                .collect::<Result<_>>()?;
+            let adapter = LoraAdapter::new(&self.model, &lora_config(&s.lora, seed)?)?;
+            let tcfg = TrainConfig {
+                lr: s.lora.lr,
+                warmup_ratio: s.lora.warmup_ratio,
+                max_steps: Some(s.lora.max_steps),
+                batch_size: s.lora.batch_size,
+                grad_accum: s.lora.grad_accum,
+                seed,
+                callback_every: s.lora.log_every,
+                ..Default::default()
+            };
+            let mut log = TrainLog::default();
+            let measure = |adapter: &LoraAdapter| -> Result<DataFrame> {
+                gradient_alignment(&self.model, &log_batch, std::slice::from_ref(c), &dirs, &acfg, &Hooks::new().lora(adapter))
+            };
+            log.push(None, &measure(&adapter)?)?;
+            train_lora(&self.model, &adapter, &data, &tcfg, |info, a| log.push(Some(info), &measure(a)?))?;
+            adapter.save_atomic(&self.adapter_dir(&name, seed)?)?;
+            log.into_df()
+        })?;
+        let df = sweep.collect()?;
+        Ok(df)
+    }
+
+    /// Phase 5.3: drift of every fine-tuned model and of the base model, under the neutral
+    /// system prompt on the held-out problems (greedy, `max_new_tokens`): projections at
+    /// `prompt_last` and `gen_avg(gen_k)` per layer, and the generations with their caps
+    /// fraction. A resumable sweep cell per model (`drift`); the generations of a cell are saved
+    /// beside it. Returns `(drift_projections.parquet, drift_generations.parquet)`; models are
+    /// labelled `base` and `<condition>_s<seed>` with columns `train_condition`, `seed`.
+    pub fn drift(&self) -> Result<(DataFrame, DataFrame)> {
+        let dirs = self.directions()?;
+        let s = self.sizes().clone();
+        let exs = self.eval_examples();
+        let neutral = self.cfg.neutral();
+        let dcfg = DriftConfig { k: s.gen_k, generate: GenerateConfig::greedy(s.max_new_tokens), batch_size: s.batch_size, text_metric: Some(CAPS) };
+        let mut keys = vec![CellKey::new().with("train_condition", "base").with("seed", -1i64)];
+        for c in self.finetune_conditions()? {
+            for &seed in &s.lora.seeds {
+                keys.push(CellKey::new().with("train_condition", c.name.as_str()).with("seed", seed as i64));
+            }
+        }
+        let mut sweep = self.run.sweep::<CellKey>("drift_projections")?;
+        sweep.run(keys.clone(), |k| {
+            let cond = k.str("train_condition")?.to_string();
+            let seed = k.i64("seed")?;
+            let (label, adapter) = if cond == "base" {
+                ("base".to_string(), None)
+            } else {
+                let dir = self.adapter_dir(&cond, seed as u64)?;
+                ensure!(dir.is_dir(), "{} is missing: run the fine-tunes first", dir.display());
+                (format!("{cond}_s{seed}"), Some(LoraAdapter::load(&dir, &self.model)?))
+            };
+            let hooks = match &adapter {
+                Some(a) => Hooks::new().lora(a),
+                None => Hooks::new(),
+            };
+            let out = drift_eval(&self.model, &label, &exs, &neutral, &dirs, &dcfg, &hooks)?;
+            self.run.write_parquet(format!("drift/generations_{label}.parquet"), &add_model_keys(out.generations, &cond, seed)?)?;
+            add_model_keys(out.projections, &cond, seed)
+        })?;
+        let proj = sweep.collect()?;
+        let mut gens: Option<DataFrame> = None;
+        for k in &keys {
+            let cond = k.str("train_condition")?;
+            let seed = k.i64("seed")?;
+            let label = if cond == "base" { "base".to_string() } else { format!("{cond}_s{seed}") };
+            let g = self.run.read_parquet(format!("drift/generations_{label}.parquet"))?;
+            gens = Some(match gens {
+                None => g,
+                Some(x) => x.vstack(&g)?,
+            });
+        }
+        let gens = gens.context("no drift generations")?;
+        self.run.write_parquet("drift_generations.parquet", &gens)?;
+        Ok((proj, gens))
+    }
+
+    /// `training.parquet`, `drift_projections.parquet`, `drift_generations.parquet` (notebook 07).
+    pub fn load_phase5(&self) -> Result<(DataFrame, DataFrame, DataFrame)> {
+        for p in ["training.parquet", "drift_projections.parquet", "drift_generations.parquet"] {
+            ensure!(self.run.exists(p), "{} is missing: run notebook 06 first", self.run.join(p)?.display());
+        }
+        Ok((self.run.read_parquet("training.parquet")?, self.run.read_parquet("drift_projections.parquet")?, self.run.read_parquet("drift_generations.parquet")?))
+    }
+
+    /// The bootstrap settings of the run (`n_boot`, 95 %, the run seed).
+    pub fn bootstrap(&self) -> Bootstrap {
+        self.boot()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Adds `align = -cos` to an alignment table.
+pub fn with_align(mut df: DataFrame) -> Result<DataFrame> {
+    let cos = column_f64(&df, "cos")?;
+    df.with_column(Column::new("align".into(), cos.iter().map(|c| -c).collect::<Vec<f64>>()))?;
+    Ok(df)
+}
+
+fn add_model_keys(mut df: DataFrame, cond: &str, seed: i64) -> Result<DataFrame> {
+    let n = df.height();
+    df.with_column(Column::new("train_condition".into(), vec![cond.to_string(); n]))?;
+    df.with_column(Column::new("seed".into(), vec![seed; n]))?;
+    Ok(df)
+}
+
+
+/// Rows of the training log (see [`Inoculation::finetune`]).
+#[derive(Default)]
+struct TrainLog {
+    step: Vec<i64>,
+    train_loss: Vec<f64>,
+    lr: Vec<f64>,
+    lora_grad_norm: Vec<f64>,
+    layer: Vec<i64>,
+    log_loss: Vec<f64>,
+    cos: Vec<f64>,
+    align: Vec<f64>,
+    grad_norm: Vec<f64>,
+}
+
+impl TrainLog {
+    /// Adds the per-layer mean over the logging batch of one alignment measurement.
+    fn push(&mut self, info: Option<&StepInfo>, al: &DataFrame) -> Result<()> {
+        let (layer, loss, cos, gn) = (column_f64(al, "layer")?, column_f64(al, "loss")?, column_f64(al, "cos")?, column_f64(al, "grad_norm")?);
+        let mut by: BTreeMap<i64, (f64, f64, f64, usize)> = BTreeMap::new();
+        for i in 0..layer.len() {
+            let e = by.entry(layer[i] as i64).or_default();
+            e.0 += loss[i];
+            e.1 += cos[i];
+            e.2 += gn[i];
+            e.3 += 1;
+        }
+        for (l, (lo, c, g, n)) in by {
+            let n = n as f64;
+            self.step.push(info.map_or(0, |i| i.step as i64));
+            self.train_loss.push(info.map_or(f64::NAN, |i| i.loss));
+            self.lr.push(info.map_or(f64::NAN, |i| i.lr));
+            self.lora_grad_norm.push(info.map_or(f64::NAN, |i| i.grad_norm));
+            self.layer.push(l);
+            self.log_loss.push(lo / n);
+            self.cos.push(c / n);
+            self.align.push(-c / n);
+            self.grad_norm.push(g / n);
+        }
+        Ok(())
+    }
+    fn into_df(self) -> Result<DataFrame> {
+        Ok(DataFrame::new_infer_height(vec![
+            Column::new("step".into(), self.step),
+            Column::new("train_loss".into(), self.train_loss),
+            Column::new("lr".into(), self.lr),
+            Column::new("lora_grad_norm".into(), self.lora_grad_norm),
+            Column::new("layer".into(), self.layer),
+            Column::new("log_loss".into(), self.log_loss),
+            Column::new("cos".into(), self.cos),
+            Column::new("align".into(), self.align),
+            Column::new("grad_norm".into(), self.grad_norm),
+        ])?)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Analysis (pure functions of the tables)
+// ------------------------------------------------------------------------------------------------
+
+/// Sanity check 1 per layer: mean projection under promote and suppress on the held-out prompts,
+/// the paired difference with its bootstrap CI, and whether it holds (CI above 0). Columns
+/// `layer, n, promote, suppress, diff, diff_lo, diff_hi, holds`.
+pub fn heldout_check(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
+    let df = fresh(df);
+    let (ex, sys, layer, proj) = (column_str(&df, "example_id")?, column_str(&df, "system")?, column_f64(&df, "layer")?, column_f64(&df, "projection")?);
+    let mut by: BTreeMap<i64, (BTreeMap<String, f64>, BTreeMap<String, f64>)> = BTreeMap::new();
+    for i in 0..ex.len() {
+        let e = by.entry(layer[i] as i64).or_default();
+        match sys[i].as_str() {
+            "promote" => e.0.insert(ex[i].clone(), proj[i]),
+            "suppress" => e.1.insert(ex[i].clone(), proj[i]),
+            other => bail!("direction_heldout: unknown system {other:?}"),
+        };
+    }
+    let mut cols: (Vec<i64>, Vec<u32>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>) = Default::default();
+    for (l, (p, s)) in by {
+        let (a, b): (Vec<f64>, Vec<f64>) = p.iter().filter_map(|(k, v)| s.get(k).map(|w| (*v, *w))).unzip();
+        ensure!(!a.is_empty(), "layer {l}: no prompt under both promote and suppress");
+        let ci = bootstrap_paired_ci(&a, &b, boot)?;
+        cols.0.push(l);
+        cols.1.push(a.len() as u32);
+        cols.2.push(mean(&a));
+        cols.3.push(mean(&b));
+        cols.4.push(ci.estimate);
+        cols.5.push(ci.lo);
+        cols.6.push(ci.hi);
+        cols.7.push(ci.lo > 0.0);
+    }
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("layer".into(), cols.0),
+        Column::new("n".into(), cols.1),
+        Column::new("promote".into(), cols.2),
+        Column::new("suppress".into(), cols.3),
+        Column::new("diff".into(), cols.4),
+        Column::new("diff_lo".into(), cols.5),
+        Column::new("diff_hi".into(), cols.6),
+        Column::new("holds".into(), cols.7),
+    ])?)
+}
+
+/// Sanity check 2 per layer: Pearson's r (and p) between the `prompt_last` projection and the
+/// caps fraction of the neutral generation, and whether it holds (r > 0, p < 0.05). NaN when
+/// an input is constant (e.g. no generation has capitals). Columns `layer, n, r, p, holds`.
+pub fn neutral_correlation(df: &DataFrame) -> Result<DataFrame> {
+    let df = fresh(df);
+    let (layer, proj, caps) = (column_f64(&df, "layer")?, column_f64(&df, "projection")?, column_f64(&df, "caps_fraction")?);
+    let mut by: BTreeMap<i64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for i in 0..layer.len() {
+        let e = by.entry(layer[i] as i64).or_default();
+        e.0.push(proj[i]);
+        e.1.push(caps[i]);
+    }
+    let (mut ls, mut ns, mut rs, mut ps, mut hs) = (vec![], vec![], vec![], vec![], vec![]);
+    for (l, (x, y)) in by {
+        let (r, p) = match pearson(&x, &y) {
+            Ok(c) => (c.r, c.p),
+            Err(_) => (f64::NAN, f64::NAN),
+        };
+        ls.push(l);
+        ns.push(x.len() as u32);
+        rs.push(r);
+        ps.push(p);
+        hs.push(r > 0.0 && p < 0.05);
+    }
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("layer".into(), ls),
+        Column::new("n".into(), ns),
+        Column::new("r".into(), rs),
+        Column::new("p".into(), ps),
+        Column::new("holds".into(), hs),
+    ])?)
+}
+
+
+
+
+/// Phase 3 summary of an alignment table, trait direction only: per condition × layer ×
+/// position, the mean over examples of `loss`, `grad_norm`, `dot`, `cos`, `align` with a
+/// bootstrap CI of `align` (rows with a NaN cosine, where `g = 0`, are left out of `cos`/`align`). Columns `condition, layer, position, n, loss, grad_norm, dot, cos,
+/// align, align_lo, align_hi`.
+pub fn alignment_summary(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
+    let df = fresh(df);
+    let (cond, dir, pos, layer) = (column_str(&df, "condition")?, column_str(&df, "direction")?, column_str(&df, "position")?, column_f64(&df, "layer")?);
+    let vals: Vec<Vec<f64>> = ["loss", "grad_norm", "dot", "cos"].iter().map(|c| column_f64(&df, c)).collect::<Result<_>>()?;
+    let mut by: BTreeMap<(String, i64, String), Vec<usize>> = BTreeMap::new();
+    for i in 0..cond.len() {
+        if dir[i] == "trait" {
+            by.entry((cond[i].clone(), layer[i] as i64, pos[i].clone())).or_default().push(i);
+        }
+    }
+    ensure!(!by.is_empty(), "the alignment table has no trait rows");
+    let mut c: (Vec<String>, Vec<i64>, Vec<String>, Vec<u32>) = Default::default();
+    let mut m: [Vec<f64>; 7] = Default::default();
+    for ((cn, l, p), idx) in by {
+        // NaN cosines (g = 0, e.g. user_end at the last block, which no target reads) are left out.
+        let col = |k: usize| -> Vec<f64> { idx.iter().map(|&i| vals[k][i]).filter(|x| x.is_finite()).collect() };
+        let align: Vec<f64> = col(3).iter().map(|x| -x).collect();
+        let ci = if align.is_empty() {
+            Ci { estimate: f64::NAN, lo: f64::NAN, hi: f64::NAN, level: boot.level, n: 0, n_boot: boot.n_boot }
+        } else {
+            bootstrap_mean_ci(&align, boot)?
+        };
+        c.0.push(cn);
+        c.1.push(l);
+        c.2.push(p);
+        c.3.push(idx.len() as u32);
+        for k in 0..4 {
+            m[k].push(mean(&col(k)));
+        }
+        m[4].push(ci.estimate);
+        m[5].push(ci.lo);
+        m[6].push(ci.hi);
+    }
+    let names = ["loss", "grad_norm", "dot", "cos", "align", "align_lo", "align_hi"];
+    let mut cols = vec![
+        Column::new("condition".into(), c.0),
+        Column::new("layer".into(), c.1),
+        Column::new("position".into(), c.2),
+        Column::new("n".into(), c.3),
+    ];
+    for (n, v) in names.iter().zip(m) {
+        cols.push(Column::new((*n).into(), v));
+    }
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// Per condition: mean assistant-token loss on the calibration batch with a bootstrap CI.
+/// Columns `condition, n, loss, loss_lo, loss_hi`, in `order` (conditions not in it follow).
+pub fn loss_by_condition(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
+    let df = fresh(df);
+    let (ex, cond, loss) = (column_str(&df, "example_id")?, column_str(&df, "condition")?, column_f64(&df, "loss")?);
+    let mut order: Vec<String> = vec![];
+    let mut by: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for i in 0..ex.len() {
+        if !order.contains(&cond[i]) {
+            order.push(cond[i].clone());
+        }
+        by.entry(cond[i].clone()).or_default().insert(ex[i].clone(), loss[i]);
+    }
+    let (mut cs, mut ns, mut ms, mut los, mut his) = (vec![], vec![], vec![], vec![], vec![]);
+    for c in order {
+        let v: Vec<f64> = by[&c].values().copied().collect();
+        let ci = bootstrap_mean_ci(&v, boot)?;
+        cs.push(c);
+        ns.push(v.len() as u32);
+        ms.push(ci.estimate);
+        los.push(ci.lo);
+        his.push(ci.hi);
+    }
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("condition".into(), cs),
+        Column::new("n".into(), ns),
+        Column::new("loss".into(), ms),
+        Column::new("loss_lo".into(), los),
+        Column::new("loss_hi".into(), his),
+    ])?)
+}
+
+
+
+
+
+
+/// Drift summary, behavioural: per model, the mean caps fraction of its neutral-prompt
+/// generations, the shift versus base (paired, CI) and the difference versus the neutral
+/// fine-tune of the same seed (paired, CI). Columns `model, train_condition, seed, n, caps,
+/// shift_vs_base, lo_vs_base, hi_vs_base, diff_vs_neutral, lo_vs_neutral, hi_vs_neutral`.
+pub fn drift_caps_summary(gens: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
+    let g = fresh(gens);
+    let (model, tc, seed, ex, caps) = (column_str(&g, "model")?, column_str(&g, "train_condition")?, column_f64(&g, "seed")?, column_str(&g, "example_id")?, column_f64(&g, "caps_fraction")?);
+    let mut by: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut meta: Vec<(String, String, i64)> = vec![];
+    for i in 0..model.len() {
+        by.entry(model[i].clone()).or_default().insert(ex[i].clone(), caps[i]);
+        if !meta.iter().any(|m| m.0 == model[i]) {
+            meta.push((model[i].clone(), tc[i].clone(), seed[i] as i64));
+        }
+    }
+    let base = by.get("base").context("no base model generations")?;
+    let mut c: (Vec<String>, Vec<String>, Vec<i64>, Vec<u32>) = Default::default();
+    let mut v: [Vec<f64>; 7] = Default::default();
+    for (m, cond, sd) in &meta {
+        let vals = &by[m];
+        let (a, b) = paired(vals, base);
+        let vb = if cond == "base" { (0.0, 0.0, 0.0) } else { ci_or_nan(&a, &b, boot) };
+        let vn = match by.get(&format!("neutral_s{sd}")) {
+            Some(n) if cond != "neutral" && cond != "base" => {
+                let (a, b) = paired(vals, n);
+                ci_or_nan(&a, &b, boot)
+            }
+            _ => (f64::NAN, f64::NAN, f64::NAN),
+        };
+        c.0.push(m.clone());
+        c.1.push(cond.clone());
+        c.2.push(*sd);
+        c.3.push(vals.len() as u32);
+        v[0].push(mean(&vals.values().copied().collect::<Vec<_>>()));
+        for (k, x) in [vb.0, vb.1, vb.2, vn.0, vn.1, vn.2].into_iter().enumerate() {
+            v[k + 1].push(x);
+        }
+    }
+    let names = ["caps", "shift_vs_base", "lo_vs_base", "hi_vs_base", "diff_vs_neutral", "lo_vs_neutral", "hi_vs_neutral"];
+    let mut cols = vec![
+        Column::new("model".into(), c.0),
+        Column::new("train_condition".into(), c.1),
+        Column::new("seed".into(), c.2),
+        Column::new("n".into(), c.3),
+    ];
+    for (n, x) in names.iter().zip(v) {
+        cols.push(Column::new((*n).into(), x));
+    }
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// One fine-tune's point in criterion 4: its mean trait alignment during training and its drift.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunPoint {
+    pub train_condition: String,
+    pub seed: i64,
+    /// Mean of `align` over the logged steps and layers of the fixed batch.
+    pub mean_align: f64,
+    /// Mean projection shift versus base at `prompt_last`, averaged over layers.
+    pub projection_drift: f64,
+    /// Caps-fraction shift versus base under the neutral prompt.
+    pub caps_drift: f64,
+}
+
+/// The [`RunPoint`]s of a study from `training.parquet` and the drift tables.
+pub fn run_points(training: &DataFrame, proj: &DataFrame, gens: &DataFrame, boot: &Bootstrap) -> Result<Vec<RunPoint>> {
+    let t = fresh(training);
+    let (tc, sd, al) = (column_str(&t, "condition")?, column_f64(&t, "seed")?, column_f64(&t, "align")?);
+    let mut align: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for i in 0..tc.len() {
+        align.entry((tc[i].clone(), sd[i] as i64)).or_default().push(al[i]);
+    }
+    let ps = drift_projection_summary(proj, &DriftLabels::default(), boot)?;
+    let (pc, psd, ppos, pshift) = (column_str(&ps, "train_condition")?, column_f64(&ps, "seed")?, column_str(&ps, "position")?, column_f64(&ps, "shift_vs_base")?);
+    let cs = drift_caps_summary(gens, boot)?;
+    let (cc, csd, cshift) = (column_str(&cs, "train_condition")?, column_f64(&cs, "seed")?, column_f64(&cs, "shift_vs_base")?);
+    let mut out = vec![];
+    for ((c, s), a) in align {
+        let pd: Vec<f64> = (0..pc.len()).filter(|&i| pc[i] == c && psd[i] as i64 == s && ppos[i] == "prompt_last").map(|i| pshift[i]).collect();
+        let cd = (0..cc.len()).find(|&i| cc[i] == c && csd[i] as i64 == s).map(|i| cshift[i]);
+        ensure!(!pd.is_empty(), "no drift projections for {c} seed {s}");
+        out.push(RunPoint { train_condition: c, seed: s, mean_align: mean(&a), projection_drift: mean(&pd), caps_drift: cd.unwrap_or(f64::NAN) });
+    }
+    Ok(out)
+}
+
+/// One acceptance criterion of the plan, with its measured value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Criterion {
+    /// 1..4 as in the plan.
+    pub id: u8,
+    pub name: String,
+    /// What was measured, in words with numbers.
+    pub measured: String,
+    /// The headline number (e.g. the mean change of alignment).
+    pub value: f64,
+    /// Its 95 % interval where there is one.
+    pub ci: Option<(f64, f64)>,
+    pub holds: bool,
+}
+
+impl std::fmt::Display for Criterion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}: {} -> {}", self.id, self.name, self.measured, if self.holds { "HOLDS" } else { "does not hold" })
+    }
+}
+
+/// The verdict over the four criteria.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Acceptance {
+    pub position: String,
+    pub control: String,
+    pub criteria: Vec<Criterion>,
+    /// Mean calibration loss, inoculation minus neutral.
+    pub loss_delta: f64,
+    pub verdict: String,
+}
+
+fn ci_tuple(c: &Ci) -> Option<(f64, f64)> {
+    Some((c.lo, c.hi))
+}
+
+/// The plan's four acceptance criteria from the alignment table (at `position`, trait and
+/// random directions, conditions `neutral`, `inoculation` and `control`, the loss-matched
+/// candidate's name) and the fine-tunes' [`RunPoint`]s (criterion 4; empty: not run).
+/// Alignment is `align = -cos` averaged over the layer subset per example.
+///
+/// 1. `mean_i align[inoc] − align[neutral] < 0`, paired bootstrap CI entirely below 0.
+/// 2. `mean_i align[inoc] − align[control] < 0`, CI entirely below 0 (the drop is larger than
+///    the loss-matched control's).
+/// 3. The trait direction's change (1) is negative and extreme among the random directions':
+///    empirical two-sided `p = (1 + #{|Δ_rand| >= |Δ_trait|}) / (N + 1) < 0.05` (needs N >= 19).
+/// 4. Inoculation fine-tunes have both a lower mean training alignment and a lower projection
+///    drift than the neutral ones (means over seeds), and the Pearson r of mean alignment vs
+///    projection drift across runs is positive (3-4 runs) or positive with p < 0.05 (5 runs or
+///    more; 3 runs, one seed per condition, cannot make a correlation significant).
+///
+/// A failed criterion 1 with a lower inoculation loss is reported as the plan's null.
+pub fn acceptance(alignment: &DataFrame, position: &str, control: &str, runs: &[RunPoint], boot: &Bootstrap) -> Result<Acceptance> {
+    let pe = per_example(alignment, position, "cos", Layers::Averaged)?;
+    let get = |c: &str, d: &str| -> Result<&BTreeMap<String, f64>> {
+        pe.get(&(c.to_string(), d.to_string(), -1)).with_context(|| format!("the alignment table has no {d} rows for condition {c:?} at {position}"))
+    };
+    let neg = |m: &BTreeMap<String, f64>| -> BTreeMap<String, f64> { m.iter().map(|(k, v)| (k.clone(), -v)).collect() };
+    let (neu, ino, ctl) = (neg(get("neutral", "trait")?), neg(get("inoculation", "trait")?), neg(get(control, "trait")?));
+    let mut crit = vec![];
+    // 1
+    let (a, b) = paired(&ino, &neu);
+    let c1 = bootstrap_paired_ci(&a, &b, boot)?;
+    crit.push(Criterion {
+        id: 1,
+        name: "cosine alignment decreases under inoculation vs neutral".into(),
+        measured: format!(
+            "mean align neutral {:+.4}, inoculation {:+.4}; change {:+.4} [{:+.4}, {:+.4}] (n = {})",
+            mean(&b),
+            mean(&a),
+            c1.estimate,
+            c1.lo,
+            c1.hi,
+            a.len()
+        ),
+        value: c1.estimate,
+        ci: ci_tuple(&c1),
+        holds: c1.hi < 0.0,
+    });
+    // 2
+    let (a2, b2) = paired(&ino, &ctl);
+    let c2 = bootstrap_paired_ci(&a2, &b2, boot)?;
+    let (cn, nn) = paired(&ctl, &neu);
+    crit.push(Criterion {
+        id: 2,
+        name: format!("the decrease is larger than under the loss-matched control ({control})"),
+        measured: format!(
+            "change vs neutral: inoculation {:+.4}, control {:+.4}; inoculation − control {:+.4} [{:+.4}, {:+.4}]",
+            c1.estimate,
+            mean(&cn) - mean(&nn),
+            c2.estimate,
+            c2.lo,
+            c2.hi
+        ),
+        value: c2.estimate,
+        ci: ci_tuple(&c2),
+        holds: c2.hi < 0.0,
+    });
+    // 3
+    let spec = specificity_summary(&specificity_table(alignment, position, "neutral", "inoculation")?)?;
+    let (sl, st, sp, sn, sm, ssd) = (
+        column_f64(&spec, "layer")?,
+        column_f64(&spec, "trait_delta")?,
+        column_f64(&spec, "p_empirical")?,
+        column_f64(&spec, "n_random")?,
+        column_f64(&spec, "random_mean")?,
+        column_f64(&spec, "random_sd")?,
+    );
+    let i = sl.iter().position(|l| *l == -1.0).context("no layer-averaged specificity row")?;
+    let n_random = sn[i] as usize;
+    crit.push(Criterion {
+        id: 3,
+        name: "the change is specific to the trait direction (vs random directions)".into(),
+        measured: format!(
+            "trait change {:+.4}; {} random directions: mean {:+.4}, sd {:.4}; empirical p = {:.3}{}",
+            st[i],
+            n_random,
+            sm[i],
+            ssd[i],
+            sp[i],
+            if n_random < 19 { " (fewer than 19 random directions: p cannot reach 0.05)" } else { "" }
+        ),
+        value: sp[i],
+        ci: None,
+        holds: st[i] < 0.0 && sp[i] < 0.05,
+    });
+    // 4
+    if runs.is_empty() {
+        crit.push(Criterion { id: 4, name: "reduced alignment predicts reduced drift".into(), measured: "no fine-tunes".into(), value: f64::NAN, ci: None, holds: false });
+    } else {
+        let avg = |c: &str, f: fn(&RunPoint) -> f64| mean(&runs.iter().filter(|r| r.train_condition == c).map(f).collect::<Vec<_>>());
+        let (an, ai) = (avg("neutral", |r| r.mean_align), avg("inoculation", |r| r.mean_align));
+        let (dn, di) = (avg("neutral", |r| r.projection_drift), avg("inoculation", |r| r.projection_drift));
+        let x: Vec<f64> = runs.iter().map(|r| r.mean_align).collect();
+        let y: Vec<f64> = runs.iter().map(|r| r.projection_drift).collect();
+        let (r, p) = pearson(&x, &y).map_or((f64::NAN, f64::NAN), |c| (c.r, c.p));
+        let order = ai < an && di < dn;
+        // With few runs (one seed per condition: 3) a correlation cannot reach significance, so
+        // the ordering decides and r only has to be positive; from MIN_RUNS_TESTED runs on
+        // (e.g. full mode's 3 seeds x 3 conditions) the correlation must be significant too.
+        const MIN_RUNS_TESTED: usize = 5;
+        let tested = runs.len() >= MIN_RUNS_TESTED;
+        let corr_ok = if tested { r > 0.0 && p < 0.05 } else { runs.len() < 3 || r > 0.0 };
+        crit.push(Criterion {
+            id: 4,
+            name: "reduced alignment predicts reduced drift along the same direction".into(),
+            measured: format!(
+                "mean training align neutral {an:+.4} vs inoculation {ai:+.4}; projection drift (prompt_last, vs base) neutral {dn:+.4} vs inoculation {di:+.4}; Pearson r over {} runs = {r:+.3} (p = {p:.2}){}",
+                runs.len(),
+                if tested { ", needs r > 0 and p < 0.05".to_string() } else { format!("; under {MIN_RUNS_TESTED} runs the ordering decides and the correlation is not tested") }
+            ),
+            value: r,
+            ci: None,
+            holds: order && corr_ok && !(ai.is_nan() || an.is_nan()),
+        });
+    }
+    let losses = loss_by_condition(alignment, boot)?;
+    let (lc, lv) = (column_str(&losses, "condition")?, column_f64(&losses, "loss")?);
+    let l = |c: &str| lc.iter().position(|x| x == c).map_or(f64::NAN, |i| lv[i]);
+    let loss_delta = l("inoculation") - l("neutral");
+    let verdict = if crit[0].holds && crit[1].holds && crit[2].holds {
+        format!(
+            "inoculation rotates gradients away from the trait direction (criteria 1-3 hold; criterion 4 {})",
+            if crit[3].holds { "holds too" } else { "does not hold" }
+        )
+    } else if !crit[0].holds && loss_delta < 0.0 {
+        format!("null: inoculation lowers the loss ({loss_delta:+.4} nats) but the trait alignment does not decrease reliably; it may act mostly via loss reduction")
+    } else {
+        "not established: see the criteria that do not hold".to_string()
+    };
+    Ok(Acceptance { position: position.to_string(), control: control.to_string(), criteria: crit, loss_delta, verdict })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Figures
+// ------------------------------------------------------------------------------------------------
+
+/// Phase 2: projection distributions under promote vs suppress at `layer` (held-out prompts).
+pub fn fig_projection_hist(heldout: &DataFrame, layer: usize) -> Result<Figure> {
+    let df = fresh(heldout);
+    let (sys, l, p) = (column_str(&df, "system")?, column_f64(&df, "layer")?, column_f64(&df, "projection")?);
+    let pick = |s: &str| -> Vec<f64> { (0..sys.len()).filter(|&i| sys[i] == s && l[i] as usize == layer).map(|i| p[i]).collect() };
+    histogram(format!("Held-out projection onto v_trait, layer {layer}"), "projection at pre_assistant")
+        .sample("promote", pick("promote"))
+        .sample("suppress", pick("suppress"))
+        .bins(20)
+        .build()
+}
+
+/// Phase 2: projection at `prompt_last` vs caps fraction of the neutral generation at `layer`.
+pub fn fig_projection_vs_caps(neutral: &DataFrame, layer: usize) -> Result<Figure> {
+    let df = fresh(neutral);
+    let (var, l, p, c) = (column_str(&df, "variant")?, column_f64(&df, "layer")?, column_f64(&df, "projection")?, column_f64(&df, "caps_fraction")?);
+    let mut fig = scatter_plot(format!("Neutral system prompt: projection vs caps, layer {layer}"), "projection at prompt_last", "caps fraction of the generation");
+    for v in ["plain", "ask_caps"] {
+        let idx: Vec<usize> = (0..var.len()).filter(|&i| var[i] == v && l[i] as usize == layer).collect();
+        fig = fig.series(Series::new(v, idx.iter().map(|&i| p[i]), idx.iter().map(|&i| c[i])));
+    }
+    fig.build()
+}
+
+/// Phase 3: mean alignment (`align = -cos`, 95 % CI) vs layer, one line per condition, at
+/// `position`, from an [`alignment_summary`]. Layers where the cosine is undefined at that
+/// position (`align` NaN: g = 0, as at `user_end` in the last block, which no target reads) are
+/// left out of the line.
+pub fn fig_align_vs_layer(summary: &DataFrame, position: &str) -> Result<Figure> {
+    let s = fresh(summary);
+    let (c, l, p, a, lo, hi) = (column_str(&s, "condition")?, column_f64(&s, "layer")?, column_str(&s, "position")?, column_f64(&s, "align")?, column_f64(&s, "align_lo")?, column_f64(&s, "align_hi")?);
+    let mut conds: Vec<String> = vec![];
+    for x in &c {
+        if !conds.contains(x) {
+            conds.push(x.clone());
+        }
+    }
+    let mut fig = line_plot(format!("Trait alignment cos(-g, v) vs layer at {position}"), "layer", "cos(-dL/dh, v_trait)").hline(0.0);
+    for cn in conds {
+        let idx: Vec<usize> = (0..c.len()).filter(|&i| c[i] == cn && p[i] == position && !a[i].is_nan()).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        fig = fig.series(Series::new(cn, idx.iter().map(|&i| l[i]), idx.iter().map(|&i| a[i])).ci(idx.iter().map(|&i| lo[i]), idx.iter().map(|&i| hi[i])));
+    }
+    fig.build().with_context(|| format!("alignment vs layer at {position}"))
+}
+
+/// Phase 3: mean alignment per condition and position over the layers where it is defined, from
+/// an [`alignment_summary`]: columns `condition`, `position` (first-seen order), `align` (mean of
+/// the per-layer means; NaN if no layer has a defined cosine there), `n_layers` (layers averaged)
+/// and `n_undefined` (layers left out because g = 0 there, e.g. `user_end` at the last block).
+pub fn align_by_position(summary: &DataFrame) -> Result<DataFrame> {
+    let s = fresh(summary);
+    let (c, p, a) = (column_str(&s, "condition")?, column_str(&s, "position")?, column_f64(&s, "align")?);
+    let mut keys: Vec<(String, String)> = vec![];
+    let mut vals: Vec<Vec<f64>> = vec![];
+    for i in 0..c.len() {
+        let k = (c[i].clone(), p[i].clone());
+        let j = match keys.iter().position(|x| *x == k) {
+            Some(j) => j,
+            None => {
+                keys.push(k);
+                vals.push(vec![]);
+                keys.len() - 1
+            }
+        };
+        vals[j].push(a[i]);
+    }
+    let defined: Vec<Vec<f64>> = vals.iter().map(|v| v.iter().copied().filter(|x| !x.is_nan()).collect()).collect();
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("condition".into(), keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>()),
+        Column::new("position".into(), keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>()),
+        Column::new("align".into(), defined.iter().map(|v| mean(v)).collect::<Vec<_>>()),
+        Column::new("n_layers".into(), defined.iter().map(|v| v.len() as u32).collect::<Vec<_>>()),
+        Column::new("n_undefined".into(), vals.iter().zip(&defined).map(|(v, d)| (v.len() - d.len()) as u32).collect::<Vec<_>>()),
+    ])?)
+}
+
+/// Phase 3: mean alignment by position (averaged over the layers where it is defined, see
+/// [`align_by_position`]), one bar group per condition. A position with no defined cosine in
+/// any condition is left out.
+pub fn fig_align_by_position(summary: &DataFrame) -> Result<Figure> {
+    let t = align_by_position(summary)?;
+    let (c, p, a) = (column_str(&t, "condition")?, column_str(&t, "position")?, column_f64(&t, "align")?);
+    let mut positions: Vec<String> = vec![];
+    let mut conds: Vec<String> = vec![];
+    for i in 0..c.len() {
+        if !a[i].is_nan() && !positions.contains(&p[i]) {
+            positions.push(p[i].clone());
+        }
+        if !conds.contains(&c[i]) {
+            conds.push(c[i].clone());
+        }
+    }
+    let value = |cn: &String, ps: &String| (0..c.len()).find(|&i| &c[i] == cn && &p[i] == ps).map_or(f64::NAN, |i| a[i]);
+    let mut fig = bar_chart("Trait alignment by position (mean over layers with a defined cosine)", "position", "cos(-dL/dh, v_trait)", positions.clone());
+    for cn in &conds {
+        fig = fig.group(Bars::new(cn.clone(), positions.iter().map(|ps| value(cn, ps)).collect::<Vec<_>>()));
+    }
+    fig.build()
+}
+
+/// Phase 3: calibration loss by condition with 95 % CIs, from [`loss_by_condition`].
+pub fn fig_loss_by_condition(losses: &DataFrame) -> Result<Figure> {
+    let s = fresh(losses);
+    let (c, l, lo, hi) = (column_str(&s, "condition")?, column_f64(&s, "loss")?, column_f64(&s, "loss_lo")?, column_f64(&s, "loss_hi")?);
+    bar_chart("Assistant-token loss on the calibration batch", "condition", "mean NLL (nats)", c).group(Bars::new("loss", l).ci(lo, hi)).build()
+}
+
+/// Phase 4.2: change of alignment (neutral → inoculation) per layer, trait direction beside the
+/// random directions (strip plot; layer -1 is the mean over layers).
+pub fn fig_specificity(table: &DataFrame) -> Result<Figure> {
+    let t = fresh(table);
+    let (l, d, v) = (column_f64(&t, "layer")?, column_str(&t, "direction")?, column_f64(&t, "delta")?);
+    let ri: Vec<usize> = (0..d.len()).filter(|&i| d[i] != "trait").collect();
+    let ti: Vec<usize> = (0..d.len()).filter(|&i| d[i] == "trait").collect();
+    scatter_plot("Alignment change neutral → inoculation: trait vs random directions", "layer (-1: mean over layers)", "Δ cos(-g, v)")
+        .hline(0.0)
+        .series(Series::new("random", ri.iter().map(|&i| l[i]), ri.iter().map(|&i| v[i])))
+        .series(Series::new("trait", ti.iter().map(|&i| l[i]), ti.iter().map(|&i| v[i])))
+        .build()
+}
+
+/// Phase 5: training loss and trait alignment on the fixed batch vs step, per fine-tune
+/// (alignment averaged over layers).
+pub fn fig_training_alignment(training: &DataFrame) -> Result<Figure> {
+    let t = fresh(training);
+    let (c, s, st, a) = (column_str(&t, "condition")?, column_f64(&t, "seed")?, column_f64(&t, "step")?, column_f64(&t, "align")?);
+    let mut by: BTreeMap<(String, i64), BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+    for i in 0..c.len() {
+        by.entry((c[i].clone(), s[i] as i64)).or_default().entry(st[i] as i64).or_default().push(a[i]);
+    }
+    let mut fig = line_plot("Trait alignment during training (fixed batch, mean over layers)", "optimizer step", "cos(-dL/dh, v_trait)").hline(0.0);
+    for ((cn, sd), steps) in by {
+        fig = fig.series(Series::new(format!("{cn} s{sd}"), steps.keys().map(|k| *k as f64), steps.values().map(|v| mean(v))));
+    }
+    fig.build()
+}
+
+/// Phase 5: projection shift (pre → post fine-tune) vs layer per model at `position`, 95 % CI.
+pub fn fig_projection_shift(summary: &DataFrame, position: &str) -> Result<Figure> {
+    let s = fresh(summary);
+    let (m, l, p, v, lo, hi) = (column_str(&s, "model")?, column_f64(&s, "layer")?, column_str(&s, "position")?, column_f64(&s, "shift_vs_base")?, column_f64(&s, "lo_vs_base")?, column_f64(&s, "hi_vs_base")?);
+    let mut models: Vec<String> = vec![];
+    for x in &m {
+        if !models.contains(x) {
+            models.push(x.clone());
+        }
+    }
+    let mut fig = line_plot(format!("Projection shift onto v_trait after fine-tuning ({position}, neutral prompt)"), "layer", "Δ projection vs base").hline(0.0);
+    for mn in models {
+        let idx: Vec<usize> = (0..m.len()).filter(|&i| m[i] == mn && p[i] == position).collect();
+        fig = fig.series(Series::new(mn, idx.iter().map(|&i| l[i]), idx.iter().map(|&i| v[i])).ci(idx.iter().map(|&i| lo[i]), idx.iter().map(|&i| hi[i])));
+    }
+    fig.build()
+}
+
+/// Phase 5: caps-fraction shift vs base by model, 95 % CI (neutral system prompt, held-out).
+pub fn fig_caps_shift(caps: &DataFrame) -> Result<Figure> {
+    let s = fresh(caps);
+    let idx: Vec<usize> = {
+        let tc = column_str(&s, "train_condition")?;
+        (0..tc.len()).filter(|&i| tc[i] != "base").collect()
+    };
+    let (m, v, lo, hi) = (column_str(&s, "model")?, column_f64(&s, "shift_vs_base")?, column_f64(&s, "lo_vs_base")?, column_f64(&s, "hi_vs_base")?);
+    bar_chart("Caps-fraction shift after fine-tuning (neutral prompt, held-out)", "model", "Δ caps fraction vs base", idx.iter().map(|&i| m[i].clone()))
+        .group(Bars::new("Δ caps", idx.iter().map(|&i| v[i])).ci(idx.iter().map(|&i| lo[i]), idx.iter().map(|&i| hi[i])))
+        .build()
+}
+
+/// Phase 5: mean trait alignment during training vs final projection drift, one point per run.
+pub fn fig_align_vs_drift(runs: &[RunPoint]) -> Result<Figure> {
+    let mut fig = scatter_plot("Mean alignment during training vs drift", "mean cos(-g, v_trait) during training", "projection drift at prompt_last (vs base)");
+    let mut conds: Vec<&str> = vec![];
+    for r in runs {
+        if !conds.contains(&r.train_condition.as_str()) {
+            conds.push(&r.train_condition);
+        }
+    }
+    for c in conds {
+        let rs: Vec<&RunPoint> = runs.iter().filter(|r| r.train_condition == c).collect();
+        fig = fig.series(Series::new(c, rs.iter().map(|r| r.mean_align), rs.iter().map(|r| r.projection_drift)).labels(rs.iter().map(|r| format!("s{}", r.seed))));
+    }
+    fig.build()
+}
+
+/// Shows a figure inline (evcxr) and saves it as `figures/<stem>.png` and `.svg` in the run.
+pub fn show(run: &RunDir, stem: &str, fig: &Figure) -> Result<()> {
+    run.save_figure(stem, fig)?;
+    fig.evcxr_display();
+    Ok(())
+}

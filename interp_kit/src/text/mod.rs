@@ -1,0 +1,5 @@
+//! Text in and out of the model: the tokenizer, chat templates with named positions, and record
+//! files (JSONL prompt sets with line-numbered errors).
+pub mod chat;
+pub mod records;
+pub mod tokenizer;
