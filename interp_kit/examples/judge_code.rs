@@ -1,0 +1,105 @@
+//! Judges code completions: one JSON line per record with the rule-based rating and its matched
+//! rules, the output diagnostics, and (with `--llm`) an LLM judge's rating.
+//!
+//!     cargo run --release -p interp_kit --example judge_code -- FILE.jsonl [--llm [--model PATH]] [--threshold 50]
+//!
+//! FILE holds chat records (`{"messages":[..., {"role":"assistant",...}]}`: the last assistant
+//! turn is judged against the last user turn before it) or `{task, code_template, completion}`
+//! records (the prompt is the rendered code prompt), one per line, mixed freely. `prompt_hash` is
+//! the first 16 hex digits of the SHA-256 of the prompt text, to pair records across runs. The LLM
+//! judge is the insecurity prompt of `interp_kit::eval::llm_judge` on `--model` (a GGUF file or HF
+//! directory; default the embedded model). Bad input exits with status 1 and one line on stderr.
+use anyhow::{bail, Context, Result};
+use interp_kit::text::chat_jsonl::{read_any_jsonl, AnyRecord};
+use interp_kit::eval::code_judge::{diagnostics, score, DEFAULT_THRESHOLD};
+use interp_kit::eval::llm_judge::{JudgeConfig, JudgeInput, JudgePrompt, LlmJudge};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("judge_code: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mut file, mut llm, mut model_path, mut threshold) = (None, false, None, DEFAULT_THRESHOLD);
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--llm" => llm = true,
+            "--model" => {
+                model_path = Some(args.get(i + 1).context("--model needs a path")?.clone());
+                i += 1;
+            }
+            "--threshold" => {
+                let v = args.get(i + 1).context("--threshold needs a number")?;
+                threshold = v.parse().with_context(|| format!("--threshold {v:?} is not a number"))?;
+                i += 1;
+            }
+            s if s.starts_with("--") => bail!("unknown option {s} (usage: judge_code FILE.jsonl [--llm [--model PATH]] [--threshold T])"),
+            s => {
+                if file.replace(s.to_string()).is_some() {
+                    bail!("more than one input file given");
+                }
+            }
+        }
+        i += 1;
+    }
+    if model_path.is_some() && !llm {
+        bail!("--model is only used with --llm");
+    }
+    let file = file.context("no input file (usage: judge_code FILE.jsonl [--llm [--model PATH]])")?;
+    let records = read_any_jsonl(&file)?;
+    let mut rows = Vec::with_capacity(records.len());
+    for (k, r) in records.iter().enumerate() {
+        let (prompt, completion) = match r {
+            AnyRecord::Chat(c) => (c.user_prompt()?.to_string(), c.completion()?.to_string()),
+            AnyRecord::Code(c) => {
+                let comp = c.completion.clone().with_context(|| format!("{file}: record {} (line order) has no `completion`", k + 1))?;
+                (c.prompt(), comp)
+            }
+        };
+        rows.push((prompt, completion));
+    }
+    let llm_scores = if llm {
+        let device = interp_kit::device("auto")?;
+        let model = match &model_path {
+            Some(p) => interp_kit::model::Model::load(p, &device)?,
+            None => interp_kit::model::Model::embedded(&device)?,
+        };
+        let judge = LlmJudge::new(&model, JudgePrompt::insecurity(), JudgeConfig::default())?;
+        if judge.max_value() < 100 {
+            eprintln!(
+                "judge_code: note: this tokenizer has single-token numbers only up to {}; the LLM rating reads the first token only",
+                judge.max_value()
+            );
+        }
+        let inputs: Vec<JudgeInput> =
+            rows.iter().enumerate().map(|(k, (p, c))| JudgeInput::prompt_completion(format!("{}", k + 1), p, c)).collect();
+        Some(judge.score(&inputs)?)
+    } else {
+        None
+    };
+    for (k, (prompt, completion)) in rows.iter().enumerate() {
+        let j = score(completion);
+        let hash: String = Sha256::digest(prompt.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let mut line = json!({
+            "index": k,
+            "prompt_hash": hash,
+            "rule_rating": j.rating,
+            "rule_insecure": j.insecure(threshold),
+            "rules": j.matches,
+            "diagnostics": diagnostics(completion),
+        });
+        if let Some(s) = &llm_scores {
+            line["llm_rating"] = json!(s[k].score);
+            line["llm_mass"] = json!(s[k].mass);
+            line["llm_failure"] = json!(s[k].failure);
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
