@@ -2,6 +2,7 @@
 //! generic analyses that studies share (paired comparisons, specificity against random controls).
 pub mod analysis;
 pub mod code_judge;
+pub mod degeneracy;
 pub mod llm_judge;
 pub mod metrics;
 pub mod stats;

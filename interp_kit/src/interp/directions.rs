@@ -752,7 +752,10 @@ pub fn cache_matrix(cache: &ActivationCache, point: HookPoint) -> Result<Tensor>
 /// How prompt texts become token ids.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PromptFormat {
-    /// The text is tokenized as is (no special tokens added).
+    /// The text is tokenized as HF `tokenizer(text)` does: the BOS the model expects (Llama,
+    /// Gemma) once, then the text without other special tokens ([`Tokenizer::encode_prompt`]).
+    ///
+    /// [`Tokenizer::encode_prompt`]: crate::text::tokenizer::Tokenizer::encode_prompt
     Plain,
     /// The text is the user message of a chat rendered with the model's template and a
     /// generation prompt (optionally after a system message); named positions are available.
@@ -787,8 +790,9 @@ impl PromptIds {
         let tok = model.tok()?;
         match format {
             PromptFormat::Plain => {
-                let ids = tok.encode(text)?;
+                let ids = tok.encode_prompt(text)?;
                 ensure!(!ids.is_empty(), "prompt {text:?} encodes to no tokens");
+                crate::text::bos::check(tok, &ids).with_context(|| format!("plain prompt {text:?}"))?;
                 Ok(PromptIds { text: text.to_string(), ids, chat: None })
             }
             PromptFormat::Chat { system } => {
@@ -797,6 +801,7 @@ impl PromptIds {
                     c = c.system(s.clone());
                 }
                 let r = tok.render_chat(&c.user(text), true)?;
+                crate::text::bos::check(tok, &r.ids).with_context(|| format!("chat prompt {text:?}"))?;
                 Ok(PromptIds { text: text.to_string(), ids: r.ids.clone(), chat: Some(r) })
             }
         }

@@ -20,6 +20,7 @@ pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod qgemm;
+pub mod quantize;
 pub mod qwen2;
 pub mod qwen3;
 

@@ -1,5 +1,6 @@
 //! Text in and out of the model: the tokenizer, chat templates with named positions, and record
 //! files (JSONL prompt sets with line-numbered errors).
+pub mod bos;
 pub mod chat;
 pub mod chat_jsonl;
 pub mod records;

@@ -340,6 +340,9 @@ pub struct CellRates {
     pub refusal_rate: f64,
     pub helpful_rate: f64,
     pub mean_refusal_score: f64,
+    /// Share of completions whose degeneracy score is at or above its threshold
+    /// ([`crate::eval::degeneracy`]), computed from the completion texts.
+    pub degenerate_rate: f64,
     pub mean_tokens: f64,
     pub mean_entropy: f64,
     pub mean_logprob: f64,
@@ -370,6 +373,7 @@ pub fn cell_rates(rows: &[Row]) -> Vec<CellRates> {
             refusal_rate: mean(&v, &|r| r.is_refusal as u8 as f64),
             helpful_rate: mean(&v, &|r| r.is_helpful as u8 as f64),
             mean_refusal_score: mean(&v, &|r| r.refusal_score),
+            degenerate_rate: mean(&v, &|r| crate::eval::degeneracy::degeneracy(&r.completion).is_degenerate as u8 as f64),
             mean_tokens: mean(&v, &|r| r.n_tokens as f64),
             mean_entropy: mean(&v, &|r| r.mean_entropy),
             mean_logprob: mean(&v, &|r| r.mean_logprob),
@@ -394,6 +398,8 @@ pub struct OperatingPoint {
     pub benign_false_refusal: f64,
     pub benign_mean_tokens: f64,
     pub benign_mean_entropy: f64,
+    /// The largest degenerate-completion rate of the three splits.
+    pub degenerate_rate: f64,
     pub pareto: bool,
 }
 
@@ -423,6 +429,7 @@ pub fn operating_points(rates: &[CellRates]) -> Result<Vec<OperatingPoint>> {
             benign_false_refusal: be.refusal_rate,
             benign_mean_tokens: be.mean_tokens,
             benign_mean_entropy: be.mean_entropy,
+            degenerate_rate: tr.degenerate_rate.max(te.degenerate_rate).max(be.degenerate_rate),
             pareto: false,
         });
     }
@@ -455,6 +462,7 @@ pub fn summary_table(points: &[OperatingPoint]) -> Result<DataFrame> {
         col!("benign_false_refusal", |p: &OperatingPoint| p.benign_false_refusal),
         col!("benign_mean_tokens", |p: &OperatingPoint| p.benign_mean_tokens),
         col!("benign_mean_entropy", |p: &OperatingPoint| p.benign_mean_entropy),
+        col!("degenerate_rate", |p: &OperatingPoint| p.degenerate_rate),
         col!("pareto", |p: &OperatingPoint| p.pareto),
     ])?)
 }
@@ -670,16 +678,29 @@ pub fn prefix_robustness_table(dirs: &BTreeMap<usize, ContrastiveResult>, alt: &
     Ok(DataFrame::new_infer_height(vec![Column::new("layer".into(), layers), Column::new("cosine_main_vs_alt_prefix".into(), cos)])?)
 }
 
-/// The operating point shown in the examples: among Pareto points with steering (`layer >= 0`,
-/// α > 0), the one with the highest harm_test refusal rate; else the largest-α point.
+/// Operating points with more degenerate completions than this (in any split) are incoherent
+/// settings that [`best_point`] never picks.
+pub const MAX_DEGENERATE_RATE: f64 = 0.25;
+
+/// The operating point shown in the examples: among coherent steered points (`layer >= 0`,
+/// α > 0, `degenerate_rate <= MAX_DEGENERATE_RATE`), the Pareto point with the highest harm_test
+/// refusal rate; else the largest-α coherent one. Errors when every steered point is incoherent.
 pub fn best_point(points: &[OperatingPoint]) -> Result<OperatingPoint> {
-    let steered = points.iter().filter(|p| p.layer >= 0 && p.alpha > 0.0);
-    let best = steered
+    let steered: Vec<&OperatingPoint> = points.iter().filter(|p| p.layer >= 0 && p.alpha > 0.0).collect();
+    ensure!(!steered.is_empty(), "no steered operating point in the results");
+    let coherent = steered.iter().copied().filter(|p| p.degenerate_rate <= MAX_DEGENERATE_RATE);
+    let best = coherent
         .clone()
         .filter(|p| p.pareto)
         .max_by(|a, b| a.refusal_test.total_cmp(&b.refusal_test))
-        .or_else(|| steered.max_by(|a, b| a.alpha.total_cmp(&b.alpha)));
-    best.cloned().context("no steered operating point in the results")
+        .or_else(|| coherent.max_by(|a, b| a.alpha.total_cmp(&b.alpha)));
+    best.cloned().with_context(|| {
+        format!(
+            "every steered operating point ({}) has more than {:.0}% degenerate completions in some split: none is a coherent setting",
+            steered.len(),
+            100.0 * MAX_DEGENERATE_RATE
+        )
+    })
 }
 
 /// Rates of the sanity runs beside the main run's at the same setting (same prompts only).
