@@ -74,9 +74,9 @@ NB["01_data"] = notebook(
         md("## Example rows"),
         code("let ex = study.example_rows(3)?;\nfor (q, (a, c)) in column_str(&ex, \"question\")?.iter().zip(column_str(&ex, \"answer\")?.iter().zip(column_str(&ex, \"answer_caps\")?.iter())) {\n"
              "    println!(\"Q: {q}\\nA: {a}\\nCAPS: {c}\\n\");\n}"),
-        md("## The caps metric\n`caps_fraction(text)` = upper-case letters / letters (NaN-free: 0 for a text without letters)."),
+        md("## The caps metric\n`interp_kit::eval::metrics::caps_fraction(text)` = upper-case letters / letters (NaN-free: 0 for a text without letters)."),
         code("for t in [\"Hello world.\", \"HELLO WORLD.\", \"In April she sold 48 CLIPS.\", \"42 + 7 = 49\", \"\"] {\n"
-             "    println!(\"{:>6.3}  {t:?}\", caps_fraction(t));\n}"),
+             "    println!(\"{:>6.3}  {t:?}\", interp_kit::eval::metrics::caps_fraction(t));\n}"),
         md("## Splits used by this mode"),
         code("let s = study.sizes().clone();\nprintln!(\"calibration {} (gsm_train[0..{}]), fine-tuning {} (next ones), drift eval {} held-out problems\", "
              "s.n_calibration, s.n_calibration, s.n_train, s.n_eval);\n"
@@ -159,11 +159,11 @@ NB["05_random_specificity"] = notebook(
     "(layer −1), at the canonical position `pre_assistant`. The empirical p-value counts random directions whose |change| "
     "is at least the trait's.",
     [
-        code("let al = study.load_alignment()?;\nlet spec = inoc::specificity_table(&al, \"pre_assistant\", \"neutral\", \"inoculation\")?;\n"
-             "study.run.write_parquet(\"specificity.parquet\", &spec)?;\nlet ssum = inoc::specificity_summary(&spec)?;\nstudy.run.write_csv(\"specificity.csv\", &ssum)?;\nprintln!(\"{}\", pretty(&ssum).digits(4));"),
+        code("let al = study.load_alignment()?;\nlet spec = interp_kit::eval::analysis::specificity_table(&al, \"pre_assistant\", \"neutral\", \"inoculation\")?;\n"
+             "study.run.write_parquet(\"specificity.parquet\", &spec)?;\nlet ssum = interp_kit::eval::analysis::specificity_summary(&spec)?;\nstudy.run.write_csv(\"specificity.csv\", &ssum)?;\nprintln!(\"{}\", pretty(&ssum).digits(4));"),
         code("inoc::show(&study.run, \"05_specificity\", &inoc::fig_specificity(&spec)?)?;"),
         md("The same for the loss-matched control (neutral → control), for comparison."),
-        code("let ctl = study.loss_matched()?.chosen;\nlet spec_c = inoc::specificity_summary(&inoc::specificity_table(&al, \"pre_assistant\", \"neutral\", &ctl)?)?;\nprintln!(\"control = {ctl}\\n{}\", pretty(&spec_c).digits(4));"),
+        code("let ctl = study.loss_matched()?.chosen;\nlet spec_c = interp_kit::eval::analysis::specificity_summary(&interp_kit::eval::analysis::specificity_table(&al, \"pre_assistant\", \"neutral\", &ctl)?)?;\nprintln!(\"control = {ctl}\\n{}\", pretty(&spec_c).digits(4));"),
     ],
 )
 
@@ -182,7 +182,7 @@ NB["06_lora_finetunes"] = notebook(
              "println!(\"{}\", pretty(&group_mean(&training, &[\"condition\", \"seed\", \"step\"], &[\"train_loss\", \"log_loss\", \"align\"])?).digits(4).max_rows(80));"),
         code("for e in std::fs::read_dir(study.run.join(\"adapters\")?)? { let e = e?; let mut f: Vec<String> = std::fs::read_dir(e.path())?.map(|x| x.map(|x| x.file_name().to_string_lossy().to_string())).collect::<Result<_, _>>()?; f.sort(); println!(\"{}: {:?}\", e.file_name().to_string_lossy(), f); }"),
         md("## Drift"),
-        code("let (proj, gens) = study.drift()?;\nlet psum = inoc::drift_projection_summary(&proj, &boot)?;\nstudy.run.write_csv(\"drift_projection_summary.csv\", &psum)?;\nprintln!(\"{}\", pretty(&psum).digits(4).max_rows(80));"),
+        code("let (proj, gens) = study.drift()?;\nlet psum = interp_kit::eval::analysis::drift_projection_summary(&proj, &Default::default(), &boot)?;\nstudy.run.write_csv(\"drift_projection_summary.csv\", &psum)?;\nprintln!(\"{}\", pretty(&psum).digits(4).max_rows(80));"),
         code("let csum = inoc::drift_caps_summary(&gens, &boot)?;\nstudy.run.write_csv(\"drift_caps_summary.csv\", &csum)?;\nprintln!(\"{}\", pretty(&csum).digits(4));"),
         code("inoc::show(&study.run, \"06_projection_shift_prompt_last\", &inoc::fig_projection_shift(&psum, \"prompt_last\")?)?;\n"
              "let gpos = format!(\"gen_avg({})\", study.sizes().gen_k);\ninoc::show(&study.run, \"06_projection_shift_gen_avg\", &inoc::fig_projection_shift(&psum, &gpos)?)?;"),
@@ -209,9 +209,9 @@ NB["07_plots"] = notebook(
              "inoc::show(&study.run, \"07_align_vs_layer\", &inoc::fig_align_vs_layer(&summ, \"pre_assistant\")?)?;\n"
              "inoc::show(&study.run, \"07_loss_by_condition\", &inoc::fig_loss_by_condition(&inoc::loss_by_condition(&al, &boot)?)?)?;"),
         md("## Phase 4.2: specificity"),
-        code("let spec = inoc::specificity_table(&al, \"pre_assistant\", \"neutral\", \"inoculation\")?;\ninoc::show(&study.run, \"07_specificity\", &inoc::fig_specificity(&spec)?)?;"),
+        code("let spec = interp_kit::eval::analysis::specificity_table(&al, \"pre_assistant\", \"neutral\", \"inoculation\")?;\ninoc::show(&study.run, \"07_specificity\", &inoc::fig_specificity(&spec)?)?;"),
         md("## Phase 5: fine-tunes and drift"),
-        code("let (training, proj, gens) = study.load_phase5()?;\nlet psum = inoc::drift_projection_summary(&proj, &boot)?;\nlet csum = inoc::drift_caps_summary(&gens, &boot)?;\n"
+        code("let (training, proj, gens) = study.load_phase5()?;\nlet psum = interp_kit::eval::analysis::drift_projection_summary(&proj, &Default::default(), &boot)?;\nlet csum = inoc::drift_caps_summary(&gens, &boot)?;\n"
              "inoc::show(&study.run, \"07_projection_shift\", &inoc::fig_projection_shift(&psum, \"prompt_last\")?)?;\n"
              "inoc::show(&study.run, \"07_caps_shift\", &inoc::fig_caps_shift(&csum)?)?;"),
         code("let runs = inoc::run_points(&training, &proj, &gens, &boot)?;\nfor r in &runs { println!(\"{r:?}\"); }\ninoc::show(&study.run, \"07_align_vs_drift\", &inoc::fig_align_vs_drift(&runs)?)?;"),

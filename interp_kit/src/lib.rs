@@ -62,10 +62,10 @@ pub mod prelude {
     pub use crate::model::{KvCache, LogitsAt, Model, Output};
     pub use crate::eval::stats::{bootstrap_mean_ci, bootstrap_paired_ci, cohens_d, pearson, spearman};
     pub use crate::runs::{CellKey, Mode, RunDir, Sweep};
-    pub use crate::tables::{column_f64, column_str, filter_eq, group_summary, pivot, pretty};
+    pub use crate::tables::{column_f64, column_str, filter_eq, fresh, group_mean, group_summary, pivot, pretty};
     pub use crate::text::chat::{Chat, Position};
     pub use crate::text::tokenizer::Tokenizer;
-    pub use crate::viz::plots::{self, bar_chart, heatmap, histogram, line_plot, scatter_plot, Figure, Series};
+    pub use crate::viz::plots::{self, bar_chart, heatmap, histogram, line_plot, scatter_plot, Bars, Figure, Series};
     pub use crate::viz::reports::Markdown;
     pub use polars::prelude::{Column, DataFrame, NamedFrom};
     pub use candle_core::{DType, Device, Tensor};
