@@ -6,9 +6,10 @@
 //! direction (trait | random_k), position, layer, cos` for alignment, and `model,
 //! train_condition, seed, example_id, layer, position, projection` for drift projections.
 use crate::eval::stats::{bootstrap_paired_ci, Bootstrap};
-use crate::tables::{column_f64, column_str, fresh};
+use crate::tables::{column_f64, column_str, fresh, to_df_with_header};
 use anyhow::{ensure, Context, Result};
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::DataFrame;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The model labels a drift summary compares: the `base` model, and the reference fine-tune of the
@@ -74,12 +75,23 @@ pub fn paired(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> (Vec<f64>
     a.iter().filter_map(|(k, v)| b.get(k).map(|w| (*v, *w))).unzip()
 }
 
+/// A row of [`specificity_table`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecificityRow {
+    /// Block index; -1: averaged over the layers of each example first.
+    pub layer: i64,
+    /// `trait` or `random_k`.
+    pub direction: String,
+    /// `mean_i align[to] - align[from]`, paired by example (`align = -cos`).
+    pub delta: f64,
+}
+
 /// Phase 4.2: per layer (and `layer = -1`: averaged over the layers of each example) and per
 /// direction (`trait`, `random_k`), the change of mean alignment from `from` to `to`
-/// (`mean_i align[to] - align[from]`, paired by example) at `position`. Columns `layer,
-/// direction, delta`.
+/// (`mean_i align[to] - align[from]`, paired by example) at `position`. Columns: the fields of
+/// [`SpecificityRow`].
 pub fn specificity_table(alignment: &DataFrame, position: &str, from: &str, to: &str) -> Result<DataFrame> {
-    let mut rows: (Vec<i64>, Vec<String>, Vec<f64>) = Default::default();
+    let mut rows: Vec<SpecificityRow> = vec![];
     for layers in [Layers::Each, Layers::Averaged] {
         let pe = per_example(alignment, position, "cos", layers)?;
         let mut keys: Vec<(String, i64)> = pe.keys().filter(|k| k.0 == from).map(|k| (k.1.clone(), k.2)).collect();
@@ -90,16 +102,10 @@ pub fn specificity_table(alignment: &DataFrame, position: &str, from: &str, to: 
             let (x, y) = paired(a, b);
             ensure!(!x.is_empty(), "{d} layer {l}: no example under both {from} and {to}");
             // align = -cos
-            rows.0.push(l);
-            rows.1.push(d);
-            rows.2.push(-(mean(&x) - mean(&y)));
+            rows.push(SpecificityRow { layer: l, direction: d, delta: -(mean(&x) - mean(&y)) });
         }
     }
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("layer".into(), rows.0),
-        Column::new("direction".into(), rows.1),
-        Column::new("delta".into(), rows.2),
-    ])?)
+    to_df_with_header(&rows)
 }
 
 fn dir_order(d: &str) -> (u8, usize) {
@@ -109,10 +115,28 @@ fn dir_order(d: &str) -> (u8, usize) {
     }
 }
 
+/// A row of [`specificity_summary`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecificitySummaryRow {
+    /// Block index; -1: averaged over layers.
+    pub layer: i64,
+    /// The trait direction's `delta`.
+    pub trait_delta: f64,
+    /// Mean and sample sd (NaN for fewer than two) of the random directions' `delta`.
+    pub random_mean: f64,
+    pub random_sd: f64,
+    /// Number of random directions.
+    pub n_random: u32,
+    /// `(trait_delta - random_mean) / random_sd`.
+    pub z: f64,
+    /// `(1 + #{|Δ_random| >= |Δ_trait|}) / (n_random + 1)`.
+    pub p_empirical: f64,
+}
+
 /// Per layer of a [`specificity_table`]: the trait direction's change beside the random
 /// directions' (mean, sd, number), `z = (trait - mean) / sd`, and the empirical two-sided
-/// p-value `(1 + #{|Δ_random| >= |Δ_trait|}) / (N + 1)`. Columns `layer, trait_delta,
-/// random_mean, random_sd, n_random, z, p_empirical`.
+/// p-value `(1 + #{|Δ_random| >= |Δ_trait|}) / (N + 1)`. Columns: the fields of
+/// [`SpecificitySummaryRow`].
 pub fn specificity_summary(table: &DataFrame) -> Result<DataFrame> {
     let t = fresh(table);
     let (layer, dir, delta) = (column_f64(&t, "layer")?, column_str(&t, "direction")?, column_f64(&t, "delta")?);
@@ -125,36 +149,52 @@ pub fn specificity_summary(table: &DataFrame) -> Result<DataFrame> {
             e.1.push(delta[i]);
         }
     }
-    let mut c: (Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<u32>, Vec<f64>, Vec<f64>) = Default::default();
+    let mut rows: Vec<SpecificitySummaryRow> = vec![];
     for (l, (tr, rnd)) in by {
         let tr = tr.with_context(|| format!("layer {l}: no trait row"))?;
         let m = mean(&rnd);
         let sd = if rnd.len() > 1 { (rnd.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (rnd.len() - 1) as f64).sqrt() } else { f64::NAN };
         let exceed = rnd.iter().filter(|x| x.abs() >= tr.abs()).count();
-        c.0.push(l);
-        c.1.push(tr);
-        c.2.push(m);
-        c.3.push(sd);
-        c.4.push(rnd.len() as u32);
-        c.5.push((tr - m) / sd);
-        c.6.push((1 + exceed) as f64 / (rnd.len() + 1) as f64);
+        rows.push(SpecificitySummaryRow {
+            layer: l,
+            trait_delta: tr,
+            random_mean: m,
+            random_sd: sd,
+            n_random: rnd.len() as u32,
+            z: (tr - m) / sd,
+            p_empirical: (1 + exceed) as f64 / (rnd.len() + 1) as f64,
+        });
     }
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("layer".into(), c.0),
-        Column::new("trait_delta".into(), c.1),
-        Column::new("random_mean".into(), c.2),
-        Column::new("random_sd".into(), c.3),
-        Column::new("n_random".into(), c.4),
-        Column::new("z".into(), c.5),
-        Column::new("p_empirical".into(), c.6),
-    ])?)
+    to_df_with_header(&rows)
+}
+
+/// A row of [`drift_projection_summary`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriftProjectionRow {
+    /// The fine-tuned model's label (`<train_condition>_s<seed>`), its condition and seed.
+    pub model: String,
+    pub train_condition: String,
+    pub seed: i64,
+    pub layer: i64,
+    /// `prompt_last` or `gen_avg(k)`.
+    pub position: String,
+    /// Examples paired with the base model.
+    pub n: u32,
+    /// Mean paired projection shift versus the base model, with its bootstrap CI.
+    pub shift_vs_base: f64,
+    pub lo_vs_base: f64,
+    pub hi_vs_base: f64,
+    /// Mean paired difference versus the reference fine-tune of the same seed, with its CI
+    /// (NaN for the reference model itself or when it is missing).
+    pub diff_vs_neutral: f64,
+    pub lo_vs_neutral: f64,
+    pub hi_vs_neutral: f64,
 }
 
 /// Drift summaries, internal: per fine-tuned model × layer × position, the mean projection
 /// shift versus the base model (paired by example, bootstrap CI) and versus the reference
-/// fine-tune of the same seed (paired); `labels` names both. Columns `model, train_condition, seed, layer,
-/// position, n, shift_vs_base, lo_vs_base, hi_vs_base, diff_vs_neutral, lo_vs_neutral,
-/// hi_vs_neutral` (NaN vs neutral for the neutral model itself).
+/// fine-tune of the same seed (paired); `labels` names both. Columns: the fields of
+/// [`DriftProjectionRow`] (NaN vs neutral for the neutral model itself).
 pub fn drift_projection_summary(proj: &DataFrame, labels: &DriftLabels, boot: &Bootstrap) -> Result<DataFrame> {
     let p = fresh(proj);
     let (model, tc, seed, ex, layer, pos, val) = (
@@ -175,8 +215,7 @@ pub fn drift_projection_summary(proj: &DataFrame, labels: &DriftLabels, boot: &B
         }
         meta.insert(model[i].clone(), (tc[i].clone(), seed[i] as i64));
     }
-    let mut c: (Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<String>, Vec<u32>) = Default::default();
-    let mut v: [Vec<f64>; 6] = Default::default();
+    let mut rows: Vec<DriftProjectionRow> = vec![];
     for ((m, l, ps), vals) in &by {
         let (cond, sd) = &meta[m];
         if *cond == labels.base {
@@ -196,33 +235,23 @@ pub fn drift_projection_summary(proj: &DataFrame, labels: &DriftLabels, boot: &B
                 Some(ci_or_nan(&a, &b, boot))
             }
         };
-        c.0.push(m.clone());
-        c.1.push(cond.clone());
-        c.2.push(*sd);
-        c.3.push(*l);
-        c.4.push(ps.clone());
-        c.5.push(a.len() as u32);
-        v[0].push(vb.0);
-        v[1].push(vb.1);
-        v[2].push(vb.2);
         let vn = vn.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
-        v[3].push(vn.0);
-        v[4].push(vn.1);
-        v[5].push(vn.2);
+        rows.push(DriftProjectionRow {
+            model: m.clone(),
+            train_condition: cond.clone(),
+            seed: *sd,
+            layer: *l,
+            position: ps.clone(),
+            n: a.len() as u32,
+            shift_vs_base: vb.0,
+            lo_vs_base: vb.1,
+            hi_vs_base: vb.2,
+            diff_vs_neutral: vn.0,
+            lo_vs_neutral: vn.1,
+            hi_vs_neutral: vn.2,
+        });
     }
-    let names = ["shift_vs_base", "lo_vs_base", "hi_vs_base", "diff_vs_neutral", "lo_vs_neutral", "hi_vs_neutral"];
-    let mut cols = vec![
-        Column::new("model".into(), c.0),
-        Column::new("train_condition".into(), c.1),
-        Column::new("seed".into(), c.2),
-        Column::new("layer".into(), c.3),
-        Column::new("position".into(), c.4),
-        Column::new("n".into(), c.5),
-    ];
-    for (n, x) in names.iter().zip(v) {
-        cols.push(Column::new((*n).into(), x));
-    }
-    Ok(DataFrame::new_infer_height(cols)?)
+    to_df_with_header(&rows)
 }
 
 /// A paired bootstrap CI of `mean(a - b)` as `(estimate, lo, hi)`, NaN when it cannot be computed

@@ -39,9 +39,10 @@ use crate::model::Model;
 use crate::text::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor};
-use polars::prelude::{Column, DataFrame};
+use crate::tables::to_df_with_header;
+use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use crate::base::io::write_atomic;
 use std::path::Path;
 
@@ -247,16 +248,34 @@ fn build_seqs(model: &Model, examples: &[ChatExample], conditions: &[Condition],
     Ok(seqs)
 }
 
+/// A row of [`gradient_alignment`]: one example × condition × hook point × position × direction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlignmentRow {
+    pub example_id: String,
+    /// The condition's name.
+    pub condition: String,
+    /// Block index of the hook point, and the hook point's name.
+    pub layer: u32,
+    pub hook: String,
+    /// Position label (`pre_assistant`, `assistant_1`, ...) and its token index.
+    pub position: String,
+    pub token_index: u32,
+    /// `trait` (the given direction at that point) or `random_{k}` ([`random_directions`] with
+    /// `cfg.seed`; the same vectors for every example and condition, so changes between
+    /// conditions are paired).
+    pub direction: String,
+    /// The example's mean NLL over its `n_target_tokens` assistant tokens (nats).
+    pub loss: f64,
+    pub n_target_tokens: u32,
+    /// `‖g‖`, `⟨g, v̂⟩` and `dot / ‖g‖` (NaN if `g = 0`), with `g` the gradient of the example's
+    /// loss w.r.t. the activation at `hook` and `token_index`.
+    pub grad_norm: f64,
+    pub dot: f64,
+    pub cos: f64,
+}
+
 /// The gradient-alignment table: one row per example × condition × hook point × position ×
-/// direction, columns
-/// `example_id, condition, layer, hook, position, token_index, direction, loss, n_target_tokens,
-/// grad_norm, dot, cos`:
-/// * `direction`: `trait` (the given direction at that point) or `random_{k}`
-///   ([`random_directions`] with `cfg.seed`; the same vectors for every example and condition,
-///   so changes between conditions are paired);
-/// * `loss`: the example's mean NLL over its `n_target_tokens` assistant tokens (nats);
-/// * `grad_norm = ‖g‖`, `dot = ⟨g, v̂⟩`, `cos = dot / ‖g‖` (NaN if `g = 0`), with `g` the
-///   gradient of the example's loss w.r.t. the activation at `hook` and `token_index`.
+/// direction; columns: the fields of [`AlignmentRow`].
 ///
 /// `directions`: one per hook point, `meta.hook` set (`Direction::at`); measured where they
 /// are (e.g. `hook_resid_post` of a layer subset). `hooks`: interventions applied during the
@@ -290,7 +309,7 @@ pub fn gradient_alignment(
     let points: Vec<HookPoint> = dirs.iter().map(|(p, _)| *p).collect();
     let seqs = build_seqs(model, examples, conditions, cfg)?;
 
-    let mut t = Table::default();
+    let mut rows: Vec<AlignmentRow> = vec![];
     for batch in seqs.chunks(cfg.batch_size) {
         let prompts: Vec<Vec<u32>> = batch.iter().map(|s| s.ids.clone()).collect();
         let loss = Loss::Tokens(batch.iter().map(|s| s.targets.clone()).collect());
@@ -313,15 +332,16 @@ pub fn gradient_alignment(
                     let j = idx.iter().position(|i| i == ti).with_context(|| format!("{p}: token {ti} missing from the gradient"))?;
                     for (k, name) in names.iter().enumerate() {
                         let (n, dt) = (norms[j] as f64, dots[j][k] as f64);
-                        t.push(Row {
-                            example_id: &examples[s.example].id,
-                            condition: &conditions[s.condition].name,
-                            point: *p,
-                            position: label,
-                            token_index: *ti,
-                            direction: name,
+                        rows.push(AlignmentRow {
+                            example_id: examples[s.example].id.clone(),
+                            condition: conditions[s.condition].name.clone(),
+                            layer: p.layer as u32,
+                            hook: p.to_string(),
+                            position: label.clone(),
+                            token_index: *ti as u32,
+                            direction: name.clone(),
                             loss: out.row_loss[r],
-                            n_target_tokens: s.targets.len(),
+                            n_target_tokens: s.targets.len() as u32,
                             grad_norm: n,
                             dot: dt,
                             cos: if n > 0.0 { dt / n } else { f64::NAN },
@@ -331,74 +351,21 @@ pub fn gradient_alignment(
             }
         }
     }
-    t.into_df()
+    to_df_with_header(&rows)
 }
 
-struct Row<'a> {
-    example_id: &'a str,
-    condition: &'a str,
-    point: HookPoint,
-    position: &'a str,
-    token_index: usize,
-    direction: &'a str,
-    loss: f64,
-    n_target_tokens: usize,
-    grad_norm: f64,
-    dot: f64,
-    cos: f64,
-}
-
-#[derive(Default)]
-struct Table {
-    example_id: Vec<String>,
-    condition: Vec<String>,
-    layer: Vec<u32>,
-    hook: Vec<String>,
-    position: Vec<String>,
-    token_index: Vec<u32>,
-    direction: Vec<String>,
-    loss: Vec<f64>,
-    n_target_tokens: Vec<u32>,
-    grad_norm: Vec<f64>,
-    dot: Vec<f64>,
-    cos: Vec<f64>,
-}
-
-impl Table {
-    fn push(&mut self, r: Row) {
-        self.example_id.push(r.example_id.into());
-        self.condition.push(r.condition.into());
-        self.layer.push(r.point.layer as u32);
-        self.hook.push(r.point.to_string());
-        self.position.push(r.position.into());
-        self.token_index.push(r.token_index as u32);
-        self.direction.push(r.direction.into());
-        self.loss.push(r.loss);
-        self.n_target_tokens.push(r.n_target_tokens as u32);
-        self.grad_norm.push(r.grad_norm);
-        self.dot.push(r.dot);
-        self.cos.push(r.cos);
-    }
-    fn into_df(self) -> Result<DataFrame> {
-        Ok(DataFrame::new_infer_height(vec![
-            Column::new("example_id".into(), self.example_id),
-            Column::new("condition".into(), self.condition),
-            Column::new("layer".into(), self.layer),
-            Column::new("hook".into(), self.hook),
-            Column::new("position".into(), self.position),
-            Column::new("token_index".into(), self.token_index),
-            Column::new("direction".into(), self.direction),
-            Column::new("loss".into(), self.loss),
-            Column::new("n_target_tokens".into(), self.n_target_tokens),
-            Column::new("grad_norm".into(), self.grad_norm),
-            Column::new("dot".into(), self.dot),
-            Column::new("cos".into(), self.cos),
-        ])?)
-    }
+/// A row of [`assistant_losses`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossRow {
+    pub example_id: String,
+    pub condition: String,
+    /// Mean NLL over the example's `n_target_tokens` assistant tokens (nats).
+    pub loss: f64,
+    pub n_target_tokens: u32,
 }
 
 /// The assistant-token loss of every example under every condition, without gradients to
-/// read: columns `example_id, condition, loss, n_target_tokens`. Uses `cfg.batch_size` and
+/// read: columns: the fields of [`LossRow`]. Uses `cfg.batch_size` and
 /// `cfg.include_end_of_turn`; the numbers equal [`gradient_alignment`]'s `loss` column.
 pub fn assistant_losses(
     model: &Model,
@@ -410,24 +377,21 @@ pub fn assistant_losses(
     check_inputs(examples, conditions, cfg.batch_size)?;
     let cfg = AlignmentConfig { positions: vec![], ..cfg.clone() };
     let seqs = build_seqs(model, examples, conditions, &cfg)?;
-    let (mut ids, mut conds, mut losses, mut ns) = (vec![], vec![], vec![], vec![]);
+    let mut rows: Vec<LossRow> = vec![];
     for batch in seqs.chunks(cfg.batch_size) {
         let prompts: Vec<Vec<u32>> = batch.iter().map(|s| s.ids.clone()).collect();
         let loss = Loss::Tokens(batch.iter().map(|s| s.targets.clone()).collect());
         let out = model.grad(&prompts, &loss, &[], Positions::Last, hooks)?;
         for (r, s) in batch.iter().enumerate() {
-            ids.push(examples[s.example].id.clone());
-            conds.push(conditions[s.condition].name.clone());
-            losses.push(out.row_loss[r]);
-            ns.push(s.targets.len() as u32);
+            rows.push(LossRow {
+                example_id: examples[s.example].id.clone(),
+                condition: conditions[s.condition].name.clone(),
+                loss: out.row_loss[r],
+                n_target_tokens: s.targets.len() as u32,
+            });
         }
     }
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("example_id".into(), ids),
-        Column::new("condition".into(), conds),
-        Column::new("loss".into(), losses),
-        Column::new("n_target_tokens".into(), ns),
-    ])?)
+    to_df_with_header(&rows)
 }
 
 /// The mean loss of one candidate condition on the calibration batch.
@@ -550,20 +514,39 @@ impl LossMatchedSelection {
         let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))
     }
-    /// The candidates as a table: `condition, mean_loss, sd_loss, n_examples, abs_delta,
-    /// eligible, chosen`.
+    /// The candidates as a table (`loss_matched.csv`); columns: the fields of
+    /// [`LossMatchedRow`].
     pub fn to_df(&self) -> Result<DataFrame> {
-        let c = &self.candidates;
-        Ok(DataFrame::new_infer_height(vec![
-            Column::new("condition".into(), c.iter().map(|r| r.loss.condition.clone()).collect::<Vec<_>>()),
-            Column::new("mean_loss".into(), c.iter().map(|r| r.loss.mean_loss).collect::<Vec<_>>()),
-            Column::new("sd_loss".into(), c.iter().map(|r| r.loss.sd_loss).collect::<Vec<_>>()),
-            Column::new("n_examples".into(), c.iter().map(|r| r.loss.n_examples as u32).collect::<Vec<_>>()),
-            Column::new("abs_delta".into(), c.iter().map(|r| r.abs_delta).collect::<Vec<_>>()),
-            Column::new("eligible".into(), c.iter().map(|r| r.eligible).collect::<Vec<_>>()),
-            Column::new("chosen".into(), c.iter().map(|r| r.loss.condition == self.chosen).collect::<Vec<_>>()),
-        ])?)
+        let rows: Vec<LossMatchedRow> = self
+            .candidates
+            .iter()
+            .map(|r| LossMatchedRow {
+                condition: r.loss.condition.clone(),
+                mean_loss: r.loss.mean_loss,
+                sd_loss: r.loss.sd_loss,
+                n_examples: r.loss.n_examples as u32,
+                abs_delta: r.abs_delta,
+                eligible: r.eligible,
+                chosen: r.loss.condition == self.chosen,
+            })
+            .collect();
+        to_df_with_header(&rows)
     }
+}
+
+/// A row of [`LossMatchedSelection::to_df`]: one candidate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossMatchedRow {
+    pub condition: String,
+    /// Mean and sample sd of the per-example losses, over `n_examples` examples.
+    pub mean_loss: f64,
+    pub sd_loss: f64,
+    pub n_examples: u32,
+    /// `|mean_loss - inoculation mean_loss|`.
+    pub abs_delta: f64,
+    /// Whether it could be chosen, and whether it was.
+    pub eligible: bool,
+    pub chosen: bool,
 }
 
 
@@ -599,13 +582,44 @@ impl Default for DriftConfig {
 /// What [`drift_eval`] returns.
 #[derive(Debug, Clone)]
 pub struct DriftOutput {
-    /// `model, condition, example_id, layer, hook, position, projection, n_tokens`: position is
+    /// Columns: the fields of [`ProjectionRow`].
+    pub projections: DataFrame,
+    /// Columns: the fields of [`GenerationRow`].
+    pub generations: DataFrame,
+}
+
+/// A row of [`DriftOutput::projections`]: one example × hook point × position.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProjectionRow {
+    /// The model's label and the test-time condition's name.
+    pub model: String,
+    pub condition: String,
+    pub example_id: String,
+    /// Block index of the hook point, and the hook point's name.
+    pub layer: u32,
+    pub hook: String,
     /// `prompt_last` (the last prompt token, `n_tokens = 1`) or `gen_avg(k)` (mean over the
     /// first `n_tokens = min(k, generated)` generated tokens; NaN if none was generated).
-    /// `projection = ⟨h, v̂⟩`.
-    pub projections: DataFrame,
-    /// `model, condition, example_id, text, n_tokens, stopped_at_eos`.
-    pub generations: DataFrame,
+    pub position: String,
+    /// `⟨h, v̂⟩`.
+    pub projection: f64,
+    pub n_tokens: u32,
+}
+
+/// A row of [`DriftOutput::generations`]: one example's generated text.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GenerationRow {
+    /// `cfg.text_metric`'s score of `text` under the metric's name (the first column); empty
+    /// without a metric.
+    #[serde(flatten)]
+    pub metric: BTreeMap<&'static str, f64>,
+    pub model: String,
+    pub condition: String,
+    pub example_id: String,
+    pub text: String,
+    /// Generated tokens.
+    pub n_tokens: u32,
+    pub stopped_at_eos: bool,
 }
 
 /// Drift evaluation of one model (`label`, e.g. `base` or `lora_neutral_s0`) under one test-time
@@ -650,9 +664,8 @@ pub fn drift_eval(
         let flat: Vec<f32> = dirs.iter().flat_map(|(_, v)| v.iter().copied()).collect();
         Tensor::from_vec(flat, (dirs.len(), model.d_model()), &model.device)?
     };
-    let (mut p_model, mut p_cond, mut p_ex, mut p_layer, mut p_hook, mut p_pos, mut p_val, mut p_n) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut g_ex, mut g_text, mut g_n, mut g_eos) = (vec![], vec![], vec![], vec![]);
+    let mut projections: Vec<ProjectionRow> = vec![];
+    let mut generations: Vec<GenerationRow> = vec![];
     for (bi, batch) in prompts.chunks(cfg.batch_size).enumerate() {
         let base = bi * cfg.batch_size;
         let sel = Positions::PerRow(batch.iter().map(|p| Positions::Span(p.len() - 1..p.len() + cfg.k)).collect());
@@ -676,47 +689,28 @@ pub fn drift_eval(
                     (len..len + n_gen).map(&at).sum::<Result<f64>>()? / n_gen as f64
                 };
                 for (pos, val, n) in [("prompt_last".to_string(), at(len - 1)?, 1u32), (gen_label.clone(), gen_mean, n_gen as u32)] {
-                    p_model.push(label.to_string());
-                    p_cond.push(condition.name.clone());
-                    p_ex.push(ex.id.clone());
-                    p_layer.push(p.layer as u32);
-                    p_hook.push(p.to_string());
-                    p_pos.push(pos);
-                    p_val.push(val);
-                    p_n.push(n);
+                    projections.push(ProjectionRow {
+                        model: label.to_string(),
+                        condition: condition.name.clone(),
+                        example_id: ex.id.clone(),
+                        layer: p.layer as u32,
+                        hook: p.to_string(),
+                        position: pos,
+                        projection: val,
+                        n_tokens: n,
+                    });
                 }
             }
-            g_ex.push(ex.id.clone());
-            g_text.push(g.text.clone());
-            g_n.push(g.tokens.len() as u32);
-            g_eos.push(g.stopped_at_eos);
+            generations.push(GenerationRow {
+                metric: cfg.text_metric.iter().map(|m| (m.name, (m.score)(&g.text))).collect(),
+                model: label.to_string(),
+                condition: condition.name.clone(),
+                example_id: ex.id.clone(),
+                text: g.text.clone(),
+                n_tokens: g.tokens.len() as u32,
+                stopped_at_eos: g.stopped_at_eos,
+            });
         }
     }
-    let n_gen_rows = g_ex.len();
-    Ok(DriftOutput {
-        projections: DataFrame::new_infer_height(vec![
-            Column::new("model".into(), p_model),
-            Column::new("condition".into(), p_cond),
-            Column::new("example_id".into(), p_ex),
-            Column::new("layer".into(), p_layer),
-            Column::new("hook".into(), p_hook),
-            Column::new("position".into(), p_pos),
-            Column::new("projection".into(), p_val),
-            Column::new("n_tokens".into(), p_n),
-        ])?,
-        generations: DataFrame::new_infer_height(
-            cfg.text_metric
-                .map(|m| Column::new(m.name.into(), g_text.iter().map(|t| (m.score)(t)).collect::<Vec<f64>>()))
-                .into_iter()
-                .chain([
-            Column::new("model".into(), vec![label.to_string(); n_gen_rows]),
-            Column::new("condition".into(), vec![condition.name.clone(); n_gen_rows]),
-            Column::new("example_id".into(), g_ex),
-            Column::new("text".into(), g_text),
-            Column::new("n_tokens".into(), g_n),
-            Column::new("stopped_at_eos".into(), g_eos),
-                ])
-                .collect(),
-        )?,
-    })
+    Ok(DriftOutput { projections: to_df_with_header(&projections)?, generations: to_df_with_header(&generations)? })
 }

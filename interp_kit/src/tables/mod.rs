@@ -9,7 +9,7 @@
 pub mod markdown;
 pub mod rows;
 
-pub use rows::{from_df, to_df};
+pub use rows::{from_df, to_df, to_df_with_header};
 use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};

@@ -381,6 +381,16 @@ pub fn to_df<T: Serialize>(rows: &[T]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(columns)?)
 }
 
+/// [`to_df`], but zero rows still give the columns (names and types) of `T::default()`, with no
+/// rows: a result table keeps its header when nothing matched. A field that is `None` by default
+/// has no type to show and becomes an all-null String column in that empty frame.
+pub fn to_df_with_header<T: Serialize + Default>(rows: &[T]) -> Result<DataFrame> {
+    if rows.is_empty() {
+        return Ok(to_df(&[T::default()])?.clear());
+    }
+    to_df(rows)
+}
+
 /// The cell at row `i` of a column, typed as polars stores it.
 fn cell_at(col: &Column, i: usize) -> Result<Cell> {
     use polars::prelude::AnyValue as A;
@@ -540,6 +550,24 @@ mod tests {
         let df = to_df(&rows).unwrap().drop("name").unwrap();
         let e = format!("{:#}", from_df::<R>(&df).unwrap_err());
         assert!(e.contains("row 0") && e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn empty_rows_keep_the_header() {
+        #[derive(Serialize, Default)]
+        struct R {
+            layer: i64,
+            name: String,
+            v: f64,
+            n: u32,
+            ok: bool,
+        }
+        let df = to_df_with_header::<R>(&[]).unwrap();
+        assert_eq!(df.shape(), (0, 5));
+        assert_eq!(df.dtypes(), [DataType::Int64, DataType::String, DataType::Float64, DataType::UInt32, DataType::Boolean]);
+        let df = to_df_with_header(&[R { layer: -1, name: "a".into(), v: 0.5, n: 3, ok: true }]).unwrap();
+        assert_eq!(df.shape(), (1, 5));
+        assert_eq!(df.column("layer").unwrap().i64().unwrap().get(0), Some(-1));
     }
 
     #[test]

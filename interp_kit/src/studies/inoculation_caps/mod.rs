@@ -40,7 +40,7 @@ use crate::lora::{train_lora, LoraAdapter, LoraConfig, StepInfo, TrainConfig};
 use crate::model::Model;
 use crate::viz::plots::{bar_chart, histogram, line_plot, scatter_plot, Bars, Figure, Series};
 use crate::runs::{CellKey, RunDir};
-use crate::tables::{column_f64, column_str, fresh};
+use crate::tables::{column_f64, column_str, fresh, to_df_with_header};
 use crate::eval::analysis::{ci_or_nan, drift_projection_summary, mean, paired, per_example, specificity_summary, specificity_table, DriftLabels, Layers};
 use crate::eval::metrics::caps_fraction;
 use crate::eval::stats::{bootstrap_mean_ci, bootstrap_paired_ci, pearson, Bootstrap, Ci};
@@ -345,6 +345,73 @@ pub struct Inoculation {
     pub run: RunDir,
 }
 
+/// A row of [`Inoculation::data_stats`]: one data file, or one direction-prompt kind × split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataStatsRow {
+    /// `gsm_train`, `gsm_heldout` or `direction/<kind>/<split>`.
+    pub set: String,
+    /// Rows.
+    pub n: u32,
+    /// Mean characters of the prompts (questions) and of the normal answers (completions).
+    pub mean_prompt_chars: f64,
+    pub mean_answer_chars: f64,
+    /// Mean caps fraction of the normal answers and of the ALL-CAPS answers.
+    pub caps_fraction_answer: f64,
+    pub caps_fraction_answer_caps: f64,
+}
+
+/// A row of [`Inoculation::example_rows`]: one training problem.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExampleRow {
+    pub id: String,
+    pub question: String,
+    pub answer: String,
+    /// The same answer in ALL CAPS.
+    pub answer_caps: String,
+}
+
+/// A row of [`Inoculation::extract_directions`] (`directions/summary.csv`): one layer's trait
+/// direction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectionSummaryRow {
+    pub layer: u32,
+    /// Extraction prompts.
+    pub n: u32,
+    /// Norm of the raw (not normalised) direction.
+    pub norm: f64,
+    /// Mean residual norm under the promote prompt.
+    pub mean_resid_norm_promote: f64,
+    /// Cosine between the directions of the two halves of the prompts.
+    pub split_half_cos: f64,
+}
+
+/// A row of [`Inoculation::heldout_projections`] (`direction_heldout.parquet`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeldoutProjectionRow {
+    pub example_id: String,
+    /// `math` or `general`.
+    pub kind: String,
+    /// `promote` or `suppress`.
+    pub system: String,
+    pub layer: u32,
+    /// Projection of the `pre_assistant` residual onto the unit trait direction.
+    pub projection: f64,
+}
+
+/// A row of [`Inoculation::neutral_generation`] (`neutral_generation.parquet`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NeutralGenerationRow {
+    pub example_id: String,
+    /// `plain` or `ask_caps` (the caps suffix appended).
+    pub variant: String,
+    pub layer: u32,
+    /// Projection at `prompt_last` onto the unit trait direction.
+    pub projection: f64,
+    /// Caps fraction of the greedy generation, and its text.
+    pub caps_fraction: f64,
+    pub text: String,
+}
+
 impl Inoculation {
     /// Loads the config (mode from `INTERP_KIT_STUDY_MODE` if set), the model and the data, and
     /// opens (or creates) the run directory with its manifest.
@@ -400,6 +467,7 @@ impl Inoculation {
 
     /// Per file (and direction-prompt kind × split): rows, mean prompt / answer characters, and
     /// the caps fraction of the normal and ALL-CAPS answers. Written to `data_stats.csv`.
+    /// Columns: the fields of [`DataStatsRow`].
     pub fn data_stats(&self) -> Result<DataFrame> {
         let mut rows: Vec<(String, Vec<(&str, &str, &str)>)> = vec![];
         rows.push(("gsm_train".into(), self.data.train.iter().map(|p| (p.question.as_str(), p.answer.as_str(), p.answer_caps.as_str())).collect()));
@@ -418,27 +486,30 @@ impl Inoculation {
             }
         }
         let mean = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
-        let df = DataFrame::new_infer_height(vec![
-            Column::new("set".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
-            Column::new("n".into(), rows.iter().map(|r| r.1.len() as u32).collect::<Vec<_>>()),
-            Column::new("mean_prompt_chars".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| x.0.chars().count() as f64).collect())).collect::<Vec<_>>()),
-            Column::new("mean_answer_chars".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| x.1.chars().count() as f64).collect())).collect::<Vec<_>>()),
-            Column::new("caps_fraction_answer".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| crate::eval::metrics::caps_fraction(x.1)).collect())).collect::<Vec<_>>()),
-            Column::new("caps_fraction_answer_caps".into(), rows.iter().map(|r| mean(r.1.iter().map(|x| crate::eval::metrics::caps_fraction(x.2)).collect())).collect::<Vec<_>>()),
-        ])?;
+        let stats: Vec<DataStatsRow> = rows
+            .iter()
+            .map(|(set, v)| DataStatsRow {
+                set: set.clone(),
+                n: v.len() as u32,
+                mean_prompt_chars: mean(v.iter().map(|x| x.0.chars().count() as f64).collect()),
+                mean_answer_chars: mean(v.iter().map(|x| x.1.chars().count() as f64).collect()),
+                caps_fraction_answer: mean(v.iter().map(|x| crate::eval::metrics::caps_fraction(x.1)).collect()),
+                caps_fraction_answer_caps: mean(v.iter().map(|x| crate::eval::metrics::caps_fraction(x.2)).collect()),
+            })
+            .collect();
+        let df = to_df_with_header(&stats)?;
         self.run.write_csv("data_stats.csv", &df)?;
         Ok(df)
     }
 
-    /// The first `n` training problems: id, question, answer, ALL-CAPS answer.
+    /// The first `n` training problems; columns: the fields of [`ExampleRow`].
     pub fn example_rows(&self, n: usize) -> Result<DataFrame> {
         let t = &self.data.train[..n.min(self.data.train.len())];
-        Ok(DataFrame::new_infer_height(vec![
-            Column::new("id".into(), t.iter().map(|p| p.id.clone()).collect::<Vec<_>>()),
-            Column::new("question".into(), t.iter().map(|p| p.question.clone()).collect::<Vec<_>>()),
-            Column::new("answer".into(), t.iter().map(|p| p.answer.clone()).collect::<Vec<_>>()),
-            Column::new("answer_caps".into(), t.iter().map(|p| p.answer_caps.clone()).collect::<Vec<_>>()),
-        ])?)
+        let rows: Vec<ExampleRow> = t
+            .iter()
+            .map(|p| ExampleRow { id: p.id.clone(), question: p.question.clone(), answer: p.answer.clone(), answer_caps: p.answer_caps.clone() })
+            .collect();
+        to_df_with_header(&rows)
     }
 
     /// The calibration batch: the first `n_calibration` training problems with ALL-CAPS answers.
@@ -489,15 +560,14 @@ impl Inoculation {
     /// Phase 2: `v_trait(l) = E[h_l | promote] − E[h_l | suppress]` at `pre_assistant` over the
     /// first `n_direction` extraction prompts, per layer; saved raw (not normalised) with its
     /// hook point as `directions/layer_<l>.safetensors`. Returns (and writes to
-    /// `directions/summary.csv`) per layer: `layer, n, norm, mean_norm_promote, split_half_cos`
-    /// (cosine between the directions of the two halves of the prompts).
+    /// `directions/summary.csv`) one [`DirectionSummaryRow`] per layer.
     pub fn extract_directions(&self) -> Result<DataFrame> {
         let prompts = self.direction_prompts("extract", self.sizes().n_direction);
         ensure!(prompts.len() >= 2, "need at least 2 extraction prompts, have {}", prompts.len());
         let texts: Vec<String> = prompts.iter().map(|p| p.2.clone()).collect();
         let pos = self.acts(&texts, &self.cfg.prompts.promote)?;
         let neg = self.acts(&texts, &self.cfg.prompts.suppress)?;
-        let (mut ls, mut ns, mut norms, mut hnorm, mut half) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut rows: Vec<DirectionSummaryRow> = vec![];
         let n = texts.len();
         for p in self.points() {
             let (a, b) = (&pos[&p], &neg[&p]);
@@ -509,19 +579,15 @@ impl Inoculation {
             let d1 = mean_diff(&a.narrow(0, 0, h)?, &b.narrow(0, 0, h)?)?;
             let d2 = mean_diff(&a.narrow(0, h, n - h)?, &b.narrow(0, h, n - h)?)?;
             let hn: f32 = a.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar()?;
-            ls.push(p.layer as u32);
-            ns.push(n as u32);
-            norms.push(d.norm() as f64);
-            hnorm.push(hn as f64);
-            half.push(d1.cosine(&d2)? as f64);
+            rows.push(DirectionSummaryRow {
+                layer: p.layer as u32,
+                n: n as u32,
+                norm: d.norm() as f64,
+                mean_resid_norm_promote: hn as f64,
+                split_half_cos: d1.cosine(&d2)? as f64,
+            });
         }
-        let df = DataFrame::new_infer_height(vec![
-            Column::new("layer".into(), ls),
-            Column::new("n".into(), ns),
-            Column::new("norm".into(), norms),
-            Column::new("mean_resid_norm_promote".into(), hnorm),
-            Column::new("split_half_cos".into(), half),
-        ])?;
+        let df = to_df_with_header(&rows)?;
         self.run.write_csv("directions/summary.csv", &df)?;
         Ok(df)
     }
@@ -542,35 +608,30 @@ impl Inoculation {
 
     /// Sanity check 1 data: the held-out direction prompts under promote and under suppress,
     /// projection of the `pre_assistant` residual onto the unit trait direction per layer.
-    /// Columns `example_id, kind, system, layer, projection`; written to
-    /// `direction_heldout.parquet`.
+    /// Columns: the fields of [`HeldoutProjectionRow`]; written to `direction_heldout.parquet`.
     pub fn heldout_projections(&self) -> Result<DataFrame> {
         let dirs = self.directions()?;
         let prompts = self.direction_prompts("heldout", self.sizes().n_direction_heldout);
         ensure!(!prompts.is_empty(), "no held-out direction prompts");
         let texts: Vec<String> = prompts.iter().map(|p| p.2.clone()).collect();
-        let (mut ex, mut kind, mut sys, mut layer, mut proj) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut rows: Vec<HeldoutProjectionRow> = vec![];
         for (name, system) in [("promote", &self.cfg.prompts.promote), ("suppress", &self.cfg.prompts.suppress)] {
             let acts = self.acts(&texts, system)?;
             for (p, d) in self.points().iter().zip(&dirs) {
                 let v = d.normalized()?.vector;
                 let h: Vec<Vec<f32>> = acts[p].to_vec2()?;
                 for (i, row) in h.iter().enumerate() {
-                    ex.push(prompts[i].0.clone());
-                    kind.push(prompts[i].1.clone());
-                    sys.push(name.to_string());
-                    layer.push(p.layer as u32);
-                    proj.push(dot(row, &v));
+                    rows.push(HeldoutProjectionRow {
+                        example_id: prompts[i].0.clone(),
+                        kind: prompts[i].1.clone(),
+                        system: name.to_string(),
+                        layer: p.layer as u32,
+                        projection: dot(row, &v),
+                    });
                 }
             }
         }
-        let df = DataFrame::new_infer_height(vec![
-            Column::new("example_id".into(), ex),
-            Column::new("kind".into(), kind),
-            Column::new("system".into(), sys),
-            Column::new("layer".into(), layer),
-            Column::new("projection".into(), proj),
-        ])?;
+        let df = to_df_with_header(&rows)?;
         self.run.write_parquet("direction_heldout.parquet", &df)?;
         Ok(df)
     }
@@ -579,8 +640,8 @@ impl Inoculation {
     /// general, with `ask_caps_suffix` appended, so that caps propensity varies) generated greedily under the
     /// neutral system prompt: per prompt and layer, the projection at `prompt_last` (the
     /// `pre_assistant` token of the generation prompt) and the caps fraction of the
-    /// generation. Columns `example_id, variant, layer, projection, caps_fraction, text`;
-    /// written to `neutral_generation.parquet`.
+    /// generation. Columns: the fields of [`NeutralGenerationRow`]; written to
+    /// `neutral_generation.parquet`.
     pub fn neutral_generation(&self) -> Result<DataFrame> {
         let dirs = self.directions()?;
         let s = self.sizes();
@@ -608,27 +669,22 @@ impl Inoculation {
         let by_id: BTreeMap<&str, usize> = gid.iter().enumerate().map(|(i, e)| (e.as_str(), i)).collect();
         let pr = &out.projections;
         let (pid, ppos, player, pval) = (column_str(pr, "example_id")?, column_str(pr, "position")?, column_f64(pr, "layer")?, column_f64(pr, "projection")?);
-        let (mut e, mut var, mut l, mut p, mut c, mut t) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut rows: Vec<NeutralGenerationRow> = vec![];
         for i in 0..pid.len() {
             if ppos[i] != "prompt_last" {
                 continue;
             }
             let gi = by_id[pid[i].as_str()];
-            e.push(pid[i].clone());
-            var.push(variant[&pid[i]].clone());
-            l.push(player[i] as u32);
-            p.push(pval[i]);
-            c.push(gcaps[gi]);
-            t.push(gtext[gi].clone());
+            rows.push(NeutralGenerationRow {
+                example_id: pid[i].clone(),
+                variant: variant[&pid[i]].clone(),
+                layer: player[i] as u32,
+                projection: pval[i],
+                caps_fraction: gcaps[gi],
+                text: gtext[gi].clone(),
+            });
         }
-        let df = DataFrame::new_infer_height(vec![
-            Column::new("example_id".into(), e),
-            Column::new("variant".into(), var),
-            Column::new("layer".into(), l),
-            Column::new("projection".into(), p),
-            Column::new("caps_fraction".into(), c),
-            Column::new("text".into(), t),
-        ])?;
+        let df = to_df_with_header(&rows)?;
         self.run.write_parquet("neutral_generation.parquet", &df)?;
         Ok(df)
     }
@@ -719,8 +775,8 @@ impl Inoculation {
     /// `n_log_examples` calibration examples, same condition, adapter applied) is logged. Each
     /// fine-tune is a resumable sweep cell (`training`); its adapter is saved in PEFT format in
     /// `adapters/<condition>_s<seed>/` (written to a temporary directory, then renamed).
-    /// Returns `training.parquet`: `condition, seed, step, train_loss, lr, lora_grad_norm, layer,
-    /// log_loss, cos, align, grad_norm`.
+    /// Returns `training.parquet`: `condition, seed` (the sweep keys) and the fields of
+    /// [`TrainLogRow`].
     pub fn finetune(&self) -> Result<DataFrame> {
         let dirs = self.directions()?;
         let conds = self.finetune_conditions()?;
@@ -855,18 +911,29 @@ fn add_model_keys(mut df: DataFrame, cond: &str, seed: i64) -> Result<DataFrame>
 }
 
 
-/// Rows of the training log (see [`Inoculation::finetune`]).
+/// A row of the training log (`training.parquet`, see [`Inoculation::finetune`]): one logging
+/// step × layer, the alignment measured on the logging batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainLogRow {
+    /// Optimizer step (0: before the first step).
+    pub step: i64,
+    /// The step's training loss, learning rate and LoRA gradient norm (NaN at step 0).
+    pub train_loss: f64,
+    pub lr: f64,
+    pub lora_grad_norm: f64,
+    pub layer: i64,
+    /// Means over the logging batch of the alignment table's `loss`, `cos`, `-cos` and
+    /// `grad_norm` at this layer.
+    pub log_loss: f64,
+    pub cos: f64,
+    pub align: f64,
+    pub grad_norm: f64,
+}
+
+/// The training log's rows so far.
 #[derive(Default)]
 struct TrainLog {
-    step: Vec<i64>,
-    train_loss: Vec<f64>,
-    lr: Vec<f64>,
-    lora_grad_norm: Vec<f64>,
-    layer: Vec<i64>,
-    log_loss: Vec<f64>,
-    cos: Vec<f64>,
-    align: Vec<f64>,
-    grad_norm: Vec<f64>,
+    rows: Vec<TrainLogRow>,
 }
 
 impl TrainLog {
@@ -883,30 +950,22 @@ impl TrainLog {
         }
         for (l, (lo, c, g, n)) in by {
             let n = n as f64;
-            self.step.push(info.map_or(0, |i| i.step as i64));
-            self.train_loss.push(info.map_or(f64::NAN, |i| i.loss));
-            self.lr.push(info.map_or(f64::NAN, |i| i.lr));
-            self.lora_grad_norm.push(info.map_or(f64::NAN, |i| i.grad_norm));
-            self.layer.push(l);
-            self.log_loss.push(lo / n);
-            self.cos.push(c / n);
-            self.align.push(-c / n);
-            self.grad_norm.push(g / n);
+            self.rows.push(TrainLogRow {
+                step: info.map_or(0, |i| i.step as i64),
+                train_loss: info.map_or(f64::NAN, |i| i.loss),
+                lr: info.map_or(f64::NAN, |i| i.lr),
+                lora_grad_norm: info.map_or(f64::NAN, |i| i.grad_norm),
+                layer: l,
+                log_loss: lo / n,
+                cos: c / n,
+                align: -c / n,
+                grad_norm: g / n,
+            });
         }
         Ok(())
     }
     fn into_df(self) -> Result<DataFrame> {
-        Ok(DataFrame::new_infer_height(vec![
-            Column::new("step".into(), self.step),
-            Column::new("train_loss".into(), self.train_loss),
-            Column::new("lr".into(), self.lr),
-            Column::new("lora_grad_norm".into(), self.lora_grad_norm),
-            Column::new("layer".into(), self.layer),
-            Column::new("log_loss".into(), self.log_loss),
-            Column::new("cos".into(), self.cos),
-            Column::new("align".into(), self.align),
-            Column::new("grad_norm".into(), self.grad_norm),
-        ])?)
+        to_df_with_header(&self.rows)
     }
 }
 
@@ -914,9 +973,26 @@ impl TrainLog {
 // Analysis (pure functions of the tables)
 // ------------------------------------------------------------------------------------------------
 
+/// A row of [`heldout_check`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeldoutCheckRow {
+    pub layer: i64,
+    /// Prompts seen under both system prompts.
+    pub n: u32,
+    /// Mean projection under promote and under suppress.
+    pub promote: f64,
+    pub suppress: f64,
+    /// Mean paired difference promote - suppress with its bootstrap CI.
+    pub diff: f64,
+    pub diff_lo: f64,
+    pub diff_hi: f64,
+    /// `diff_lo > 0`.
+    pub holds: bool,
+}
+
 /// Sanity check 1 per layer: mean projection under promote and suppress on the held-out prompts,
-/// the paired difference with its bootstrap CI, and whether it holds (CI above 0). Columns
-/// `layer, n, promote, suppress, diff, diff_lo, diff_hi, holds`.
+/// the paired difference with its bootstrap CI, and whether it holds (CI above 0). Columns: the
+/// fields of [`HeldoutCheckRow`].
 pub fn heldout_check(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
     let df = fresh(df);
     let (ex, sys, layer, proj) = (column_str(&df, "example_id")?, column_str(&df, "system")?, column_f64(&df, "layer")?, column_f64(&df, "projection")?);
@@ -929,35 +1005,42 @@ pub fn heldout_check(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
             other => bail!("direction_heldout: unknown system {other:?}"),
         };
     }
-    let mut cols: (Vec<i64>, Vec<u32>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>) = Default::default();
+    let mut rows: Vec<HeldoutCheckRow> = vec![];
     for (l, (p, s)) in by {
         let (a, b): (Vec<f64>, Vec<f64>) = p.iter().filter_map(|(k, v)| s.get(k).map(|w| (*v, *w))).unzip();
         ensure!(!a.is_empty(), "layer {l}: no prompt under both promote and suppress");
         let ci = bootstrap_paired_ci(&a, &b, boot)?;
-        cols.0.push(l);
-        cols.1.push(a.len() as u32);
-        cols.2.push(mean(&a));
-        cols.3.push(mean(&b));
-        cols.4.push(ci.estimate);
-        cols.5.push(ci.lo);
-        cols.6.push(ci.hi);
-        cols.7.push(ci.lo > 0.0);
+        rows.push(HeldoutCheckRow {
+            layer: l,
+            n: a.len() as u32,
+            promote: mean(&a),
+            suppress: mean(&b),
+            diff: ci.estimate,
+            diff_lo: ci.lo,
+            diff_hi: ci.hi,
+            holds: ci.lo > 0.0,
+        });
     }
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("layer".into(), cols.0),
-        Column::new("n".into(), cols.1),
-        Column::new("promote".into(), cols.2),
-        Column::new("suppress".into(), cols.3),
-        Column::new("diff".into(), cols.4),
-        Column::new("diff_lo".into(), cols.5),
-        Column::new("diff_hi".into(), cols.6),
-        Column::new("holds".into(), cols.7),
-    ])?)
+    to_df_with_header(&rows)
+}
+
+/// A row of [`neutral_correlation`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NeutralCorrelationRow {
+    pub layer: i64,
+    /// Generations at this layer.
+    pub n: u32,
+    /// Pearson's r and its p-value (NaN when an input is constant).
+    pub r: f64,
+    pub p: f64,
+    /// `r > 0 && p < 0.05`.
+    pub holds: bool,
 }
 
 /// Sanity check 2 per layer: Pearson's r (and p) between the `prompt_last` projection and the
 /// caps fraction of the neutral generation, and whether it holds (r > 0, p < 0.05). NaN when
-/// an input is constant (e.g. no generation has capitals). Columns `layer, n, r, p, holds`.
+/// an input is constant (e.g. no generation has capitals). Columns: the fields of
+/// [`NeutralCorrelationRow`].
 pub fn neutral_correlation(df: &DataFrame) -> Result<DataFrame> {
     let df = fresh(df);
     let (layer, proj, caps) = (column_f64(&df, "layer")?, column_f64(&df, "projection")?, column_f64(&df, "caps_fraction")?);
@@ -967,34 +1050,43 @@ pub fn neutral_correlation(df: &DataFrame) -> Result<DataFrame> {
         e.0.push(proj[i]);
         e.1.push(caps[i]);
     }
-    let (mut ls, mut ns, mut rs, mut ps, mut hs) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut rows: Vec<NeutralCorrelationRow> = vec![];
     for (l, (x, y)) in by {
         let (r, p) = match pearson(&x, &y) {
             Ok(c) => (c.r, c.p),
             Err(_) => (f64::NAN, f64::NAN),
         };
-        ls.push(l);
-        ns.push(x.len() as u32);
-        rs.push(r);
-        ps.push(p);
-        hs.push(r > 0.0 && p < 0.05);
+        rows.push(NeutralCorrelationRow { layer: l, n: x.len() as u32, r, p, holds: r > 0.0 && p < 0.05 });
     }
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("layer".into(), ls),
-        Column::new("n".into(), ns),
-        Column::new("r".into(), rs),
-        Column::new("p".into(), ps),
-        Column::new("holds".into(), hs),
-    ])?)
+    to_df_with_header(&rows)
 }
 
 
 
 
+/// A row of [`alignment_summary`]: one condition × layer × position, trait direction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlignmentSummaryRow {
+    pub condition: String,
+    pub layer: i64,
+    pub position: String,
+    /// Rows (examples) in the group, NaN cosines included.
+    pub n: u32,
+    /// Means over the examples (finite values only).
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub dot: f64,
+    pub cos: f64,
+    /// Mean of `align = -cos` with its bootstrap CI (NaN when no cosine is defined).
+    pub align: f64,
+    pub align_lo: f64,
+    pub align_hi: f64,
+}
+
 /// Phase 3 summary of an alignment table, trait direction only: per condition × layer ×
 /// position, the mean over examples of `loss`, `grad_norm`, `dot`, `cos`, `align` with a
-/// bootstrap CI of `align` (rows with a NaN cosine, where `g = 0`, are left out of `cos`/`align`). Columns `condition, layer, position, n, loss, grad_norm, dot, cos,
-/// align, align_lo, align_hi`.
+/// bootstrap CI of `align` (rows with a NaN cosine, where `g = 0`, are left out of `cos`/`align`).
+/// Columns: the fields of [`AlignmentSummaryRow`].
 pub fn alignment_summary(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
     let df = fresh(df);
     let (cond, dir, pos, layer) = (column_str(&df, "condition")?, column_str(&df, "direction")?, column_str(&df, "position")?, column_f64(&df, "layer")?);
@@ -1006,8 +1098,7 @@ pub fn alignment_summary(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> 
         }
     }
     ensure!(!by.is_empty(), "the alignment table has no trait rows");
-    let mut c: (Vec<String>, Vec<i64>, Vec<String>, Vec<u32>) = Default::default();
-    let mut m: [Vec<f64>; 7] = Default::default();
+    let mut rows: Vec<AlignmentSummaryRow> = vec![];
     for ((cn, l, p), idx) in by {
         // NaN cosines (g = 0, e.g. user_end at the last block, which no target reads) are left out.
         let col = |k: usize| -> Vec<f64> { idx.iter().map(|&i| vals[k][i]).filter(|x| x.is_finite()).collect() };
@@ -1017,32 +1108,37 @@ pub fn alignment_summary(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> 
         } else {
             bootstrap_mean_ci(&align, boot)?
         };
-        c.0.push(cn);
-        c.1.push(l);
-        c.2.push(p);
-        c.3.push(idx.len() as u32);
-        for k in 0..4 {
-            m[k].push(mean(&col(k)));
-        }
-        m[4].push(ci.estimate);
-        m[5].push(ci.lo);
-        m[6].push(ci.hi);
+        rows.push(AlignmentSummaryRow {
+            condition: cn,
+            layer: l,
+            position: p,
+            n: idx.len() as u32,
+            loss: mean(&col(0)),
+            grad_norm: mean(&col(1)),
+            dot: mean(&col(2)),
+            cos: mean(&col(3)),
+            align: ci.estimate,
+            align_lo: ci.lo,
+            align_hi: ci.hi,
+        });
     }
-    let names = ["loss", "grad_norm", "dot", "cos", "align", "align_lo", "align_hi"];
-    let mut cols = vec![
-        Column::new("condition".into(), c.0),
-        Column::new("layer".into(), c.1),
-        Column::new("position".into(), c.2),
-        Column::new("n".into(), c.3),
-    ];
-    for (n, v) in names.iter().zip(m) {
-        cols.push(Column::new((*n).into(), v));
-    }
-    Ok(DataFrame::new_infer_height(cols)?)
+    to_df_with_header(&rows)
+}
+
+/// A row of [`loss_by_condition`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossByConditionRow {
+    pub condition: String,
+    /// Examples.
+    pub n: u32,
+    /// Mean per-example loss with its bootstrap CI.
+    pub loss: f64,
+    pub loss_lo: f64,
+    pub loss_hi: f64,
 }
 
 /// Per condition: mean assistant-token loss on the calibration batch with a bootstrap CI.
-/// Columns `condition, n, loss, loss_lo, loss_hi`, in `order` (conditions not in it follow).
+/// Columns: the fields of [`LossByConditionRow`]; conditions in first-seen order.
 pub fn loss_by_condition(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
     let df = fresh(df);
     let (ex, cond, loss) = (column_str(&df, "example_id")?, column_str(&df, "condition")?, column_f64(&df, "loss")?);
@@ -1054,23 +1150,13 @@ pub fn loss_by_condition(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> 
         }
         by.entry(cond[i].clone()).or_default().insert(ex[i].clone(), loss[i]);
     }
-    let (mut cs, mut ns, mut ms, mut los, mut his) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut rows: Vec<LossByConditionRow> = vec![];
     for c in order {
         let v: Vec<f64> = by[&c].values().copied().collect();
         let ci = bootstrap_mean_ci(&v, boot)?;
-        cs.push(c);
-        ns.push(v.len() as u32);
-        ms.push(ci.estimate);
-        los.push(ci.lo);
-        his.push(ci.hi);
+        rows.push(LossByConditionRow { condition: c, n: v.len() as u32, loss: ci.estimate, loss_lo: ci.lo, loss_hi: ci.hi });
     }
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("condition".into(), cs),
-        Column::new("n".into(), ns),
-        Column::new("loss".into(), ms),
-        Column::new("loss_lo".into(), los),
-        Column::new("loss_hi".into(), his),
-    ])?)
+    to_df_with_header(&rows)
 }
 
 
@@ -1078,10 +1164,31 @@ pub fn loss_by_condition(df: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> 
 
 
 
+/// A row of [`drift_caps_summary`]: one model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriftCapsRow {
+    /// `base` or `<train_condition>_s<seed>`, its condition and seed (-1 for base).
+    pub model: String,
+    pub train_condition: String,
+    pub seed: i64,
+    /// Generations.
+    pub n: u32,
+    /// Mean caps fraction of the generations.
+    pub caps: f64,
+    /// Mean paired shift versus base with its CI (0 for base itself).
+    pub shift_vs_base: f64,
+    pub lo_vs_base: f64,
+    pub hi_vs_base: f64,
+    /// Mean paired difference versus the neutral fine-tune of the same seed with its CI (NaN
+    /// for base, neutral, or when it is missing).
+    pub diff_vs_neutral: f64,
+    pub lo_vs_neutral: f64,
+    pub hi_vs_neutral: f64,
+}
+
 /// Drift summary, behavioural: per model, the mean caps fraction of its neutral-prompt
 /// generations, the shift versus base (paired, CI) and the difference versus the neutral
-/// fine-tune of the same seed (paired, CI). Columns `model, train_condition, seed, n, caps,
-/// shift_vs_base, lo_vs_base, hi_vs_base, diff_vs_neutral, lo_vs_neutral, hi_vs_neutral`.
+/// fine-tune of the same seed (paired, CI). Columns: the fields of [`DriftCapsRow`].
 pub fn drift_caps_summary(gens: &DataFrame, boot: &Bootstrap) -> Result<DataFrame> {
     let g = fresh(gens);
     let (model, tc, seed, ex, caps) = (column_str(&g, "model")?, column_str(&g, "train_condition")?, column_f64(&g, "seed")?, column_str(&g, "example_id")?, column_f64(&g, "caps_fraction")?);
@@ -1094,8 +1201,7 @@ pub fn drift_caps_summary(gens: &DataFrame, boot: &Bootstrap) -> Result<DataFram
         }
     }
     let base = by.get("base").context("no base model generations")?;
-    let mut c: (Vec<String>, Vec<String>, Vec<i64>, Vec<u32>) = Default::default();
-    let mut v: [Vec<f64>; 7] = Default::default();
+    let mut rows: Vec<DriftCapsRow> = vec![];
     for (m, cond, sd) in &meta {
         let vals = &by[m];
         let (a, b) = paired(vals, base);
@@ -1107,26 +1213,21 @@ pub fn drift_caps_summary(gens: &DataFrame, boot: &Bootstrap) -> Result<DataFram
             }
             _ => (f64::NAN, f64::NAN, f64::NAN),
         };
-        c.0.push(m.clone());
-        c.1.push(cond.clone());
-        c.2.push(*sd);
-        c.3.push(vals.len() as u32);
-        v[0].push(mean(&vals.values().copied().collect::<Vec<_>>()));
-        for (k, x) in [vb.0, vb.1, vb.2, vn.0, vn.1, vn.2].into_iter().enumerate() {
-            v[k + 1].push(x);
-        }
+        rows.push(DriftCapsRow {
+            model: m.clone(),
+            train_condition: cond.clone(),
+            seed: *sd,
+            n: vals.len() as u32,
+            caps: mean(&vals.values().copied().collect::<Vec<_>>()),
+            shift_vs_base: vb.0,
+            lo_vs_base: vb.1,
+            hi_vs_base: vb.2,
+            diff_vs_neutral: vn.0,
+            lo_vs_neutral: vn.1,
+            hi_vs_neutral: vn.2,
+        });
     }
-    let names = ["caps", "shift_vs_base", "lo_vs_base", "hi_vs_base", "diff_vs_neutral", "lo_vs_neutral", "hi_vs_neutral"];
-    let mut cols = vec![
-        Column::new("model".into(), c.0),
-        Column::new("train_condition".into(), c.1),
-        Column::new("seed".into(), c.2),
-        Column::new("n".into(), c.3),
-    ];
-    for (n, x) in names.iter().zip(v) {
-        cols.push(Column::new((*n).into(), x));
-    }
-    Ok(DataFrame::new_infer_height(cols)?)
+    to_df_with_header(&rows)
 }
 
 /// One fine-tune's point in criterion 4: its mean trait alignment during training and its drift.
@@ -1389,10 +1490,22 @@ pub fn fig_align_vs_layer(summary: &DataFrame, position: &str) -> Result<Figure>
     fig.build().with_context(|| format!("alignment vs layer at {position}"))
 }
 
+/// A row of [`align_by_position`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlignByPositionRow {
+    pub condition: String,
+    pub position: String,
+    /// Mean of the per-layer means of `align` (NaN if no layer has a defined cosine there).
+    pub align: f64,
+    /// Layers averaged.
+    pub n_layers: u32,
+    /// Layers left out because g = 0 there (e.g. `user_end` at the last block).
+    pub n_undefined: u32,
+}
+
 /// Phase 3: mean alignment per condition and position over the layers where it is defined, from
-/// an [`alignment_summary`]: columns `condition`, `position` (first-seen order), `align` (mean of
-/// the per-layer means; NaN if no layer has a defined cosine there), `n_layers` (layers averaged)
-/// and `n_undefined` (layers left out because g = 0 there, e.g. `user_end` at the last block).
+/// an [`alignment_summary`]; (condition, position) in first-seen order. Columns: the fields of
+/// [`AlignByPositionRow`].
 pub fn align_by_position(summary: &DataFrame) -> Result<DataFrame> {
     let s = fresh(summary);
     let (c, p, a) = (column_str(&s, "condition")?, column_str(&s, "position")?, column_f64(&s, "align")?);
@@ -1411,13 +1524,18 @@ pub fn align_by_position(summary: &DataFrame) -> Result<DataFrame> {
         vals[j].push(a[i]);
     }
     let defined: Vec<Vec<f64>> = vals.iter().map(|v| v.iter().copied().filter(|x| !x.is_nan()).collect()).collect();
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("condition".into(), keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>()),
-        Column::new("position".into(), keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>()),
-        Column::new("align".into(), defined.iter().map(|v| mean(v)).collect::<Vec<_>>()),
-        Column::new("n_layers".into(), defined.iter().map(|v| v.len() as u32).collect::<Vec<_>>()),
-        Column::new("n_undefined".into(), vals.iter().zip(&defined).map(|(v, d)| (v.len() - d.len()) as u32).collect::<Vec<_>>()),
-    ])?)
+    let rows: Vec<AlignByPositionRow> = keys
+        .into_iter()
+        .zip(vals.iter().zip(&defined))
+        .map(|((condition, position), (v, d))| AlignByPositionRow {
+            condition,
+            position,
+            align: mean(d),
+            n_layers: d.len() as u32,
+            n_undefined: (v.len() - d.len()) as u32,
+        })
+        .collect();
+    to_df_with_header(&rows)
 }
 
 /// Phase 3: mean alignment by position (averaged over the layers where it is defined, see

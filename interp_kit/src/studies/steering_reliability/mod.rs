@@ -29,7 +29,8 @@ use crate::viz::plots::{self, Figure};
 use crate::runs::RunDir;
 use crate::interp::steer::{hooks_for, Intervention, Op};
 use anyhow::{bail, ensure, Context, Result};
-use polars::prelude::{Column, DataFrame};
+use crate::tables::to_df_with_header;
+use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -381,8 +382,9 @@ pub fn cell_rates(rows: &[Row]) -> Vec<CellRates> {
         .collect()
 }
 
-/// One operating point (layer × intervention × α) of the main run across splits.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// One operating point (layer × intervention × α) of the main run across splits; also a row of
+/// [`summary_table`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct OperatingPoint {
     pub layer: i64,
     pub intervention: String,
@@ -443,28 +445,9 @@ pub fn operating_points(rates: &[CellRates]) -> Result<Vec<OperatingPoint>> {
 }
 
 /// `summary.csv` of plan §10: baseline rates, every operating point with its Pareto flag and
-/// benign false-refusal stats, as a table.
+/// benign false-refusal stats, as a table. Columns: the fields of [`OperatingPoint`].
 pub fn summary_table(points: &[OperatingPoint]) -> Result<DataFrame> {
-    macro_rules! col {
-        ($name:literal, $f:expr) => {
-            Column::new($name.into(), points.iter().map($f).collect::<Vec<_>>())
-        };
-    }
-    Ok(DataFrame::new_infer_height(vec![
-        col!("layer", |p: &OperatingPoint| p.layer),
-        col!("intervention", |p: &OperatingPoint| p.intervention.clone()),
-        col!("alpha", |p: &OperatingPoint| p.alpha),
-        col!("refusal_train", |p: &OperatingPoint| p.refusal_train),
-        col!("refusal_test", |p: &OperatingPoint| p.refusal_test),
-        col!("generalization_gap", |p: &OperatingPoint| p.generalization_gap),
-        col!("helpful_benign", |p: &OperatingPoint| p.helpful_benign),
-        col!("benign_helpfulness_drop", |p: &OperatingPoint| p.benign_helpfulness_drop),
-        col!("benign_false_refusal", |p: &OperatingPoint| p.benign_false_refusal),
-        col!("benign_mean_tokens", |p: &OperatingPoint| p.benign_mean_tokens),
-        col!("benign_mean_entropy", |p: &OperatingPoint| p.benign_mean_entropy),
-        col!("degenerate_rate", |p: &OperatingPoint| p.degenerate_rate),
-        col!("pareto", |p: &OperatingPoint| p.pareto),
-    ])?)
+    to_df_with_header(points)
 }
 
 /// The figures of plan §10: generalisation gap vs α, the trade-off curve, and layer × α heatmaps
@@ -594,26 +577,45 @@ pub fn load_config(path: impl AsRef<std::path::Path>, mode: Option<Mode>) -> Res
     Ok(cfg)
 }
 
-/// Per-cell rates as a table (for display and `rates.csv`).
+/// A row of [`rates_table`]: the displayed subset of a [`CellRates`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RatesRow {
+    pub run: String,
+    pub split: String,
+    /// Block index, -1 for the baseline.
+    pub layer: i64,
+    pub intervention: String,
+    pub alpha: f64,
+    /// Completions in the cell.
+    pub n: i64,
+    /// Share of refusals, of helpful completions.
+    pub refusal_rate: f64,
+    pub helpful_rate: f64,
+    /// Means over the cell's completions (non-finite values left out).
+    pub mean_tokens: f64,
+    pub mean_entropy: f64,
+    pub mean_logprob: f64,
+}
+
+/// Per-cell rates as a table (for display and `rates.csv`). Columns: the fields of [`RatesRow`].
 pub fn rates_table(rates: &[CellRates]) -> Result<DataFrame> {
-    macro_rules! col {
-        ($name:literal, $f:expr) => {
-            Column::new($name.into(), rates.iter().map($f).collect::<Vec<_>>())
-        };
-    }
-    Ok(DataFrame::new_infer_height(vec![
-        col!("run", |r: &CellRates| r.run.clone()),
-        col!("split", |r: &CellRates| r.split.clone()),
-        col!("layer", |r: &CellRates| r.layer),
-        col!("intervention", |r: &CellRates| r.intervention.clone()),
-        col!("alpha", |r: &CellRates| r.alpha),
-        col!("n", |r: &CellRates| r.n as i64),
-        col!("refusal_rate", |r: &CellRates| r.refusal_rate),
-        col!("helpful_rate", |r: &CellRates| r.helpful_rate),
-        col!("mean_tokens", |r: &CellRates| r.mean_tokens),
-        col!("mean_entropy", |r: &CellRates| r.mean_entropy),
-        col!("mean_logprob", |r: &CellRates| r.mean_logprob),
-    ])?)
+    let rows: Vec<RatesRow> = rates
+        .iter()
+        .map(|r| RatesRow {
+            run: r.run.clone(),
+            split: r.split.clone(),
+            layer: r.layer,
+            intervention: r.intervention.clone(),
+            alpha: r.alpha,
+            n: r.n as i64,
+            refusal_rate: r.refusal_rate,
+            helpful_rate: r.helpful_rate,
+            mean_tokens: r.mean_tokens,
+            mean_entropy: r.mean_entropy,
+            mean_logprob: r.mean_logprob,
+        })
+        .collect();
+    to_df_with_header(&rows)
 }
 
 /// The run directory of a study (`<root>/steering_reliability/<run_id>/`) with its manifest:
@@ -652,30 +654,56 @@ pub fn save_directions(study: &Study, run: &RunDir, dirs: &BTreeMap<usize, Contr
     Ok(())
 }
 
+/// A row of [`direction_stats_table`]: one layer's [`crate::interp::directions::ContrastiveStats`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectionStatsRow {
+    pub layer: i64,
+    /// Prompt pairs.
+    pub n: i64,
+    /// `mean_i |d_i|`.
+    pub mean_diff_norm: f64,
+    /// `|mean_i d_i|`.
+    pub norm_of_mean: f64,
+    /// `mean_i cos(d_i, mean d)`.
+    pub mean_cosine_to_mean: f64,
+    /// Cosine between the two halves' mean differences (NaN when not computed).
+    pub split_half_cosine: f64,
+}
+
 /// Per layer: the contrastive statistics (mean |d_i|, |mean d|, mean cosine of d_i to the mean,
-/// split-half cosine).
+/// split-half cosine). Columns: the fields of [`DirectionStatsRow`].
 pub fn direction_stats_table(dirs: &BTreeMap<usize, ContrastiveResult>) -> Result<DataFrame> {
-    let v: Vec<(&usize, &ContrastiveResult)> = dirs.iter().collect();
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("layer".into(), v.iter().map(|(l, _)| **l as i64).collect::<Vec<_>>()),
-        Column::new("n".into(), v.iter().map(|(_, r)| r.stats.n as i64).collect::<Vec<_>>()),
-        Column::new("mean_diff_norm".into(), v.iter().map(|(_, r)| r.stats.mean_diff_norm).collect::<Vec<_>>()),
-        Column::new("norm_of_mean".into(), v.iter().map(|(_, r)| r.stats.norm_of_mean).collect::<Vec<_>>()),
-        Column::new("mean_cosine_to_mean".into(), v.iter().map(|(_, r)| r.stats.mean_cosine_to_mean).collect::<Vec<_>>()),
-        Column::new("split_half_cosine".into(), v.iter().map(|(_, r)| r.stats.split_half_cosine.unwrap_or(f64::NAN)).collect::<Vec<_>>()),
-    ])?)
+    let rows: Vec<DirectionStatsRow> = dirs
+        .iter()
+        .map(|(l, r)| DirectionStatsRow {
+            layer: *l as i64,
+            n: r.stats.n as i64,
+            mean_diff_norm: r.stats.mean_diff_norm,
+            norm_of_mean: r.stats.norm_of_mean,
+            mean_cosine_to_mean: r.stats.mean_cosine_to_mean,
+            split_half_cosine: r.stats.split_half_cosine.unwrap_or(f64::NAN),
+        })
+        .collect();
+    to_df_with_header(&rows)
+}
+
+/// A row of [`prefix_robustness_table`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrefixRobustnessRow {
+    pub layer: i64,
+    /// Cosine between the main direction and the alternative-prefix one at this layer.
+    pub cosine_main_vs_alt_prefix: f64,
 }
 
 /// Per layer: cosine between the main direction and the one from the alternative prefixes.
+/// Columns: the fields of [`PrefixRobustnessRow`].
 pub fn prefix_robustness_table(dirs: &BTreeMap<usize, ContrastiveResult>, alt: &BTreeMap<usize, ContrastiveResult>) -> Result<DataFrame> {
-    let mut layers = vec![];
-    let mut cos = vec![];
+    let mut rows = vec![];
     for (l, r) in dirs {
         let a = alt.get(l).with_context(|| format!("no alternative-prefix direction at layer {l}"))?;
-        layers.push(*l as i64);
-        cos.push(r.direction.cosine(&a.direction)? as f64);
+        rows.push(PrefixRobustnessRow { layer: *l as i64, cosine_main_vs_alt_prefix: r.direction.cosine(&a.direction)? as f64 });
     }
-    Ok(DataFrame::new_infer_height(vec![Column::new("layer".into(), layers), Column::new("cosine_main_vs_alt_prefix".into(), cos)])?)
+    to_df_with_header(&rows)
 }
 
 /// Operating points with more degenerate completions than this (in any split) are incoherent
@@ -721,9 +749,26 @@ pub fn sanity_table(main: &[Row], sanity: &[Row]) -> Result<DataFrame> {
     rates_table(&rates)
 }
 
+/// A row of [`confound_table`]: one steered operating point's changes from the baseline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfoundRow {
+    pub layer: i64,
+    pub intervention: String,
+    pub alpha: f64,
+    /// Change of the harm_test refusal rate.
+    pub d_refusal_test: f64,
+    /// Change of the benign mean length (tokens) and mean entropy.
+    pub d_benign_tokens: f64,
+    pub d_benign_entropy: f64,
+    /// Spearman's rho across the steered points between harm_test refusal and benign mean
+    /// length (the same in every row; NaN under three points).
+    pub spearman_refusal_test_vs_benign_tokens: f64,
+}
+
 /// Length / entropy confound check (§9.3): per operating point, benign and harm_test refusal
 /// changes beside length and entropy changes, and the Spearman correlation across operating
-/// points between refusal on harm_test and benign mean length.
+/// points between refusal on harm_test and benign mean length. Columns: the fields of
+/// [`ConfoundRow`].
 pub fn confound_table(points: &[OperatingPoint]) -> Result<DataFrame> {
     let base = points.iter().find(|p| p.layer < 0).context("no baseline operating point")?;
     let steered: Vec<&OperatingPoint> = points.iter().filter(|p| p.layer >= 0).collect();
@@ -731,14 +776,17 @@ pub fn confound_table(points: &[OperatingPoint]) -> Result<DataFrame> {
     let x: Vec<f64> = steered.iter().map(|p| p.refusal_test).collect();
     let y: Vec<f64> = steered.iter().map(|p| p.benign_mean_tokens).collect();
     let rho = if steered.len() >= 3 { crate::eval::stats::spearman(&x, &y).map(|c| c.r).unwrap_or(f64::NAN) } else { f64::NAN };
-    let df = DataFrame::new_infer_height(vec![
-        Column::new("layer".into(), steered.iter().map(|p| p.layer).collect::<Vec<_>>()),
-        Column::new("intervention".into(), steered.iter().map(|p| p.intervention.clone()).collect::<Vec<_>>()),
-        Column::new("alpha".into(), steered.iter().map(|p| p.alpha).collect::<Vec<_>>()),
-        Column::new("d_refusal_test".into(), steered.iter().map(|p| p.refusal_test - base.refusal_test).collect::<Vec<_>>()),
-        Column::new("d_benign_tokens".into(), steered.iter().map(|p| p.benign_mean_tokens - base.benign_mean_tokens).collect::<Vec<_>>()),
-        Column::new("d_benign_entropy".into(), steered.iter().map(|p| p.benign_mean_entropy - base.benign_mean_entropy).collect::<Vec<_>>()),
-        Column::new("spearman_refusal_test_vs_benign_tokens".into(), vec![rho; steered.len()]),
-    ])?;
-    Ok(df)
+    let rows: Vec<ConfoundRow> = steered
+        .iter()
+        .map(|p| ConfoundRow {
+            layer: p.layer,
+            intervention: p.intervention.clone(),
+            alpha: p.alpha,
+            d_refusal_test: p.refusal_test - base.refusal_test,
+            d_benign_tokens: p.benign_mean_tokens - base.benign_mean_tokens,
+            d_benign_entropy: p.benign_mean_entropy - base.benign_mean_entropy,
+            spearman_refusal_test_vs_benign_tokens: rho,
+        })
+        .collect();
+    to_df_with_header(&rows)
 }
