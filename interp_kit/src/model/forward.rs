@@ -214,7 +214,7 @@ impl<'a> FwdCtx<'a> {
             let mut idx = Vec::with_capacity(sel.len());
             for (r, cols) in sel.iter().enumerate() {
                 let pad = self.pad[r].min(s);
-                let xr = src.get(r)?.narrow(2, pad, s - pad)?; // [H, t, keys]
+                let xr = src.get(r)?.narrow(2, pad, s - pad)?.contiguous()?; // [H, t, keys]
                 let q: Vec<u32> = cols.iter().map(|(c, _)| *c as u32).collect();
                 let t = if q.is_empty() {
                     xr.narrow(1, 0, 0)?

@@ -3,4 +3,5 @@
 pub mod chat;
 pub mod chat_jsonl;
 pub mod records;
+pub mod spans;
 pub mod tokenizer;
