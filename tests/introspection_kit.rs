@@ -465,3 +465,46 @@ fn steer_then_remove_equals_one_forward_steered_at_the_prompt_positions() {
     assert_eq!(q.steered[0], 0);
     assert!(q.ids.len() > p.ids.len());
 }
+
+/// Every fixture family: the cached pattern is the softmax of the cached scores, rows sum to 1,
+/// no query attends to a later key, Gemma-2's sliding-window layers attend to the last 4 keys only,
+/// and a left-padded batch row equals the row alone.
+#[test]
+fn attention_patterns_obey_their_laws_in_every_family() {
+    for arch in ["qwen2", "qwen3", "llama", "gemma2", "gpt_neox", "gpt_neox_sequential", "gpt2"] {
+        let m = tiny(arch);
+        let mut rng = StdRng::seed_from_u64(12);
+        let (p0, p1) = (rand_ids(&mut rng, 9), rand_ids(&mut rng, 5));
+        let mut hooks = Hooks::new();
+        for l in 0..m.n_layers() {
+            hooks = hooks.cache(HookPoint::attn_pattern(l), Positions::All).cache(HookPoint::attn_scores(l), Positions::All);
+        }
+        let batch = m.forward(&[p0.clone(), p1.clone()], &hooks).unwrap();
+        let alone = m.forward(&[p1.clone()], &hooks).unwrap();
+        for l in 0..m.n_layers() {
+            let pat = batch.activations.row(HookPoint::attn_pattern(l), 0).unwrap();
+            let sc = batch.activations.row(HookPoint::attn_scores(l), 0).unwrap();
+            assert_eq!(pat.dims(), &[m.info.n_heads, 9, 9], "{arch} layer {l}");
+            let e = rel_err(pat, &candle_nn::ops::softmax(sc, D::Minus1).unwrap());
+            assert!(e < 1e-5, "{arch} layer {l}: pattern vs softmax(scores) {e}");
+            let v: Vec<Vec<Vec<f32>>> = pat.to_vec3().unwrap();
+            let windowed = arch == "gemma2" && l != 1;
+            for head in &v {
+                for (i, row) in head.iter().enumerate() {
+                    assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+                    for (j, &x) in row.iter().enumerate() {
+                        let visible = j <= i && (!windowed || i - j < 4);
+                        if !visible {
+                            assert!(x.abs() < 1e-12, "{arch} layer {l}: query {i} attends to key {j} ({x})");
+                        }
+                    }
+                }
+            }
+            if arch == "gemma2" && l == 1 {
+                assert!(v[0][8][0] > 0.0, "gemma2 layer 1 is global");
+            }
+            let e = rel_err(batch.activations.row(HookPoint::attn_pattern(l), 1).unwrap(), alone.activations.row(HookPoint::attn_pattern(l), 0).unwrap());
+            assert!(e < 1e-5, "{arch} layer {l}: padded row vs alone {e}");
+        }
+    }
+}
