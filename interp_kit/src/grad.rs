@@ -7,11 +7,11 @@
 //! gradients only for `Var`s). Base weights are frozen: no weight gradient is computed.
 use crate::hooks::{ActivationCache, HookPoint, Hooks, Positions};
 use crate::model::forward::{FwdCtx, Pass};
-use crate::model::Model;
+use crate::model::{KvCache, Model};
 use crate::text::chat::{Chat, RenderedChat, Role};
 use crate::text::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -173,16 +173,77 @@ impl Model {
         let src = Tensor::from_vec(src, n, &self.device)?;
         let hs = h.reshape((b * t, ()))?.index_select(&src, 0)?;
         // In f32 (f64 for an f64 model).
-        let logits = self.logits(&hs, true)?;
+        let nll = self.nll_of(&hs, tgt)?; // [n]
+        Ok(NllGraph { nll, owner, ctx })
+    }
+
+    /// Like [`Model::nll_graph`] for `suffixes` (`[B][n]`, one length) that continue the rows of
+    /// `prefix`, a KV cache filled earlier (e.g. by [`Model::prefill`] with steering and the
+    /// adapter active): the cache enters as a constant, so the gradient flows through the suffix
+    /// tokens only. `targets[r]` are suffix indices >= 1, each predicted from the previous suffix
+    /// position. `prefix` is not changed (the call runs on a clone).
+    pub(crate) fn nll_graph_after<'a>(
+        &'a self,
+        prefix: &KvCache,
+        suffixes: &[Vec<u32>],
+        targets: &[Vec<usize>],
+        hooks: &'a Hooks<'a>,
+    ) -> Result<NllGraph<'a>> {
+        self.check_kit_copy()?;
+        ensure!(!prefix.is_empty(), "training after a prefix needs a filled KV cache (prefill the prefixes first)");
+        let b = prefix.batch_size();
+        ensure!(suffixes.len() == b, "{} suffixes given, the prefix KV cache holds {b} rows", suffixes.len());
+        ensure!(targets.len() == b, "targets given for {} rows, the batch has {b}", targets.len());
+        let n = suffixes[0].len();
+        ensure!(n > 0, "suffix 0 is empty");
+        for (r, s) in suffixes.iter().enumerate() {
+            ensure!(
+                s.len() == n,
+                "suffix {r} has {} tokens, suffix 0 has {n}: the suffixes of one pass must have one length \
+                 (group examples by suffix length, or use micro-batches of one)",
+                s.len()
+            );
+            if let Some(bad) = s.iter().find(|&&i| i as usize >= self.info.vocab_size) {
+                bail!("suffix {r}: token id {bad} is outside the vocabulary (size {})", self.info.vocab_size);
+            }
+            for &i in &targets[r] {
+                ensure!(i >= 1 && i < n, "row {r}: suffix target {i} must be in 1..{n} (it is predicted from suffix token {i}-1)");
+            }
+        }
+        ensure!(targets.iter().any(|t| !t.is_empty()), "the loss has no target tokens");
+        let flat: Vec<u32> = suffixes.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (b, n), &self.device)?;
+        let mut cache = prefix.clone();
+        let (h, ctx) = self.run(&ids, prefix.pad.clone(), Some(&mut cache), hooks, Pass::Gradient { taps: &[] })?;
+        let mut src = vec![];
+        let mut tgt = vec![];
+        let mut owner = vec![];
+        for (r, row) in targets.iter().enumerate() {
+            for &i in row {
+                src.push((r * n + i - 1) as u32);
+                tgt.push(suffixes[r][i]);
+                owner.push(r);
+            }
+        }
+        let k = src.len();
+        let src = Tensor::from_vec(src, k, &self.device)?;
+        let hs = h.reshape((b * n, ()))?.index_select(&src, 0)?;
+        let nll = self.nll_of(&hs, tgt)?;
+        Ok(NllGraph { nll, owner, ctx })
+    }
+
+    /// `-log softmax(logits(hs))[target]` per row of `hs` (`[k, d]`), on the gradient path.
+    fn nll_of(&self, hs: &Tensor, tgt: Vec<u32>) -> Result<Tensor> {
+        let n = tgt.len();
+        let logits = self.logits(hs, true)?;
         let logits = if logits.dtype() == DType::F64 { logits } else { logits.to_dtype(DType::F32)? };
-        let nll = if logits.device().is_cpu() {
+        Ok(if logits.device().is_cpu() {
             logits.contiguous()?.apply_op1_arc(Arc::new(Box::new(NllOp { targets: tgt })))?
         } else {
             let tgt_t = Tensor::from_vec(tgt, (n, 1), &self.device)?;
             let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             lp.gather(&tgt_t, 1)?.squeeze(1)?.neg()?
-        }; // [n]
-        Ok(NllGraph { nll, owner, ctx })
+        })
     }
 
     /// Teacher-forced loss over `loss` targets and `dL/dh` at `points` (at `positions`), from one
@@ -229,6 +290,52 @@ impl Model {
             grads: out,
             activations: ctx.activations,
         })
+    }
+}
+
+/// A training sequence split into a prefix that is run first without gradient (into a KV
+/// cache, possibly steered, with the adapter active) and a suffix whose tokens attend to that
+/// cache and carry the loss: the gradient reaches only what the suffix computes (the
+/// introspection protocol: learn to read a steered cache, not to produce one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrefixedExample {
+    pub prefix: Vec<u32>,
+    pub suffix: Vec<u32>,
+    /// Suffix indices (`1..suffix.len()`, increasing) whose ids the loss predicts, each from the
+    /// previous suffix position.
+    pub targets: Vec<usize>,
+}
+
+impl PrefixedExample {
+    /// Checks that both parts are non-empty and the targets are in `1..suffix.len()`, increasing.
+    pub fn new(prefix: Vec<u32>, suffix: Vec<u32>, targets: Vec<usize>) -> Result<Self> {
+        ensure!(!prefix.is_empty(), "prefixed example: empty prefix");
+        ensure!(!targets.is_empty(), "prefixed example without target tokens");
+        ensure!(targets.windows(2).all(|w| w[0] < w[1]), "prefixed example: targets must be increasing");
+        let n = suffix.len();
+        for &t in &targets {
+            ensure!(t >= 1 && t < n, "prefixed example: suffix target {t} must be in 1..{n}");
+        }
+        Ok(Self { prefix, suffix, targets })
+    }
+    /// Splits a [`TrainExample`] before token `split`: every target must lie after `split`.
+    pub fn split(e: &TrainExample, split: usize) -> Result<Self> {
+        ensure!(split >= 1 && split < e.ids.len(), "split {split} must be in 1..{}", e.ids.len());
+        let targets = e
+            .targets
+            .iter()
+            .map(|&t| {
+                ensure!(t > split, "target token {t} is not after the split at {split} (targets are predicted from the suffix)");
+                Ok(t - split)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(e.ids[..split].to_vec(), e.ids[split..].to_vec(), targets)
+    }
+    /// The whole sequence with the targets in its coordinates.
+    pub fn full(&self) -> TrainExample {
+        let p = self.prefix.len();
+        let ids = self.prefix.iter().chain(&self.suffix).copied().collect();
+        TrainExample { ids, targets: self.targets.iter().map(|t| t + p).collect() }
     }
 }
 

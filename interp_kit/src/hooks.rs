@@ -39,6 +39,14 @@ pub enum Site {
     MlpOut,
     /// Output of the final norm (`ln_final.hook_normalized`); has no layer.
     LnFinal,
+    /// Attention probabilities of block `l` (`blocks.l.attn.hook_pattern`), read-only: per row
+    /// `[n_heads, n_queries, n_keys]` (queries: the selected positions of the call; keys: every
+    /// non-padding position the call attends over, cached ones included).
+    AttnPattern,
+    /// Attention scores of block `l` before the softmax (`blocks.l.attn.hook_attn_scores`),
+    /// read-only, scaled (and soft-capped where the model does) with the mask added: masked
+    /// entries hold a large negative number (`f32::MIN / 2`) where TransformerLens has `-inf`.
+    AttnScores,
 }
 
 impl Site {
@@ -58,7 +66,15 @@ impl Site {
             Site::AttnOut => "hook_attn_out",
             Site::MlpOut => "hook_mlp_out",
             Site::LnFinal => "hook_normalized",
+            Site::AttnPattern => "attn.hook_pattern",
+            Site::AttnScores => "attn.hook_attn_scores",
         }
+    }
+    /// The attention sites ([`Site::AttnPattern`], [`Site::AttnScores`]): `[head, q, k]` per row,
+    /// read-only (cache them; writing or differentiating them is an error).
+    pub const ATTENTION: [Site; 2] = [Site::AttnPattern, Site::AttnScores];
+    pub fn is_attention(self) -> bool {
+        matches!(self, Site::AttnPattern | Site::AttnScores)
     }
 }
 
@@ -92,6 +108,14 @@ impl HookPoint {
     }
     pub fn ln_final() -> Self {
         Self::new(0, Site::LnFinal)
+    }
+    /// `blocks.{layer}.attn.hook_pattern` (read-only, `[head, q, k]` per row).
+    pub fn attn_pattern(layer: usize) -> Self {
+        Self::new(layer, Site::AttnPattern)
+    }
+    /// `blocks.{layer}.attn.hook_attn_scores` (read-only, `[head, q, k]` per row).
+    pub fn attn_scores(layer: usize) -> Self {
+        Self::new(layer, Site::AttnScores)
     }
     /// Checks the layer against a model depth; the error names the valid range.
     pub fn check(&self, n_layers: usize) -> Result<()> {
@@ -139,7 +163,7 @@ impl FromStr for HookPoint {
             anyhow::anyhow!(
                 "cannot parse hook point {s:?}: expected `blocks.<layer>.<site>` with site one of \
                  hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out, hook_mlp_out, \
-                 or `ln_final.hook_normalized`"
+                 attn.hook_pattern, attn.hook_attn_scores, or `ln_final.hook_normalized`"
             )
         };
         let rest = s.strip_prefix("blocks.").ok_or_else(err)?;
@@ -147,6 +171,7 @@ impl FromStr for HookPoint {
         let layer: usize = layer.parse().map_err(|_| err())?;
         let site = Site::ALL[..5]
             .iter()
+            .chain(Site::ATTENTION.iter())
             .copied()
             .find(|x| x.name() == site)
             .ok_or_else(err)?;

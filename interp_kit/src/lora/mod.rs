@@ -41,7 +41,10 @@ use std::path::Path;
 use crate::hooks::Adapter;
 
 pub mod train;
-pub use train::{eval_loss, lora_grad, train_lora, train_lora_with, LoraTrainer, Schedule, StepInfo, TrainConfig};
+pub use train::{
+    eval_loss, lora_grad, lora_grad_prefixed, lora_grad_with, prefill_prefixes, train_lora, train_lora_prefixed, train_lora_with, LoraTrainer,
+    Schedule, StepInfo, TrainConfig,
+};
 
 /// PEFT's names of the linear layers of a Llama-family block, in block order.
 pub const ALL_LINEAR: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];

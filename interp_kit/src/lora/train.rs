@@ -1,7 +1,8 @@
 //! LoRA training: AdamW with warmup and decay, gradient accumulation, loss on the target tokens only.
 use super::LoraAdapter;
 use crate::grad::TrainExample;
-use crate::grad::{Loss, NllGraph};
+use crate::grad::{Loss, NllGraph, PrefixedExample};
+use crate::model::{KvCache, LogitsAt};
 use crate::hooks::Hooks;
 use crate::model::Model;
 use anyhow::{ensure, Context, Result};
@@ -216,6 +217,11 @@ impl LoraTrainer {
                 }
             }
         }
+        self.apply(acc, nll_sum, n_tok, batch.len(), batch.iter().map(|e| e.ids.len()).sum())
+    }
+
+    /// Clipping, the scheduled learning rate and the AdamW update from summed gradients.
+    fn apply(&mut self, acc: Vec<Option<Tensor>>, nll_sum: f64, n_tok: usize, examples: usize, seq_tokens: usize) -> Result<StepInfo> {
         let grads: Vec<Tensor> = acc
             .into_iter()
             .zip(&self.vars)
@@ -247,10 +253,143 @@ impl LoraTrainer {
             lr,
             grad_norm: norm,
             tokens: n_tok,
-            seq_tokens: batch.iter().map(|e| e.ids.len()).sum(),
-            examples: batch.len(),
+            seq_tokens,
+            examples,
         })
     }
+
+    /// One optimizer step on examples whose prefixes are run first, without gradient and with the
+    /// adapter active (inference mode), into a KV cache, together with `prefix_hooks(range)` (e.g.
+    /// per-row steering of the micro-batch `range` of `batch`); the suffixes then attend to that
+    /// cache with the adapter in training mode, so the gradient flows through the suffixes only.
+    /// The suffixes of one micro-batch must have one length. Otherwise as [`LoraTrainer::step`].
+    pub fn step_prefixed<'h>(
+        &mut self,
+        model: &Model,
+        adapter: &'h LoraAdapter,
+        batch: &[&PrefixedExample],
+        prefix_hooks: impl Fn(std::ops::Range<usize>) -> Result<Hooks<'h>>,
+    ) -> Result<StepInfo> {
+        let ours: Vec<_> = adapter.vars().iter().map(|v| v.as_tensor().id()).collect();
+        ensure!(
+            ours == self.vars.iter().map(|v| v.as_tensor().id()).collect::<Vec<_>>(),
+            "this LoraTrainer was made for another adapter"
+        );
+        ensure!(!batch.is_empty(), "empty training batch");
+        let n_tok: usize = batch.iter().map(|e| e.targets.len()).sum();
+        ensure!(n_tok > 0, "the training batch has no target tokens");
+        let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
+        let mut nll_sum = 0f64;
+        for (mi, chunk) in batch.chunks(self.cfg.batch_size).enumerate() {
+            let seed = mix(self.cfg.seed, self.steps_done as u64 + 1, mi as u64 + 1);
+            let start = mi * self.cfg.batch_size;
+            let pre = prefix_hooks(start..start + chunk.len()).context("the step's prefix hook function")?;
+            let cache = prefill_prefixes(model, adapter, chunk, pre)?;
+            let hooks = Hooks::new().lora_train(adapter, seed);
+            let (sum, grads) = nll_backward_after(model, &hooks, &cache, chunk, n_tok as f64)?;
+            nll_sum += sum;
+            for (a, v) in acc.iter_mut().zip(&self.vars) {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    *a = Some(match a.take() {
+                        Some(x) => (x + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+        }
+        let seq: usize = batch.iter().map(|e| e.prefix.len() + e.suffix.len()).sum();
+        self.apply(acc, nll_sum, n_tok, batch.len(), seq)
+    }
+}
+
+/// The KV cache of `examples`' prefixes, computed without gradient with `adapter` active
+/// (inference mode) and `hooks` (e.g. steering), phase prefill.
+pub fn prefill_prefixes<'h>(model: &Model, adapter: &'h LoraAdapter, examples: &[&PrefixedExample], hooks: Hooks<'h>) -> Result<KvCache> {
+    let prefixes: Vec<Vec<u32>> = examples.iter().map(|e| e.prefix.clone()).collect();
+    let hooks = hooks.lora(adapter);
+    let mut cache = KvCache::new(model);
+    model.prefill(&prefixes, &mut cache, &hooks, LogitsAt::None).context("the prefix forward")?;
+    Ok(cache)
+}
+
+/// Forward + backward of `sum(NLL of the suffix targets) / denom` after a prefix cache.
+fn nll_backward_after(model: &Model, hooks: &Hooks, cache: &KvCache, chunk: &[&PrefixedExample], denom: f64) -> Result<(f64, GradStore)> {
+    let suffixes: Vec<Vec<u32>> = chunk.iter().map(|e| e.suffix.clone()).collect();
+    let targets: Vec<Vec<usize>> = chunk.iter().map(|e| e.targets.clone()).collect();
+    let NllGraph { nll, .. } = model.nll_graph_after(cache, &suffixes, &targets, hooks)?;
+    let sum = nll.sum_all()?;
+    let grads = (&sum / denom)?.backward().context("LoRA backward pass")?;
+    Ok((sum.to_dtype(DType::F64)?.to_scalar::<f64>()?, grads))
+}
+
+/// Mean NLL over the suffix targets of `examples` and its gradient with respect to every `A` and
+/// `B` of `adapter` (no dropout), the prefixes held constant: they are run first without
+/// gradient, with the adapter active and `prefix_hooks` (e.g. steering), into a KV cache that the
+/// suffixes attend to. Keyed by module path: `(dL/dA, dL/dB)`. One pass: the suffixes must have
+/// one length.
+pub fn lora_grad_prefixed<'h>(
+    model: &Model,
+    adapter: &'h LoraAdapter,
+    examples: &[PrefixedExample],
+    prefix_hooks: Hooks<'h>,
+) -> Result<(f64, BTreeMap<String, (Tensor, Tensor)>)> {
+    ensure!(!examples.is_empty(), "lora_grad_prefixed: no examples");
+    let refs: Vec<&PrefixedExample> = examples.iter().collect();
+    let n_tok: usize = examples.iter().map(|e| e.targets.len()).sum();
+    let cache = prefill_prefixes(model, adapter, &refs, prefix_hooks)?;
+    let hooks = Hooks::new().lora(adapter);
+    let (sum, grads) = nll_backward_after(model, &hooks, &cache, &refs, n_tok as f64)?;
+    let mut out = BTreeMap::new();
+    for (name, m) in adapter.modules() {
+        let g = |v: &Var| grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok);
+        out.insert(name.to_string(), (g(&m.a)?, g(&m.b)?));
+    }
+    Ok((sum / n_tok as f64, out))
+}
+
+/// [`train_lora`] for prefixed examples ([`LoraTrainer::step_prefixed`]): `prefix_hooks(indices)`
+/// gets the indices (into `examples`) of a micro-batch's rows and returns the hooks of their
+/// prefix forward (e.g. [`crate::hooks`] writes that steer each row with its own vector).
+pub fn train_lora_prefixed<'h>(
+    model: &Model,
+    adapter: &'h LoraAdapter,
+    examples: &[PrefixedExample],
+    cfg: &TrainConfig,
+    prefix_hooks: impl Fn(&[usize]) -> Result<Hooks<'h>>,
+    mut on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
+) -> Result<Vec<StepInfo>> {
+    ensure!(!examples.is_empty(), "train_lora_prefixed: no training examples");
+    for (i, e) in examples.iter().enumerate() {
+        PrefixedExample::new(e.prefix.clone(), e.suffix.clone(), e.targets.clone()).with_context(|| format!("training example {i}"))?;
+    }
+    let total = cfg.total_steps(examples.len());
+    let mut trainer = LoraTrainer::new(adapter, cfg.clone(), total)?;
+    let per_step = cfg.batch_size * cfg.grad_accum;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut log = Vec::with_capacity(total);
+    let mut epoch = 0;
+    while trainer.steps_done() < total {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        if cfg.shuffle {
+            order.shuffle(&mut rng);
+        }
+        for group in order.chunks(per_step) {
+            if trainer.steps_done() >= total {
+                break;
+            }
+            let batch: Vec<&PrefixedExample> = group.iter().map(|&i| &examples[i]).collect();
+            let mut info = trainer
+                .step_prefixed(model, adapter, &batch, |r| prefix_hooks(&group[r]))
+                .with_context(|| format!("training step {}", trainer.steps_done() + 1))?;
+            info.epoch = epoch;
+            if cfg.callback_every > 0 && info.step % cfg.callback_every == 0 {
+                on_step(&info, adapter).with_context(|| format!("on_step callback at step {}", info.step))?;
+            }
+            log.push(info);
+        }
+        epoch += 1;
+    }
+    Ok(log)
 }
 
 /// Forward + backward of `sum(NLL of the chunk's targets) / denom`: returns the NLL sum and the
@@ -268,10 +407,21 @@ fn nll_backward(model: &Model, hooks: &Hooks, chunk: &[&TrainExample], denom: f6
 /// Mean NLL over the targets of `examples` and its gradient with respect to every `A` and `B`
 /// of `adapter` (no dropout), keyed by module path: `(dL/dA, dL/dB)`.
 pub fn lora_grad(model: &Model, adapter: &LoraAdapter, examples: &[TrainExample]) -> Result<(f64, BTreeMap<String, (Tensor, Tensor)>)> {
+    lora_grad_with(model, adapter, examples, Hooks::new())
+}
+
+/// [`lora_grad`] with extra `hooks` in the forward pass (e.g. steering writes, which are part of
+/// the graph).
+pub fn lora_grad_with<'h>(
+    model: &Model,
+    adapter: &'h LoraAdapter,
+    examples: &[TrainExample],
+    hooks: Hooks<'h>,
+) -> Result<(f64, BTreeMap<String, (Tensor, Tensor)>)> {
     ensure!(!examples.is_empty(), "lora_grad: no examples");
     let refs: Vec<&TrainExample> = examples.iter().collect();
     let n_tok: usize = examples.iter().map(|e| e.targets.len()).sum();
-    let hooks = Hooks::new().lora(adapter);
+    let hooks = hooks.lora(adapter);
     let (sum, grads) = nll_backward(model, &hooks, &refs, n_tok as f64)?;
     let mut out = BTreeMap::new();
     for (name, m) in adapter.modules() {

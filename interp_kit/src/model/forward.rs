@@ -29,11 +29,15 @@ pub struct FwdCtx<'a> {
     /// Left padding (in cache columns) per row, and number of columns already cached.
     pub pad: Vec<usize>,
     pub past_cols: usize,
+    /// The block being run (set by the model before each block), for the attention hook points.
+    pub layer: usize,
     hooks: &'a Hooks<'a>,
     active: BTreeSet<HookPoint>,
     grad_points: BTreeSet<HookPoint>,
     pub(crate) taps: BTreeMap<HookPoint, Var>,
     pub(crate) activations: ActivationCache,
+    /// Attention patterns/scores cached during the call (attention sees the context by `&`).
+    pub(crate) attn_cache: RefCell<ActivationCache>,
     masks: RefCell<BTreeMap<Option<usize>, Tensor>>,
     /// One dropout RNG per adapter of the call that runs in training mode.
     lora_rngs: RefCell<Vec<Option<StdRng>>>,
@@ -124,11 +128,13 @@ impl<'a> FwdCtx<'a> {
             token_index,
             pad,
             past_cols,
+            layer: 0,
             hooks,
             active,
             grad_points: grad_points.iter().copied().collect(),
             taps: BTreeMap::new(),
             activations: ActivationCache::default(),
+            attn_cache: RefCell::new(ActivationCache::default()),
             masks: RefCell::new(BTreeMap::new()),
             lora_rngs: RefCell::new(hooks.lora.iter().map(|u| u.dropout_seed.map(StdRng::seed_from_u64)).collect()),
         })
@@ -186,6 +192,41 @@ impl<'a> FwdCtx<'a> {
             y = (y + d)?;
         }
         Ok(y)
+    }
+
+    /// Whether any attention hook point of the current block is cached (the patterns are
+    /// copied out only when asked: no cost otherwise).
+    pub fn wants_attention(&self) -> bool {
+        self.hooks.reads.iter().any(|(p, _)| p.site.is_attention() && p.layer == self.layer)
+    }
+
+    /// Caches the current block's attention scores (`[B, H, t, s]`, mask added) and
+    /// probabilities where asked: per row `[H, n_selected_queries, s - pad]`, padding keys dropped.
+    pub fn record_attention(&self, scores: &Tensor, probs: &Tensor) -> Result<()> {
+        for (p, pos) in &self.hooks.reads {
+            if !p.site.is_attention() || p.layer != self.layer {
+                continue;
+            }
+            let src = if p.site == crate::hooks::Site::AttnPattern { probs } else { scores };
+            let (_, _, _, s) = src.dims4()?;
+            let sel = self.hook_ctx(*p, src.dtype()).select(pos)?;
+            let mut rows = Vec::with_capacity(sel.len());
+            let mut idx = Vec::with_capacity(sel.len());
+            for (r, cols) in sel.iter().enumerate() {
+                let pad = self.pad[r].min(s);
+                let xr = src.get(r)?.narrow(2, pad, s - pad)?.contiguous()?; // [H, t, keys]
+                let q: Vec<u32> = cols.iter().map(|(c, _)| *c as u32).collect();
+                let t = if q.is_empty() {
+                    xr.narrow(1, 0, 0)?
+                } else {
+                    xr.index_select(&Tensor::new(q.as_slice(), src.device())?, 1)?
+                };
+                rows.push(t.detach().contiguous()?);
+                idx.push(cols.iter().map(|(_, i)| *i).collect());
+            }
+            self.attn_cache.borrow_mut().insert(*p, rows, idx);
+        }
+        Ok(())
     }
 
     /// What a hook at `point` sees of this call.

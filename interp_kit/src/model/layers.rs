@@ -545,7 +545,12 @@ impl Attention {
         }
         let mask = ctx.mask(self.sliding_window)?;
         let att = att.broadcast_add(&mask)?;
-        let att = softmax(&att, g)?.reshape((b, kv_h, rep * t, s))?;
+        let scores = ctx.wants_attention().then(|| att.clone());
+        let att = softmax(&att, g)?;
+        if let Some(scores) = scores {
+            ctx.record_attention(&scores, &att)?;
+        }
+        let att = att.reshape((b, kv_h, rep * t, s))?;
         let y = att.matmul(&v)?.reshape((b, self.n_heads, t, hd))?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
         self.o.forward_ctx(&y, ctx)

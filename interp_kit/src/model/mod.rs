@@ -176,6 +176,32 @@ impl KvCache {
     }
 }
 
+impl KvCache {
+    /// Keys and values of block `layer` for every row: `([B, n_kv_heads, cols, head_dim], ..)`,
+    /// left padding included (see [`KvCache::row_kv`]). Keys are stored after rotary embedding
+    /// (and the k-norm where the model has one), as attention reads them.
+    pub fn layer_kv(&self, layer: usize) -> Result<(Tensor, Tensor)> {
+        let n = self.layers.len();
+        let kv = self
+            .layers
+            .get(layer)
+            .with_context(|| format!("KV cache: layer {layer} is out of range, the cache has {n} layers"))?
+            .as_ref()
+            .with_context(|| format!("KV cache: layer {layer} holds nothing (prefill first)"))?;
+        Ok(kv.clone())
+    }
+    /// Keys and values of block `layer` for `row` without its padding: `[n_kv_heads, len, head_dim]`
+    /// each, position `i` being the row's token `i`.
+    pub fn row_kv(&self, layer: usize, row: usize) -> Result<(Tensor, Tensor)> {
+        let (k, v) = self.layer_kv(layer)?;
+        let b = self.batch_size();
+        ensure!(row < b, "KV cache: row {row} is out of range ({b} rows)");
+        let pad = self.pad[row];
+        let len = self.cols - pad;
+        Ok((k.i(row)?.narrow(1, pad, len)?.contiguous()?, v.i(row)?.narrow(1, pad, len)?.contiguous()?))
+    }
+}
+
 /// The result of a forward call.
 pub struct Output {
     /// `[B, T, V]` for [`LogitsAt::All`] (left-padded), `[B, 1, V]` for `Last`.
@@ -578,6 +604,9 @@ impl Model {
     ) -> Result<(Tensor, FwdCtx<'a>)> {
         self.check_points(hooks.points().collect::<Vec<_>>().iter())?;
         self.check_points(pass.taps())?;
+        if let Some(p) = hooks.writes.iter().map(|w| w.0).chain(pass.taps().iter().copied()).find(|p| p.site.is_attention()) {
+            bail!("{p} is read-only: cache it (Hooks::cache); writing or differentiating attention patterns is not supported");
+        }
         let grad = pass.is_gradient();
         for u in &hooks.lora {
             self.check_adapter(u.adapter)?;
@@ -616,8 +645,11 @@ impl Model {
             None => &mut scratch,
         };
         for (l, block) in self.blocks.iter().enumerate() {
+            ctx.layer = l;
             x = block.forward(x, l, &mut ctx, &mut layers[l]).with_context(|| format!("block {l}"))?;
         }
+        let attn = std::mem::take(&mut *ctx.attn_cache.borrow_mut());
+        ctx.activations.append(attn)?;
         let x = self.norm.forward(&x, grad)?;
         let x = ctx.hook(HookPoint::ln_final(), x)?;
         Ok((x, ctx))
@@ -630,6 +662,20 @@ impl Model {
             Some(c) => ((l / c)?.tanh()? * c)?,
             None => l,
         })
+    }
+
+    /// The logit lens of residual states `[.., d]`: the final norm, which normalises each vector by
+    /// its own scale (not the last layer's: TransformerLens #1076), then the unembedding and the
+    /// model's final soft-cap. On the last block's `resid_post` this is the model's logits.
+    pub fn unembed(&self, resid: &Tensor) -> Result<Tensor> {
+        ensure!(
+            resid.dims().last() == Some(&self.d_model()),
+            "unembed: residual states of shape {:?}, expected [.., {}]",
+            resid.dims(),
+            self.d_model()
+        );
+        let h = self.norm.forward(&resid.to_dtype(self.dtype)?, false)?;
+        self.logits(&h, false)
     }
 
     fn finish(&self, h: Tensor, ctx: FwdCtx, at: LogitsAt) -> Result<Output> {

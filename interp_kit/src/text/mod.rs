@@ -4,4 +4,5 @@ pub mod bos;
 pub mod chat;
 pub mod chat_jsonl;
 pub mod records;
+pub mod spans;
 pub mod tokenizer;

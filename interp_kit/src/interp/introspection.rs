@@ -1,0 +1,161 @@
+//! The introspection protocol's conversation and its steer-then-remove readout, generic enough for
+//! studies to reuse: a system turn (empty by default, so templates such as Qwen's insert no
+//! default one), user turn 1 (framing, optionally an explanation of steering), assistant turn 1 (a
+//! short fixed reply), user turn 2 (the detection question) and an assistant turn prefilled with
+//! the answer prefix. Steering covers user turn 1 through assistant turn 1; the prefix holding them
+//! is run steered into a KV cache, and the rest of the conversation extends it without steering.
+use crate::hooks::{Hooks, Phase, Site};
+use crate::interp::token_probs::{TokenSet, YesNo};
+use crate::interp::row_steer::{row_steering_hooks, RowSteer};
+use crate::model::{KvCache, LogitsAt, Model};
+use crate::text::chat::{Chat, RenderedChat};
+use crate::text::spans::MessageRef;
+use crate::text::tokenizer::Tokenizer;
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// The texts of the conversation (all replaceable; the defaults are the kit's own wording).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolTexts {
+    pub system: String,
+    /// Opening of user turn 1.
+    pub framing: String,
+    /// Optional background paragraph (with `info = true`).
+    pub info: String,
+    /// Closing of user turn 1: the concept may be in this message and the next.
+    pub notice: String,
+    /// Assistant turn 1.
+    pub reply: String,
+    /// User turn 2.
+    pub question: String,
+    /// The open assistant turn's prefilled start.
+    pub answer_prefix: String,
+}
+
+impl Default for ProtocolTexts {
+    fn default() -> Self {
+        Self {
+            system: String::new(),
+            framing: "I study what happens inside language models like you while they read. Now and then I add a \
+                      concept straight into your internal activations as you process a message; other times I \
+                      leave them untouched."
+                .into(),
+            info: "Some background on how that works. Every token you read is carried by a residual stream: one \
+                   vector per token that each layer reads and adds its output to. Injecting a concept means adding \
+                   a fixed vector to that stream at some layers, for some tokens. The keys and values you compute \
+                   for those tokens keep a trace of it, so tokens that come later can still attend to the change \
+                   after the injection has stopped."
+                .into(),
+            notice: "For this conversation I may have injected a concept into your activations while you read this \
+                     message and while you write your next one."
+                .into(),
+            reply: "Understood. I am ready.".into(),
+            question: "Thinking back over my first message and your reply to it, do you notice anything that \
+                       suggests a concept was injected into your activations? Start your answer with \"The answer \
+                       is yes\" or \"The answer is no\"."
+                .into(),
+            answer_prefix: "The answer is".into(),
+        }
+    }
+}
+
+/// How the conversation is built and which tokens are steered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolConfig {
+    pub texts: ProtocolTexts,
+    /// Include the background paragraph in user turn 1.
+    pub info: bool,
+    /// Steer the template tokens between user turn 1 and assistant turn 1 as well (one contiguous
+    /// span) instead of the two contents only.
+    pub steer_template_between: bool,
+    /// Also steer everything before user turn 1's content (the system block and the user header),
+    /// as the reference code did; off by default (the plan keeps the system turn clean).
+    pub steer_system: bool,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self { texts: ProtocolTexts::default(), info: false, steer_template_between: true, steer_system: false }
+    }
+}
+
+/// A built conversation: its ids up to the end of the answer prefix, the steered token indices and
+/// where the steered prefix ends.
+#[derive(Clone, Debug)]
+pub struct ProtocolPrompt {
+    pub rendered: RenderedChat,
+    /// The whole conversation up to (and including) the answer prefix; the next token is the answer.
+    pub ids: Vec<u32>,
+    /// Steered token indices, increasing.
+    pub steered: Vec<usize>,
+    /// `ids[..split]` is run steered (prefill), `ids[split..]` extends the cache unsteered.
+    pub split: usize,
+}
+
+impl ProtocolConfig {
+    pub fn chat(&self) -> Chat {
+        let t = &self.texts;
+        let mut user1 = t.framing.clone();
+        if self.info {
+            user1.push_str("\n\n");
+            user1.push_str(&t.info);
+        }
+        user1.push_str("\n\n");
+        user1.push_str(&t.notice);
+        Chat::new().system(t.system.clone()).user(user1).assistant(t.reply.clone()).user(t.question.clone()).assistant(t.answer_prefix.clone())
+    }
+
+    /// Renders the conversation with the model's template and locates the steered tokens.
+    pub fn build(&self, tok: &Tokenizer) -> Result<ProtocolPrompt> {
+        let rendered = tok.render_chat(&self.chat(), false).context("rendering the introspection conversation")?;
+        let answer = rendered.target_span().context("the answer prefix does not appear in the rendered chat")?.tokens.clone();
+        ensure!(!answer.is_empty(), "the answer prefix has no tokens");
+        let ids = rendered.ids[..answer.end].to_vec();
+        let mut steered = rendered.message_range(MessageRef::user(1), MessageRef::assistant(1), self.steer_template_between)?;
+        if self.steer_system {
+            let start = rendered.messages[rendered.find_message(MessageRef::user(1))?].tokens.start;
+            steered.extend(0..start);
+            steered.sort_unstable();
+            steered.dedup();
+        }
+        ensure!(!steered.is_empty(), "the steered turns have no tokens");
+        let split = steered.last().copied().unwrap_or(0) + 1;
+        ensure!(split < ids.len(), "nothing follows the steered turns");
+        Ok(ProtocolPrompt { rendered, ids, steered, split })
+    }
+}
+
+/// The next-token yes/no readout after the steer-then-remove protocol: `ids[..split]` is prefilled
+/// with `prefix_hooks` (e.g. [`steer_hooks`] plus an adapter), `ids[split..]` extends the cache
+/// with `suffix_hooks` (e.g. the adapter only), and the last position's logits give P(yes), P(no).
+pub fn yes_no_after_prefix(
+    model: &Model,
+    ids: &[u32],
+    split: usize,
+    prefix_hooks: &Hooks,
+    suffix_hooks: &Hooks,
+    yes: &TokenSet,
+    no: &TokenSet,
+) -> Result<YesNo> {
+    ensure!(split >= 1 && split < ids.len(), "split {split} must be in 1..{}", ids.len());
+    let mut cache = KvCache::new(model);
+    model.prefill(&[ids[..split].to_vec()], &mut cache, prefix_hooks, LogitsAt::None)?;
+    let out = model.extend(&[ids[split..].to_vec()], &mut cache, suffix_hooks, LogitsAt::Last)?;
+    YesNo::from_logits(&out.last_logits()?.get(0)?, yes, no)
+}
+
+/// Prefill-phase hooks adding `strength · vector` at `resid_post` of blocks `layers` on the
+/// `steered` positions of one row, after checking width, band and positions (`prompt_len`).
+pub fn steer_hooks(
+    model: &Model,
+    vector: &[f32],
+    layers: Range<usize>,
+    strength: f64,
+    steered: &[usize],
+    prompt_len: usize,
+) -> Result<Hooks<'static>> {
+    let s = RowSteer::new(vector.to_vec(), layers, strength, steered.to_vec());
+    s.check(model, Some(prompt_len))?;
+    row_steering_hooks(model, &[s], Site::ResidPost, Phase::Prefill)
+}
