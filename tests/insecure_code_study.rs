@@ -197,7 +197,7 @@ fn committed_config_parses_and_bad_values_are_named() {
     assert_eq!((f.n_eval, f.gen_k, f.n_boot, f.n_random), (100, 5, 1000, 15));
     assert!(cfg.train_conditions()[0].system.is_none(), "neutral has no system prompt");
     let err = |from: &str, to: &str| format!("{:#}", InsecureConfig::from_toml(&committed_text().replacen(from, to, 1), repo().join("configs")).unwrap_err());
-    assert!(err("gen_k = 3", "gen_k = 30").contains("[modes.ci]: gen_k (30) must be <= max_new_tokens (8)"));
+    assert!(err("gen_k = 2", "gen_k = 30").contains("[modes.ci]: gen_k (30) must be <= max_new_tokens (4)"));
     assert!(err("threshold = 50.0", "threshold = 150.0").contains("judge.threshold 150"));
     assert!(err("preset = \"qv\"", "preset = \"qz\"").contains("lora.preset \"qz\""));
     assert!(err("dir = \"../datasets/insecure_code\"", "dir = \"../nowhere\"").contains("insecure file"));
@@ -256,8 +256,9 @@ fn tiny_pipeline_end_to_end_resumes_and_reports() {
     let s = &mut cfg.modes.ci;
     s.layers = vec![LayerSpec::Index(0), LayerSpec::Index(2)];
     s.late_from = LayerSpec::Index(2);
-    s.n_eval = 3;
-    s.max_new_tokens = 6;
+    // Every phase on: cross-trait direction, assistant positions, the in-distribution check.
+    (s.n_eval, s.max_new_tokens, s.gen_k, s.n_cross, s.k_assistant, s.n_id_eval, s.n_direction, s.n_random) = (3, 6, 3, 2, 1, 2, 4, 3);
+    (s.n_train, s.lora.max_steps) = (4, 2);
     let mut model = interp_kit::model::Model::from_hf_dir(&model_dir, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     model.tokenizer = Some(interp_kit::text::tokenizer::Tokenizer::from_hf_dir(&common::byte_chat_dir()).unwrap());
     let study = InsecureStudy::with_model(cfg, model).unwrap();
