@@ -3,3 +3,4 @@
 pub mod inoculation_caps;
 pub mod insecure_code;
 pub mod steering_reliability;
+pub mod trait_monitoring;
