@@ -137,7 +137,7 @@ fn embedded_ci_pipeline() {
     let tmp = tempfile::tempdir().unwrap();
     let t0 = std::time::Instant::now();
     let study = TraitStudy::with_model(cfg, model, tmp.path()).unwrap();
-    let mut lap = |what: &str| println!("{what}: {:.1} s", t0.elapsed().as_secs_f64());
+    let lap = |what: &str| println!("{what}: {:.1} s", t0.elapsed().as_secs_f64());
     study.generate().unwrap();
     println!("{}", study.filter_summary().unwrap());
     lap("generate");
