@@ -12,7 +12,7 @@
 //! assert_eq!("blocks.3.hook_resid_post".parse::<HookPoint>().unwrap(), hp);
 //! assert_eq!(HookPoint::ln_final().to_string(), "ln_final.hook_normalized");
 //! ```
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -416,6 +416,11 @@ impl ActivationCache {
                     self.indices.insert(k, idx);
                 }
                 Some(mine) => {
+                    ensure!(
+                        !k.site.is_attention(),
+                        "{k}: attention patterns of several calls cannot be appended (their key counts differ); \
+                         read them per call"
+                    );
                     let mine_idx = self.indices.get_mut(&k).expect("indices kept with map");
                     for (r, t) in rows.into_iter().enumerate() {
                         mine[r] = Tensor::cat(&[&mine[r], &t], 0)?;
