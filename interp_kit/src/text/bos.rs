@@ -19,7 +19,7 @@
 //! position 0.
 //!
 //! ```no_run
-//! use interp_kit::{bos, tokenizer::Tokenizer, chat::Chat};
+//! use interp_kit::text::{bos, tokenizer::Tokenizer, chat::Chat};
 //! let tok = Tokenizer::from_hf_dir(std::path::Path::new("models/gemma-2-2b-it"))?;
 //! let r = tok.render_chat(&Chat::new().user("Hi"), true)?;
 //! bos::check(&tok, &r.ids)?;                       // one <bos>: fine
