@@ -1,10 +1,13 @@
 //! Study configuration basics shared by every study: the run [`Mode`] (`ci` / `fast` / `full`,
 //! overridable by `INTERP_KIT_STUDY_MODE`), the `[model]` table ([`ModelCfg`]) and [`LayerSpec`]
-//! (block indices or depth fractions). Each study's own config type lives in its folder.
+//! (block indices or depth fractions), the per-mode size tables ([`Modes`]), the `[run]` table
+//! ([`RunCfg`]) and the file reading every study config shares ([`read_config`], [`resolve_path`]).
+//! Each study's own config type lives in its folder.
 use crate::model::Model;
 use anyhow::{bail, ensure, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The size of a study run: `ci` (seconds to minutes, what `scripts/test.sh` runs), `fast` (the
 /// embedded model on a laptop CPU) or `full` (the plan's sizes, for a CUDA host). Each study maps
@@ -59,6 +62,103 @@ impl Mode {
         }
     }
 }
+
+/// `[modes]` of a study config: the study's sizes for each [`Mode`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modes<S> {
+    pub ci: S,
+    pub fast: S,
+    pub full: S,
+}
+
+impl<S> Modes<S> {
+    /// The sizes of mode `m`.
+    pub fn get(&self, m: Mode) -> &S {
+        match m {
+            Mode::Ci => &self.ci,
+            Mode::Fast => &self.fast,
+            Mode::Full => &self.full,
+        }
+    }
+
+    /// Runs `check` on every mode's sizes; an error names the table (`[modes.fast]`).
+    pub fn check_each(&self, check: impl Fn(&S) -> Result<()>) -> Result<()> {
+        for m in [Mode::Ci, Mode::Fast, Mode::Full] {
+            check(self.get(m)).with_context(|| format!("[modes.{}]", m.name()))?;
+        }
+        Ok(())
+    }
+}
+
+/// `[run]` of a study config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCfg {
+    /// Root of the run directories, relative to the config file.
+    pub output_root: PathBuf,
+    /// Run id; `ci` mode appends `_ci` ([`Mode::run_id`]).
+    pub run_id: String,
+    /// Seed of random directions, sampling and bootstraps.
+    pub seed: u64,
+}
+
+/// Reads a study config file: `parse(text, folder)` builds and checks it (relative paths resolve
+/// against the file's folder), errors name the file, and `INTERP_KIT_STUDY_MODE` overrides the
+/// file's mode through `mode`.
+pub fn read_config<C>(path: &Path, parse: impl FnOnce(&str, PathBuf) -> Result<C>, mode: impl FnOnce(&mut C) -> &mut Mode) -> Result<C> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let mut cfg = parse(&text, base).with_context(|| format!("config {}", path.display()))?;
+    let m = mode(&mut cfg);
+    *m = Mode::resolve(*m)?;
+    Ok(cfg)
+}
+
+/// Parses a study config's TOML (unknown keys are errors in every study table).
+pub fn parse_toml<C: DeserializeOwned>(text: &str) -> Result<C> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `p` resolved against the config file's folder `base_dir` (absolute paths stay as they are).
+pub fn resolve_path(base_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+/// The methods every study config shares (`load`, `sizes_of`, `sizes`, `path`, `run_id`), for a
+/// struct with the fields `mode: Mode`, `modes: Modes<Sizes>`, `run: RunCfg`, `base_dir: PathBuf`
+/// and an inherent `from_toml(text, base_dir) -> Result<Self>` that parses and checks it.
+macro_rules! study_config_basics {
+    ($cfg:ty, $sizes:ty) => {
+        impl $cfg {
+            /// Reads a config file (errors name it); `INTERP_KIT_STUDY_MODE` overrides its `mode`.
+            pub fn load(path: impl AsRef<std::path::Path>) -> anyhow::Result<Self> {
+                $crate::runs::config::read_config(path.as_ref(), Self::from_toml, |c| &mut c.mode)
+            }
+            /// The sizes of mode `m`.
+            pub fn sizes_of(&self, m: $crate::runs::config::Mode) -> &$sizes {
+                self.modes.get(m)
+            }
+            /// The sizes of the current mode.
+            pub fn sizes(&self) -> &$sizes {
+                self.modes.get(self.mode)
+            }
+            /// `p` resolved against the config file's folder.
+            pub fn path(&self, p: &std::path::Path) -> std::path::PathBuf {
+                $crate::runs::config::resolve_path(&self.base_dir, p)
+            }
+            /// The run id: `run.run_id`, with `_ci` appended in `ci` mode.
+            pub fn run_id(&self) -> String {
+                self.mode.run_id(&self.run.run_id)
+            }
+        }
+    };
+}
+pub(crate) use study_config_basics;
 
 /// `[model]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,6 +249,18 @@ impl LayerSpec {
             }
         }
     }
+}
+
+/// Resolves `specs` (a config's `what`, e.g. `[modes.fast] layers`) on a model of `n_layers`
+/// blocks; an error names the entry, and two entries that resolve to one block are an error.
+pub fn resolve_layers(specs: &[LayerSpec], n_layers: usize, what: &str) -> Result<Vec<usize>> {
+    let mut out = vec![];
+    for (i, l) in specs.iter().enumerate() {
+        let b = l.resolve(n_layers).with_context(|| format!("{what}[{i}] = {l}"))?;
+        ensure!(!out.contains(&b), "{what}[{i}] = {l} resolves to block {b} twice");
+        out.push(b);
+    }
+    Ok(out)
 }
 
 impl std::fmt::Display for LayerSpec {

@@ -201,6 +201,22 @@ impl RunBuilder {
         self
     }
 
+    /// The model of a study config's `[model]` table: the embedded GGUF, or `name` resolved
+    /// against `base_dir` (a file or a Hugging Face directory, hashed), or the id alone when no
+    /// such path exists.
+    pub fn model_cfg(self, m: &config::ModelCfg, base_dir: &Path) -> Result<Self> {
+        Ok(if m.name == "embedded" {
+            self.model_file("embedded", crate::base::embedded_model_path()?)
+        } else {
+            let p = config::resolve_path(base_dir, Path::new(&m.name));
+            if p.exists() {
+                self.model_file(&m.name, p)
+            } else {
+                self.model_id(&m.name)
+            }
+        })
+    }
+
     /// The device the run computes on, recorded in the host info.
     pub fn device(mut self, device: &candle_core::Device) -> Self {
         self.device = provenance::device_name(device);

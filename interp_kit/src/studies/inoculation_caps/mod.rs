@@ -31,7 +31,7 @@ use crate::interp::alignment::{
 };
 use crate::studies::inoculation_caps::data::CapsDataset;
 use crate::text::chat::Position;
-use crate::runs::config::{LayerSpec, Mode, ModelCfg};
+use crate::runs::config::{parse_toml, resolve_layers, study_config_basics, LayerSpec, Mode, ModelCfg, Modes, RunCfg};
 use crate::interp::directions::{collect_activations, mean_diff, Direction, PromptFormat, PromptIds, ReadAt};
 use crate::generate::GenerateConfig;
 use crate::hooks::{HookPoint, Hooks};
@@ -161,27 +161,6 @@ pub struct Sizes {
     pub n_boot: usize,
 }
 
-/// `[modes]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Modes {
-    pub ci: Sizes,
-    pub fast: Sizes,
-    pub full: Sizes,
-}
-
-/// `[run]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunCfg {
-    /// Root of the run directories, relative to the config file.
-    pub output_root: PathBuf,
-    /// Run id; `ci` mode appends `_ci`.
-    pub run_id: String,
-    /// Seed of random directions and bootstraps.
-    pub seed: u64,
-}
-
 /// `configs/inoculation_caps.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,19 +171,19 @@ pub struct InoculationConfig {
     pub data: DataDir,
     pub prompts: Prompts,
     pub run: RunCfg,
-    pub modes: Modes,
+    pub modes: Modes<Sizes>,
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
 
+study_config_basics!(InoculationConfig, Sizes);
+
 impl InoculationConfig {
     /// Parses TOML; `base_dir` resolves relative paths. Checks sizes and prompts.
     pub fn from_toml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self> {
-        let mut cfg: InoculationConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cfg: InoculationConfig = parse_toml(text)?;
         cfg.base_dir = base_dir.into();
-        for m in [Mode::Ci, Mode::Fast, Mode::Full] {
-            cfg.check_sizes(cfg.sizes_of(m)).with_context(|| format!("[modes.{}]", m.name()))?;
-        }
+        cfg.modes.check_each(|s| cfg.check_sizes(s))?;
         let p = &cfg.prompts;
         for (what, s) in [("neutral", &p.neutral), ("inoculation", &p.inoculation), ("promote", &p.promote), ("suppress", &p.suppress)] {
             ensure!(!s.trim().is_empty(), "prompts.{what} is empty");
@@ -218,19 +197,6 @@ impl InoculationConfig {
         }
         cfg.model.check(&cfg.base_dir)?;
         ensure!(cfg.path(&cfg.data.dir).is_dir(), "data.dir: {} is not a directory", cfg.path(&cfg.data.dir).display());
-        Ok(cfg)
-    }
-
-    /// Reads a config file; the mode is the file's unless `INTERP_KIT_STUDY_MODE` says otherwise
-    /// ([`Mode::from_env`]).
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        let mut cfg = Self::from_toml(&text, base).with_context(|| format!("config {}", path.display()))?;
-        if let Some(m) = Mode::from_env()? {
-            cfg.mode = m;
-        }
         Ok(cfg)
     }
 
@@ -260,34 +226,6 @@ impl InoculationConfig {
         ensure!(!s.lora.seeds.is_empty(), "lora.seeds is empty");
         lora_config(&s.lora, 0)?;
         Ok(())
-    }
-
-    /// The sizes of mode `m`.
-    pub fn sizes_of(&self, m: Mode) -> &Sizes {
-        match m {
-            Mode::Ci => &self.modes.ci,
-            Mode::Fast => &self.modes.fast,
-            Mode::Full => &self.modes.full,
-        }
-    }
-
-    /// The sizes of the current mode.
-    pub fn sizes(&self) -> &Sizes {
-        self.sizes_of(self.mode)
-    }
-
-    /// `p` resolved against the config's directory.
-    pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-
-    /// The run id: `run.run_id`, with `_ci` appended in `ci` mode.
-    pub fn run_id(&self) -> String {
-        self.mode.run_id(&self.run.run_id)
     }
 
     /// Condition A.
@@ -424,12 +362,7 @@ impl Inoculation {
     /// [`Inoculation::open`] with a config and model at hand.
     pub fn with_model(cfg: InoculationConfig, model: Model) -> Result<Self> {
         let data = CapsDataset::load_dir(&cfg.path(&cfg.data.dir))?;
-        let mut layers = vec![];
-        for (i, l) in cfg.sizes().layers.iter().enumerate() {
-            let b = l.resolve(model.info.n_layers).with_context(|| format!("[modes.{}] layers[{i}] = {l}", cfg.mode.name()))?;
-            ensure!(!layers.contains(&b), "[modes.{}] layers[{i}] = {l} resolves to block {b} twice", cfg.mode.name());
-            layers.push(b);
-        }
+        let layers = resolve_layers(&cfg.sizes().layers, model.info.n_layers, &format!("[modes.{}] layers", cfg.mode.name()))?;
         let s = cfg.sizes();
         ensure!(
             s.n_calibration + s.n_train <= data.train.len(),
@@ -437,16 +370,12 @@ impl Inoculation {
             s.n_calibration + s.n_train,
             data.train.len()
         );
-        let mut b = RunDir::builder(cfg.path(&cfg.run.output_root), STUDY, &cfg.run_id())
+        let run = RunDir::builder(cfg.path(&cfg.run.output_root), STUDY, &cfg.run_id())
             .config(&cfg)?
             .seeds(std::iter::once(cfg.run.seed).chain(s.lora.seeds.iter().copied()))
-            .device(&model.device);
-        b = if cfg.model.name == "embedded" {
-            b.model_file("embedded", crate::base::embedded_model_path()?)
-        } else {
-            b.model_file(&cfg.model.name, cfg.path(Path::new(&cfg.model.name)))
-        };
-        let run = b.open()?;
+            .device(&model.device)
+            .model_cfg(&cfg.model, &cfg.base_dir)?
+            .open()?;
         Ok(Inoculation { cfg, model, data, layers, run })
     }
 

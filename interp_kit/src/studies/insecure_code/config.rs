@@ -2,10 +2,10 @@
 //! Relative paths are relative to the config file; unknown keys are errors.
 use crate::interp::alignment::Condition;
 use crate::lora::LoraConfig;
-use crate::runs::config::{LayerSpec, Mode, ModelCfg};
-use anyhow::{bail, ensure, Context, Result};
+use crate::runs::config::{parse_toml, study_config_basics, LayerSpec, Mode, ModelCfg, Modes, RunCfg};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The study's name: its run directories live in `<output_root>/insecure_code/`.
 pub const STUDY: &str = "insecure_code";
@@ -115,26 +115,6 @@ pub struct Sizes {
     pub n_boot: usize,
 }
 
-/// `[modes]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Modes {
-    pub ci: Sizes,
-    pub fast: Sizes,
-    pub full: Sizes,
-}
-
-/// `[run]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunCfg {
-    pub output_root: PathBuf,
-    /// `ci` mode appends `_ci`.
-    pub run_id: String,
-    /// Seed of random directions, sampling and bootstraps.
-    pub seed: u64,
-}
-
 /// `configs/insecure_code.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,19 +126,19 @@ pub struct InsecureConfig {
     pub prompts: Prompts,
     pub judge: JudgeCfg,
     pub run: RunCfg,
-    pub modes: Modes,
+    pub modes: Modes<Sizes>,
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
 
+study_config_basics!(InsecureConfig, Sizes);
+
 impl InsecureConfig {
     /// Parses TOML; `base_dir` resolves relative paths. Checks every mode's sizes.
     pub fn from_toml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self> {
-        let mut cfg: InsecureConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cfg: InsecureConfig = parse_toml(text)?;
         cfg.base_dir = base_dir.into();
-        for m in [Mode::Ci, Mode::Fast, Mode::Full] {
-            check_sizes(cfg.sizes_of(m)).with_context(|| format!("[modes.{}]", m.name()))?;
-        }
+        cfg.modes.check_each(check_sizes)?;
         let p = &cfg.prompts;
         for (what, s) in [("inoculation", &p.inoculation), ("control", &p.control), ("cross_promote", &p.cross_promote), ("cross_suppress", &p.cross_suppress)] {
             ensure!(!s.trim().is_empty(), "prompts.{what} is empty");
@@ -177,47 +157,11 @@ impl InsecureConfig {
         Ok(cfg)
     }
 
-    /// Reads a config file; `INTERP_KIT_STUDY_MODE` overrides its mode.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        let mut cfg = Self::from_toml(&text, base).with_context(|| format!("config {}", path.display()))?;
-        if let Some(m) = Mode::from_env()? {
-            cfg.mode = m;
-        }
-        Ok(cfg)
-    }
-
     /// `(name, path)` of the insecure, secure and code-prompt files.
     pub fn data_files(&self) -> [(&'static str, PathBuf); 3] {
         let d = &self.data;
         let pick = |o: &Option<PathBuf>, f: &str| self.path(&o.clone().unwrap_or_else(|| d.dir.join(f)));
         [("insecure", pick(&d.insecure, "insecure.jsonl")), ("secure", pick(&d.secure, "secure.jsonl")), ("code_prompts", pick(&d.code_prompts, "code_prompts.jsonl"))]
-    }
-
-    pub fn sizes_of(&self, m: Mode) -> &Sizes {
-        match m {
-            Mode::Ci => &self.modes.ci,
-            Mode::Fast => &self.modes.fast,
-            Mode::Full => &self.modes.full,
-        }
-    }
-
-    pub fn sizes(&self) -> &Sizes {
-        self.sizes_of(self.mode)
-    }
-
-    pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-
-    pub fn run_id(&self) -> String {
-        self.mode.run_id(&self.run.run_id)
     }
 
     /// The fine-tuned conditions, in order: neutral (no system prompt), inoculation, control.

@@ -27,6 +27,7 @@ use crate::interp::directions::{collect_activations, mean_diff, Direction, Promp
 use crate::interp::readout::{readout, GeneratedRow};
 use crate::lora::{train_lora, LoraAdapter, TrainConfig};
 use crate::model::Model;
+use crate::runs::config::resolve_layers;
 use crate::runs::{CellKey, RunDir};
 use crate::tables::{column_f64, column_str, fresh, to_df};
 use crate::text::chat::Position;
@@ -203,20 +204,14 @@ impl InsecureStudy {
             data.insecure[i].completion().with_context(|| format!("{} line {}", ip.display(), i + 1))?;
             data.secure[i].completion().with_context(|| format!("{} line {}", sp.display(), i + 1))?;
         }
-        let mut layers = vec![];
-        for (i, l) in s.layers.iter().enumerate() {
-            let b = l.resolve(model.info.n_layers).with_context(|| format!("[modes.{m}] layers[{i}] = {l}"))?;
-            ensure!(!layers.contains(&b), "[modes.{m}] layers[{i}] = {l} resolves to block {b} twice");
-            layers.push(b);
-        }
+        let layers = resolve_layers(&s.layers, model.info.n_layers, &format!("[modes.{m}] layers"))?;
         let late_from = s.late_from.resolve(model.info.n_layers).with_context(|| format!("[modes.{m}] late_from"))?;
-        let mut b = RunDir::builder(cfg.path(&cfg.run.output_root), STUDY, &cfg.run_id()).config(&cfg)?.seeds([cfg.run.seed, s.lora.seed]).device(&model.device);
-        b = if cfg.model.name == "embedded" {
-            b.model_file("embedded", crate::base::embedded_model_path()?)
-        } else {
-            b.model_file(&cfg.model.name, cfg.path(Path::new(&cfg.model.name)))
-        };
-        let run = b.open()?;
+        let run = RunDir::builder(cfg.path(&cfg.run.output_root), STUDY, &cfg.run_id())
+            .config(&cfg)?
+            .seeds([cfg.run.seed, s.lora.seed])
+            .device(&model.device)
+            .model_cfg(&cfg.model, &cfg.base_dir)?
+            .open()?;
         Ok(InsecureStudy { cfg, model, data, layers, late_from, run })
     }
 

@@ -26,7 +26,7 @@
 //!   mean difference as computed.
 //! * Unknown keys are errors (a typo never silently falls back to a default).
 use super::data::Split;
-use crate::runs::config::{LayerSpec, Mode, ModelCfg};
+use crate::runs::config::{parse_toml, resolve_path, LayerSpec, Mode, ModelCfg};
 use crate::text::records::PromptRecord;
 use crate::interp::directions::{Contrastive, PrefixRead, ReadAt, Scale};
 use crate::generate::GenerateConfig;
@@ -217,7 +217,7 @@ impl StudyConfig {
     /// Parses TOML text; relative paths resolve against `base_dir`. Checks everything that does
     /// not need the model (alphas, interventions, positions, sizes, files exist).
     pub fn from_toml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self> {
-        let mut cfg: StudyConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cfg: StudyConfig = parse_toml(text)?;
         cfg.base_dir = base_dir.into();
         cfg.check_static()?;
         Ok(cfg)
@@ -233,11 +233,7 @@ impl StudyConfig {
 
     /// `p` resolved against the config's directory.
     pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        resolve_path(&self.base_dir, p)
     }
 
     /// The data file of `split`.

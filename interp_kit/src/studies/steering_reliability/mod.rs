@@ -622,15 +622,11 @@ pub fn rates_table(rates: &[CellRates]) -> Result<DataFrame> {
 /// config, seeds, model id and file hash, device. Reopening with a different config is an error.
 pub fn study_run_dir(study: &Study, root: impl AsRef<std::path::Path>, run_id: &str) -> Result<RunDir> {
     let cfg = &study.cfg;
-    let mut b = RunDir::builder(root, "steering_reliability", run_id)
+    let b = RunDir::builder(root, "steering_reliability", run_id)
         .config(cfg)?
         .seeds([cfg.generation.seed, cfg.sanity_checks.alt_seed])
-        .device(&study.model.device);
-    let file = if cfg.model.name == "embedded" { Some(crate::base::embedded_model_path()?) } else { Some(cfg.path(std::path::Path::new(&cfg.model.name))) };
-    b = match file {
-        Some(p) if p.is_file() => b.model_file(&cfg.model.name, p),
-        _ => b.model_id(&cfg.model.name),
-    };
+        .device(&study.model.device)
+        .model_cfg(&cfg.model, &cfg.base_dir)?;
     b.open()
 }
 

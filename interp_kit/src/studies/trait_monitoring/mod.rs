@@ -56,7 +56,7 @@ use crate::interp::readout::{projection_table, readout, GeneratedRow};
 use crate::interp::steer::{hooks_for, Intervention};
 use crate::model::quantize::{quantize, Precision};
 use crate::model::Model;
-use crate::runs::config::{LayerSpec, Mode, ModelCfg};
+use crate::runs::config::{parse_toml, resolve_layers, study_config_basics, LayerSpec, Mode, ModelCfg, Modes, RunCfg};
 use crate::runs::{CellKey, RunDir};
 use crate::tables::{from_df, to_df, Matrix};
 use crate::viz::plots::{heatmap, Figure};
@@ -102,15 +102,6 @@ pub struct JudgeCfg {
     pub min_mass: f64,
 }
 
-/// `[run]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunCfg {
-    pub output_root: PathBuf,
-    pub run_id: String,
-    pub seed: u64,
-}
-
 /// The sizes of one mode.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,14 +143,6 @@ pub struct Sizes {
     pub n_boot: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Modes {
-    pub ci: Sizes,
-    pub fast: Sizes,
-    pub full: Sizes,
-}
-
 /// `configs/trait_monitoring.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,57 +154,25 @@ pub struct TraitConfig {
     pub prompts: PromptsCfg,
     pub judge: JudgeCfg,
     pub run: RunCfg,
-    pub modes: Modes,
+    pub modes: Modes<Sizes>,
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
 
+study_config_basics!(TraitConfig, Sizes);
+
 impl TraitConfig {
     pub fn from_toml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self> {
-        let mut cfg: TraitConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cfg: TraitConfig = parse_toml(text)?;
         cfg.base_dir = base_dir.into();
-        for m in [Mode::Ci, Mode::Fast, Mode::Full] {
-            check_sizes(cfg.sizes_of(m)).with_context(|| format!("[modes.{}]", m.name()))?;
-        }
+        cfg.modes.check_each(check_sizes)?;
         ensure!(!cfg.prompts.neutral.trim().is_empty(), "prompts.neutral is empty");
         ensure!(cfg.judge.min_mass > 0.0 && cfg.judge.min_mass < 1.0, "judge.min_mass must be in (0, 1)");
         cfg.model.check(&cfg.base_dir)?;
         ensure!(cfg.path(&cfg.data.dir).is_dir(), "data.dir: {} is not a directory", cfg.path(&cfg.data.dir).display());
         ensure!(cfg.path(&cfg.data.jailbreak).is_file(), "data.jailbreak: {} is not a file", cfg.path(&cfg.data.jailbreak).display());
         Ok(cfg)
-    }
-
-    /// Reads a config file; `INTERP_KIT_STUDY_MODE` overrides its `mode`.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let base = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        let mut cfg = Self::from_toml(&text, base).with_context(|| format!("config {}", path.display()))?;
-        cfg.mode = Mode::resolve(cfg.mode)?;
-        Ok(cfg)
-    }
-
-    pub fn sizes_of(&self, m: Mode) -> &Sizes {
-        match m {
-            Mode::Ci => &self.modes.ci,
-            Mode::Fast => &self.modes.fast,
-            Mode::Full => &self.modes.full,
-        }
-    }
-    pub fn sizes(&self) -> &Sizes {
-        self.sizes_of(self.mode)
-    }
-    pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-    pub fn run_id(&self) -> String {
-        self.mode.run_id(&self.run.run_id)
-    }
-}
+    }}
 
 fn check_sizes(s: &Sizes) -> Result<()> {
     ensure!(!s.traits.is_empty(), "traits is empty");
@@ -790,16 +741,6 @@ pub struct TraitStudy {
     pub run: RunDir,
 }
 
-fn resolve_layers(specs: &[LayerSpec], n: usize, what: &str) -> Result<Vec<usize>> {
-    let mut out = vec![];
-    for (i, l) in specs.iter().enumerate() {
-        let b = l.resolve(n).with_context(|| format!("{what}[{i}] = {l}"))?;
-        ensure!(!out.contains(&b), "{what}[{i}] = {l} resolves to block {b} twice");
-        out.push(b);
-    }
-    Ok(out)
-}
-
 impl TraitStudy {
     /// Loads the config (mode from `INTERP_KIT_STUDY_MODE` if set), the model and the data, and
     /// opens (or creates) the run directory.
@@ -836,18 +777,7 @@ impl TraitStudy {
         let jailbreak_layer = s.jailbreak_layer.resolve(n).with_context(|| format!("[modes.{mode}] jailbreak_layer"))?;
         ensure!(layers.contains(&jailbreak_layer), "[modes.{mode}] jailbreak_layer: block {jailbreak_layer} is not among the layers read");
         ensure!(model.tok()?.chat_template().is_some(), "the trait study renders system instructions with a chat template; this model's tokenizer has none");
-        let mut b = RunDir::builder(output_root, STUDY, &cfg.run_id()).config(&cfg)?.seeds([cfg.run.seed]).device(&model.device);
-        b = if cfg.model.name == "embedded" {
-            b.model_file("embedded", crate::base::embedded_model_path()?)
-        } else {
-            let p = cfg.path(Path::new(&cfg.model.name));
-            if p.is_file() {
-                b.model_file(&cfg.model.name, p)
-            } else {
-                b.model_id(&cfg.model.name)
-            }
-        };
-        let run = b.open()?;
+        let run = RunDir::builder(output_root, STUDY, &cfg.run_id()).config(&cfg)?.seeds([cfg.run.seed]).device(&model.device).model_cfg(&cfg.model, &cfg.base_dir)?.open()?;
         Ok(TraitStudy { cfg, model, data, layers, steer_layers, jailbreak_layer, run })
     }
 
