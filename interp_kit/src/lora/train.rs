@@ -191,22 +191,38 @@ impl LoraTrainer {
         batch: &[&TrainExample],
         hooks: impl Fn(std::ops::Range<usize>) -> Result<Hooks<'h>>,
     ) -> Result<StepInfo> {
+        let targets: Vec<usize> = batch.iter().map(|e| e.targets.len()).collect();
+        let (acc, nll_sum, n_tok) = self.accumulate(adapter, &targets, |range, seed, n_tok| {
+            let extra = hooks(range.clone()).context("the step's hook function")?;
+            nll_backward(model, &extra.lora_train(adapter, seed), &batch[range], n_tok as f64)
+        })?;
+        self.apply(acc, nll_sum, n_tok, batch.len(), batch.iter().map(|e| e.ids.len()).sum())
+    }
+
+    /// The gradient of one step summed over its micro-batches of `cfg.batch_size` rows (the rows
+    /// have `targets[i]` target tokens): `micro(range, dropout_seed, n_tok)` runs the forward and
+    /// backward of the rows `range` with the loss divided by the step's `n_tok`, and returns the
+    /// NLL sum and the gradients. Returns the summed gradients, the NLL sum and `n_tok`.
+    fn accumulate(
+        &self,
+        adapter: &LoraAdapter,
+        targets: &[usize],
+        mut micro: impl FnMut(std::ops::Range<usize>, u64, usize) -> Result<(f64, GradStore)>,
+    ) -> Result<(Vec<Option<Tensor>>, f64, usize)> {
         let ours: Vec<_> = adapter.vars().iter().map(|v| v.as_tensor().id()).collect();
         ensure!(
             ours == self.vars.iter().map(|v| v.as_tensor().id()).collect::<Vec<_>>(),
             "this LoraTrainer was made for another adapter"
         );
-        ensure!(!batch.is_empty(), "empty training batch");
-        let n_tok: usize = batch.iter().map(|e| e.targets.len()).sum();
+        ensure!(!targets.is_empty(), "empty training batch");
+        let n_tok: usize = targets.iter().sum();
         ensure!(n_tok > 0, "the training batch has no target tokens");
         let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
         let mut nll_sum = 0f64;
-        for (mi, chunk) in batch.chunks(self.cfg.batch_size).enumerate() {
+        for (mi, start) in (0..targets.len()).step_by(self.cfg.batch_size).enumerate() {
             let seed = mix(self.cfg.seed, self.steps_done as u64 + 1, mi as u64 + 1);
-            let start = mi * self.cfg.batch_size;
-            let extra = hooks(start..start + chunk.len()).context("the step's hook function")?;
-            let hooks = extra.lora_train(adapter, seed);
-            let (sum, grads) = nll_backward(model, &hooks, chunk, n_tok as f64)?;
+            let end = (start + self.cfg.batch_size).min(targets.len());
+            let (sum, grads) = micro(start..end, seed, n_tok)?;
             nll_sum += sum;
             for (a, v) in acc.iter_mut().zip(&self.vars) {
                 if let Some(g) = grads.get(v.as_tensor()) {
@@ -217,7 +233,7 @@ impl LoraTrainer {
                 }
             }
         }
-        self.apply(acc, nll_sum, n_tok, batch.len(), batch.iter().map(|e| e.ids.len()).sum())
+        Ok((acc, nll_sum, n_tok))
     }
 
     /// Clipping, the scheduled learning rate and the AdamW update from summed gradients.
@@ -270,33 +286,13 @@ impl LoraTrainer {
         batch: &[&PrefixedExample],
         prefix_hooks: impl Fn(std::ops::Range<usize>) -> Result<Hooks<'h>>,
     ) -> Result<StepInfo> {
-        let ours: Vec<_> = adapter.vars().iter().map(|v| v.as_tensor().id()).collect();
-        ensure!(
-            ours == self.vars.iter().map(|v| v.as_tensor().id()).collect::<Vec<_>>(),
-            "this LoraTrainer was made for another adapter"
-        );
-        ensure!(!batch.is_empty(), "empty training batch");
-        let n_tok: usize = batch.iter().map(|e| e.targets.len()).sum();
-        ensure!(n_tok > 0, "the training batch has no target tokens");
-        let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
-        let mut nll_sum = 0f64;
-        for (mi, chunk) in batch.chunks(self.cfg.batch_size).enumerate() {
-            let seed = mix(self.cfg.seed, self.steps_done as u64 + 1, mi as u64 + 1);
-            let start = mi * self.cfg.batch_size;
-            let pre = prefix_hooks(start..start + chunk.len()).context("the step's prefix hook function")?;
+        let targets: Vec<usize> = batch.iter().map(|e| e.targets.len()).collect();
+        let (acc, nll_sum, n_tok) = self.accumulate(adapter, &targets, |range, seed, n_tok| {
+            let pre = prefix_hooks(range.clone()).context("the step's prefix hook function")?;
+            let chunk = &batch[range];
             let cache = prefill_prefixes(model, adapter, chunk, pre)?;
-            let hooks = Hooks::new().lora_train(adapter, seed);
-            let (sum, grads) = nll_backward_after(model, &hooks, &cache, chunk, n_tok as f64)?;
-            nll_sum += sum;
-            for (a, v) in acc.iter_mut().zip(&self.vars) {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    *a = Some(match a.take() {
-                        Some(x) => (x + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
-        }
+            nll_backward_after(model, &Hooks::new().lora_train(adapter, seed), &cache, chunk, n_tok as f64)
+        })?;
         let seq: usize = batch.iter().map(|e| e.prefix.len() + e.suffix.len()).sum();
         self.apply(acc, nll_sum, n_tok, batch.len(), seq)
     }
@@ -339,12 +335,7 @@ pub fn lora_grad_prefixed<'h>(
     let cache = prefill_prefixes(model, adapter, &refs, prefix_hooks)?;
     let hooks = Hooks::new().lora(adapter);
     let (sum, grads) = nll_backward_after(model, &hooks, &cache, &refs, n_tok as f64)?;
-    let mut out = BTreeMap::new();
-    for (name, m) in adapter.modules() {
-        let g = |v: &Var| grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok);
-        out.insert(name.to_string(), (g(&m.a)?, g(&m.b)?));
-    }
-    Ok((sum / n_tok as f64, out))
+    Ok((sum / n_tok as f64, grads_by_module(adapter, &grads)?))
 }
 
 /// [`train_lora`] for prefixed examples ([`LoraTrainer::step_prefixed`]): `prefix_hooks(indices)`
@@ -356,40 +347,27 @@ pub fn train_lora_prefixed<'h>(
     examples: &[PrefixedExample],
     cfg: &TrainConfig,
     prefix_hooks: impl Fn(&[usize]) -> Result<Hooks<'h>>,
-    mut on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
+    on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
 ) -> Result<Vec<StepInfo>> {
     ensure!(!examples.is_empty(), "train_lora_prefixed: no training examples");
     for (i, e) in examples.iter().enumerate() {
         PrefixedExample::new(e.prefix.clone(), e.suffix.clone(), e.targets.clone()).with_context(|| format!("training example {i}"))?;
     }
-    let total = cfg.total_steps(examples.len());
-    let mut trainer = LoraTrainer::new(adapter, cfg.clone(), total)?;
-    let per_step = cfg.batch_size * cfg.grad_accum;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut log = Vec::with_capacity(total);
-    let mut epoch = 0;
-    while trainer.steps_done() < total {
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        if cfg.shuffle {
-            order.shuffle(&mut rng);
-        }
-        for group in order.chunks(per_step) {
-            if trainer.steps_done() >= total {
-                break;
-            }
-            let batch: Vec<&PrefixedExample> = group.iter().map(|&i| &examples[i]).collect();
-            let mut info = trainer
-                .step_prefixed(model, adapter, &batch, |r| prefix_hooks(&group[r]))
-                .with_context(|| format!("training step {}", trainer.steps_done() + 1))?;
-            info.epoch = epoch;
-            if cfg.callback_every > 0 && info.step % cfg.callback_every == 0 {
-                on_step(&info, adapter).with_context(|| format!("on_step callback at step {}", info.step))?;
-            }
-            log.push(info);
-        }
-        epoch += 1;
+    run_epochs(adapter, examples.len(), cfg, on_step, |trainer, group| {
+        let batch: Vec<&PrefixedExample> = group.iter().map(|&i| &examples[i]).collect();
+        trainer.step_prefixed(model, adapter, &batch, |r| prefix_hooks(&group[r]))
+    })
+}
+
+/// `(dL/dA, dL/dB)` of every module of `adapter` in `grads`, keyed by module path (zeros where the
+/// loss does not reach a module).
+fn grads_by_module(adapter: &LoraAdapter, grads: &GradStore) -> Result<BTreeMap<String, (Tensor, Tensor)>> {
+    let mut out = BTreeMap::new();
+    for (name, m) in adapter.modules() {
+        let g = |v: &Var| grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok);
+        out.insert(name.to_string(), (g(&m.a)?, g(&m.b)?));
     }
-    Ok(log)
+    Ok(out)
 }
 
 /// Forward + backward of `sum(NLL of the chunk's targets) / denom`: returns the NLL sum and the
@@ -423,12 +401,7 @@ pub fn lora_grad_with<'h>(
     let n_tok: usize = examples.iter().map(|e| e.targets.len()).sum();
     let hooks = hooks.lora(adapter);
     let (sum, grads) = nll_backward(model, &hooks, &refs, n_tok as f64)?;
-    let mut out = BTreeMap::new();
-    for (name, m) in adapter.modules() {
-        let g = |v: &Var| grads.get(v.as_tensor()).cloned().map_or_else(|| v.as_tensor().zeros_like(), Ok);
-        out.insert(name.to_string(), (g(&m.a)?, g(&m.b)?));
-    }
-    Ok((sum / n_tok as f64, out))
+    Ok((sum / n_tok as f64, grads_by_module(adapter, &grads)?))
 }
 
 /// Mean NLL (nats) over the targets of `examples` on the inference path, with `hooks` (e.g.
@@ -479,20 +452,37 @@ pub fn train_lora_with<'h>(
     examples: &[TrainExample],
     cfg: &TrainConfig,
     hooks: impl Fn(&[usize]) -> Result<Hooks<'h>>,
-    mut on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
+    on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
 ) -> Result<Vec<StepInfo>> {
     ensure!(!examples.is_empty(), "train_lora: no training examples");
     for (i, e) in examples.iter().enumerate() {
         TrainExample::new(e.ids.clone(), e.targets.clone()).with_context(|| format!("training example {i}"))?;
     }
-    let total = cfg.total_steps(examples.len());
+    run_epochs(adapter, examples.len(), cfg, on_step, |trainer, group| {
+        let batch: Vec<&TrainExample> = group.iter().map(|&i| &examples[i]).collect();
+        trainer.step_with(model, adapter, &batch, |r| hooks(&group[r]))
+    })
+}
+
+/// The training loop of [`train_lora_with`] and [`train_lora_prefixed`] over `n` examples:
+/// `cfg.epochs` passes (or `cfg.max_steps` steps), shuffled per epoch with `cfg.seed`, one
+/// `step(trainer, indices)` per `batch_size × grad_accum` examples, `on_step` every
+/// `cfg.callback_every` steps.
+fn run_epochs(
+    adapter: &LoraAdapter,
+    n: usize,
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(&StepInfo, &LoraAdapter) -> Result<()>,
+    mut step: impl FnMut(&mut LoraTrainer, &[usize]) -> Result<StepInfo>,
+) -> Result<Vec<StepInfo>> {
+    let total = cfg.total_steps(n);
     let mut trainer = LoraTrainer::new(adapter, cfg.clone(), total)?;
     let per_step = cfg.batch_size * cfg.grad_accum;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut log = Vec::with_capacity(total);
     let mut epoch = 0;
     while trainer.steps_done() < total {
-        let mut order: Vec<usize> = (0..examples.len()).collect();
+        let mut order: Vec<usize> = (0..n).collect();
         if cfg.shuffle {
             order.shuffle(&mut rng);
         }
@@ -500,10 +490,7 @@ pub fn train_lora_with<'h>(
             if trainer.steps_done() >= total {
                 break;
             }
-            let batch: Vec<&TrainExample> = group.iter().map(|&i| &examples[i]).collect();
-            let mut info = trainer
-                .step_with(model, adapter, &batch, |r| hooks(&group[r]))
-                .with_context(|| format!("training step {}", trainer.steps_done() + 1))?;
+            let mut info = step(&mut trainer, group).with_context(|| format!("training step {}", trainer.steps_done() + 1))?;
             info.epoch = epoch;
             if cfg.callback_every > 0 && info.step % cfg.callback_every == 0 {
                 on_step(&info, adapter).with_context(|| format!("on_step callback at step {}", info.step))?;
