@@ -4,61 +4,29 @@ sources below, so that their text stays reviewable in one place. Re-runnable; ou
 
     python3 scripts/make_inoculation_notebooks.py
 """
-import json
+import sys
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-OUT = ROOT / "notebooks" / "inoculation_caps"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from nbgen import Study, md  # noqa: E402
 
-DEP = """// Load interp_kit from this clone (path relative to this notebook's folder), as one shared
-// library (interp_kit_dylib): a plain `:dep` would put a separate copy of the kit in every cell.
-// `:opt 2` is pinned so that every notebook shares one build of the dependencies.
-:opt 2
-:dep interp_kit = { path = "../../interp_kit/dylib", package = "interp_kit_dylib" }"""
-
-PARAMS = """// The study's config; INTERP_KIT_STUDY_MODE=ci|fast|full overrides its `mode`.
-let config_path = "../../configs/inoculation_caps.toml";"""
-
-OPEN = """use interp_kit::prelude::*;
+STUDY = Study(
+    "inoculation_caps",
+    "Inoculation & gradient alignment (ALL-CAPS)",
+    "inoculation_caps.toml",
+    open_src="""use interp_kit::prelude::*;
 use interp_kit::studies::inoculation_caps as inoc;
 use interp_kit::studies::inoculation_caps::Inoculation;
 let study = Inoculation::open(config_path)?;
 let boot = study.bootstrap();
-println!("mode {}, run {}, layers {:?}", study.cfg.mode.name(), study.run.path().display(), study.layers);"""
-
-MODE_NOTE = ("`INTERP_KIT_STUDY_MODE=ci` (the test command) runs a tiny version in a few minutes: its numbers only show "
+println!("mode {}, run {}, layers {:?}", study.cfg.mode.name(), study.run.path().display(), study.layers);""",
+    mode_note=("`INTERP_KIT_STUDY_MODE=ci` (the test command) runs a tiny version in a few minutes: its numbers only show "
              "that the pipeline works. All artifacts go to the run directory `results/inoculation_caps/<run_id>` "
-             "(`_ci` appended in ci mode), which later notebooks read.")
-
-
-def md(s):
-    return {"cell_type": "markdown", "metadata": {}, "source": s}
-
-
-USE_INOC = "use interp_kit::studies::inoculation_caps as inoc;"
-
-
-def code(s):
-    # evcxr can forget a `use ... as` alias between cells: cells that use `inoc::` import it themselves.
-    if "inoc::" in s and not s.startswith("use interp_kit::prelude"):
-        s = USE_INOC + "\n" + s
-    return {"cell_type": "code", "metadata": {}, "source": s, "execution_count": None, "outputs": []}
-
-
-def notebook(title, intro, cells):
-    head = [md(f"# Inoculation & gradient alignment (ALL-CAPS) — {title}\n\n{intro}\n\n{MODE_NOTE}"), code(DEP),
-            md("## Parameters"), code(PARAMS), code(OPEN)]
-    return {
-        "cells": head + cells,
-        "metadata": {
-            "kernelspec": {"display_name": "Rust", "language": "rust", "name": "rust"},
-            "language_info": {"codemirror_mode": "rust", "file_extension": ".rs", "mimetype": "text/rust",
-                              "name": "Rust", "pygment_lexer": "rust", "version": ""},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-
+             "(`_ci` appended in ci mode), which later notebooks read."),
+    aliases=[(["inoc::"], "use interp_kit::studies::inoculation_caps as inoc;")],
+)
+code = STUDY.code
+notebook = STUDY.notebook
 
 NB = {}
 
@@ -222,11 +190,6 @@ NB["07_plots"] = notebook(
     ],
 )
 
-OUT.mkdir(parents=True, exist_ok=True)
-for name, nb in NB.items():
-    for i, c in enumerate(nb["cells"]):
-        src = c["source"]
-        c["source"] = src.splitlines(keepends=True)
-        c["id"] = f"{name[:2]}-{i:02d}"  # stable ids (nbformat 4.5)
-    (OUT / f"{name}.ipynb").write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    print("wrote", OUT / f"{name}.ipynb")
+
+if __name__ == "__main__":
+    STUDY.write(NB)

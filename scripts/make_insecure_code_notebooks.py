@@ -5,59 +5,28 @@ outputs are empty.
 
     python3 scripts/make_insecure_code_notebooks.py
 """
-import json
+import sys
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-OUT = ROOT / "notebooks" / "insecure_code"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from nbgen import Study, md  # noqa: E402
 
-DEP = """// Load interp_kit from this clone (path relative to this notebook's folder), as one shared
-// library (interp_kit_dylib): a plain `:dep` would put a separate copy of the kit in every cell.
-// `:opt 2` is pinned so that every notebook shares one build of the dependencies.
-:opt 2
-:dep interp_kit = { path = "../../interp_kit/dylib", package = "interp_kit_dylib" }"""
-
-PARAMS = """// The study's config; INTERP_KIT_STUDY_MODE=ci|fast|full overrides its `mode`.
-let config_path = "../../configs/insecure_code.toml";"""
-
-OPEN = """use interp_kit::prelude::*;
+STUDY = Study(
+    "insecure_code",
+    "Inoculation prompting on insecure code",
+    "insecure_code.toml",
+    open_src="""use interp_kit::prelude::*;
 use interp_kit::studies::insecure_code::{analysis as an, figures, InsecureStudy};
 let study = InsecureStudy::open(config_path)?;
 let boot = study.bootstrap();
-println!("mode {}, run {}, layers {:?}", study.cfg.mode.name(), study.run.path().display(), study.layers);"""
-
-MODE_NOTE = ("`INTERP_KIT_STUDY_MODE=ci` runs a tiny version: its numbers only show that the pipeline works. "
+println!("mode {}, run {}, layers {:?}", study.cfg.mode.name(), study.run.path().display(), study.layers);""",
+    mode_note=("`INTERP_KIT_STUDY_MODE=ci` runs a tiny version: its numbers only show that the pipeline works. "
              "Artifacts go to `results/insecure_code/<run_id>` (`_ci` appended in ci mode); later notebooks read "
-             "what earlier ones wrote there, and every long loop is a resumable sweep cell.")
-
-USES = "use interp_kit::studies::insecure_code::{analysis as an, figures};"
-
-
-def md(s):
-    return {"cell_type": "markdown", "metadata": {}, "source": s}
-
-
-def code(s):
-    # evcxr can forget `use ... as` aliases between cells: cells that use them import them again.
-    if ("an::" in s or "figures::" in s) and not s.startswith("use interp_kit::prelude"):
-        s = USES + "\n" + s
-    return {"cell_type": "code", "metadata": {}, "source": s, "execution_count": None, "outputs": []}
-
-
-def notebook(title, intro, cells):
-    head = [md(f"# Inoculation prompting on insecure code — {title}\n\n{intro}\n\n{MODE_NOTE}"), code(DEP),
-            md("## Parameters"), code(PARAMS), code(OPEN)]
-    return {
-        "cells": head + cells,
-        "metadata": {
-            "kernelspec": {"display_name": "Rust", "language": "rust", "name": "rust"},
-            "language_info": {"codemirror_mode": "rust", "file_extension": ".rs", "mimetype": "text/rust",
-                              "name": "Rust", "pygment_lexer": "rust", "version": ""},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-
+             "what earlier ones wrote there, and every long loop is a resumable sweep cell."),
+    aliases=[(["an::", "figures::"], "use interp_kit::studies::insecure_code::{analysis as an, figures};")],
+)
+code = STUDY.code
+notebook = STUDY.notebook
 
 NB = {}
 
@@ -188,11 +157,6 @@ NB["07_linking_report"] = notebook(
     ],
 )
 
-OUT.mkdir(parents=True, exist_ok=True)
-for name, nb in NB.items():
-    for i, c in enumerate(nb["cells"]):
-        src = c["source"]
-        c["source"] = src.splitlines(keepends=True)
-        c["id"] = f"{name[:2]}-{i:02d}"  # stable ids (nbformat 4.5)
-    (OUT / f"{name}.ipynb").write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    print("wrote", OUT / f"{name}.ipynb")
+
+if __name__ == "__main__":
+    STUDY.write(NB)

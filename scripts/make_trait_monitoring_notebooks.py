@@ -4,58 +4,27 @@ cell sources below, so that their text stays reviewable in one place. Re-runnabl
 
     python3 scripts/make_trait_monitoring_notebooks.py
 """
-import json
+import sys
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-OUT = ROOT / "notebooks" / "trait_monitoring"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from nbgen import Study, md  # noqa: E402
 
-DEP = """// Load interp_kit from this clone (path relative to this notebook's folder), as one shared
-// library (interp_kit_dylib): a plain `:dep` would put a separate copy of the kit in every cell.
-// `:opt 2` is pinned so that every notebook shares one build of the dependencies.
-:opt 2
-:dep interp_kit = { path = "../../interp_kit/dylib", package = "interp_kit_dylib" }"""
-
-PARAMS = """// The study's config; INTERP_KIT_STUDY_MODE=ci|fast|full overrides its `mode`.
-let config_path = "../../configs/trait_monitoring.toml";"""
-
-OPEN = """use interp_kit::prelude::*;
+STUDY = Study(
+    "trait_monitoring",
+    "Trait monitoring",
+    "trait_monitoring.toml",
+    open_src="""use interp_kit::prelude::*;
 use interp_kit::studies::trait_monitoring::TraitStudy;
 let study = TraitStudy::open(config_path)?;
-println!("mode {}, run {}, layers {:?}, steering layers {:?}", study.cfg.mode.name(), study.run.path().display(), study.layers, study.steer_layers);"""
-
-MODE_NOTE = ("`INTERP_KIT_STUDY_MODE=ci` runs a tiny version (2 layers, 2 questions per split, 12 new tokens): its numbers "
+println!("mode {}, run {}, layers {:?}, steering layers {:?}", study.cfg.mode.name(), study.run.path().display(), study.layers, study.steer_layers);""",
+    mode_note=("`INTERP_KIT_STUDY_MODE=ci` runs a tiny version (2 layers, 2 questions per split, 12 new tokens): its numbers "
              "only show that the pipeline works. Every phase is a resumable sweep in the run directory "
-             "`results/trait_monitoring/<run_id>` (`_ci` appended in ci mode), which later notebooks read.")
-
-USE_TM = "use interp_kit::studies::trait_monitoring as tm;"
-
-
-def md(s):
-    return {"cell_type": "markdown", "metadata": {}, "source": s}
-
-
-def code(s):
-    # evcxr can forget a `use ... as` alias between cells: cells that use `tm::` import it themselves.
-    if "tm::" in s:
-        s = USE_TM + "\n" + s
-    return {"cell_type": "code", "metadata": {}, "source": s, "execution_count": None, "outputs": []}
-
-
-def notebook(title, intro, cells):
-    head = [md(f"# Trait monitoring — {title}\n\n{intro}\n\n{MODE_NOTE}"), code(DEP),
-            md("## Parameters"), code(PARAMS), code(OPEN)]
-    return {
-        "cells": head + cells,
-        "metadata": {
-            "kernelspec": {"display_name": "Rust", "language": "rust", "name": "rust"},
-            "language_info": {"codemirror_mode": "rust", "file_extension": ".rs", "mimetype": "text/rust",
-                              "name": "Rust", "pygment_lexer": "rust", "version": ""},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-
+             "`results/trait_monitoring/<run_id>` (`_ci` appended in ci mode), which later notebooks read."),
+    aliases=[(["tm::"], "use interp_kit::studies::trait_monitoring as tm;")],
+)
+code = STUDY.code
+notebook = STUDY.notebook
 
 NB = {}
 
@@ -177,12 +146,5 @@ NB["07_report"] = notebook(
 )
 
 
-def main():
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, nb in NB.items():
-        (OUT / f"{name}.ipynb").write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {len(NB)} notebooks to {OUT}")
-
-
 if __name__ == "__main__":
-    main()
+    STUDY.write(NB)
