@@ -311,7 +311,10 @@ pub fn wilson(k: usize, n: usize, level: f64) -> Result<Proportion> {
     let denom = 1.0 + z2 / nf;
     let centre = (p + z2 / (2.0 * nf)) / denom;
     let half = z / denom * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt();
-    Ok(Proportion { k, n, estimate: p, lo: (centre - half).max(0.0), hi: (centre + half).min(1.0) })
+    // The bounds at k = 0 and k = n are exactly 0 and 1 (rounding would leave ~1e-17).
+    let lo = if k == 0 { 0.0 } else { (centre - half).max(0.0) };
+    let hi = if k == n { 1.0 } else { (centre + half).min(1.0) };
+    Ok(Proportion { k, n, estimate: p, lo, hi })
 }
 
 #[cfg(test)]

@@ -220,10 +220,12 @@ pub struct Sizes {
     pub baseline_bands: Vec<String>,
     pub baseline_strengths: Vec<f64>,
     pub info: Vec<bool>,
-    /// Evaluation of experiments 1 and 2: vectors per tier, bands, strengths (> 0).
+    /// Evaluation of experiments 1 and 2: vectors per tier, bands, strengths (> 0), and the info
+    /// settings (`[false, true]` asks whether the info paragraph stacks with the training).
     pub eval_vectors: usize,
     pub eval_bands: Vec<String>,
     pub eval_strengths: Vec<f64>,
+    pub eval_info: Vec<bool>,
     /// Forward batch (conversations per call).
     pub batch_size: usize,
     /// Experiment 1's base training setup and its sweep; experiment 2 trains the base setup on
@@ -286,6 +288,7 @@ fn check_sizes(s: &Sizes) -> Result<()> {
     ensure!(!s.baseline_strengths.is_empty() && s.baseline_strengths.iter().all(|x| x.is_finite() && *x >= 0.0), "baseline_strengths must be non-empty and >= 0");
     ensure!(!s.eval_strengths.is_empty() && s.eval_strengths.iter().all(|x| x.is_finite() && *x > 0.0), "eval_strengths must be non-empty and > 0");
     ensure!(!s.info.is_empty(), "info is empty (list false and/or true)");
+    ensure!(s.eval_info.contains(&false), "eval_info must contain false (the reported accuracies are without the info paragraph)");
     ensure!(s.eval_vectors <= s.n_train_vectors && s.eval_vectors <= s.n_heldout_vectors, "eval_vectors = {} exceeds n_train_vectors or n_heldout_vectors", s.eval_vectors);
     ensure!(s.baseline_vectors <= s.n_heldout_vectors + s.n_train_vectors, "baseline_vectors = {} exceeds the random vectors drawn", s.baseline_vectors);
     ensure!(s.task_strength > 0.0, "task_strength must be > 0");

@@ -404,7 +404,7 @@ impl IntrospectionStudy {
                 emit_clean: !concept,
                 controls: !concept,
             };
-            to_df(&self.evaluate("base", None, info, &plan)?)
+            to_df(&self.evaluate("base_model", None, info, &plan)?)
         })?;
         let rows: Vec<ReadoutRow> = from_df(&sweep.collect()?)?;
         self.run.write_csv("baseline_summary.csv", &to_df(&summarize(&rows))?)?;
@@ -532,9 +532,9 @@ impl IntrospectionStudy {
                 Some(v) => Some(self.train_variant(exp, v, concept)?),
                 None => None,
             };
-            let label = if adapter.is_some() { name.to_string() } else { "base".to_string() };
+            let label = if adapter.is_some() { name.to_string() } else { "base_model".to_string() };
             let mut rows = vec![];
-            for &info in &s.info {
+            for &info in &s.eval_info {
                 rows.extend(self.evaluate(&label, adapter.as_ref(), info, &plan)?);
             }
             to_df(&rows)
@@ -693,7 +693,7 @@ impl IntrospectionStudy {
                     Task::Layers | Task::Magnitude => 1.0 / 3.0,
                 };
                 out.push(TaskRow {
-                    model: "base".into(),
+                    model: "base_model".into(),
                     task: task.name().into(),
                     index: ex.index as i64,
                     conversation: ex.reply as i64,
@@ -744,7 +744,7 @@ impl IntrospectionStudy {
 
     /// The models of the analysis: the base model and experiment 1's base adapter when trained.
     fn analysis_models(&self) -> Result<Vec<(String, Option<LoraAdapter>)>> {
-        let mut m = vec![("base".to_string(), None)];
+        let mut m = vec![("base_model".to_string(), None)];
         if let Some(a) = self.adapter("exp1", "base")? {
             m.push(("exp1/base".to_string(), Some(a)));
         }
@@ -875,7 +875,6 @@ impl IntrospectionStudy {
                 None => Finding::null(name, plan, (lo, hi), "experiment 1 has not been run (no exp1.parquet)"),
             }
         };
-        // The trained adapter's own rows (model = variant "base").
         let mut findings = vec![
             tier_finding("train_accuracy", "training accuracy > 90 % (the task is learnable)", 0.9, 1.0, "random_train"),
             tier_finding("heldout_random", "held-out random vectors: 70-85 % (partial generalisation)", 0.7, 0.85, "random_heldout"),

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 /// `exp2.parquet`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReadoutRow {
-    /// `base` (the base model) or the training variant whose adapter was active.
+    /// `base_model` (no adapter) or the name of the training variant whose adapter was active
+    /// (`base`, `rank=16`, ..., `concept_base`).
     pub model: String,
     pub info: bool,
     /// `detect` or `control` (a question whose answer is no).
