@@ -127,8 +127,31 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
     // the byte-level tokenizer has single tokens for letters only
     cfg.protocol.yes = "y".into();
     cfg.protocol.no = "n".into();
-    // a step large enough to move a random model visibly
-    cfg.modes.ci.train.lr = 1e-2;
+    {
+        // the ci sizes with two conversations (so clean runs differ) and a strength-0 law row
+        let s = &mut cfg.modes.ci;
+        s.n_train_vectors = 2;
+        s.n_heldout_vectors = 2;
+        s.n_concepts = 4;
+        s.concept_heldout_every = 2;
+        s.n_conversations = 2;
+        s.n_controls = 1;
+        s.baseline_vectors = 1;
+        s.baseline_bands = vec!["middle".into()];
+        s.baseline_strengths = vec![0.0, 20.0];
+        s.info = vec![false, true];
+        s.eval_vectors = 1;
+        s.eval_bands = vec!["middle".into()];
+        s.eval_strengths = vec![20.0];
+        s.eval_info = vec![false];
+        s.task_examples = 1;
+        s.analysis_rows = 1;
+        s.train.n_examples = 2;
+        s.train.n_vectors = 2;
+        s.train.max_steps = Some(1);
+        // a step large enough to move a random model visibly
+        s.train.lr = 1e-2;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let study = IntrospectionStudy::with_model(cfg, tiny_long_qwen2(tmp.path()), tmp.path()).unwrap();
     let m = &study.model;
