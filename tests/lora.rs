@@ -331,38 +331,7 @@ fn lora_gradient_matches_finite_differences() {
     let (loss, grads) = lora_grad(&m, &a, &data).unwrap();
     let f = || lora_grad(&m, &a, &data).unwrap().0;
     assert!((f() - loss).abs() < 1e-12);
-    let mut rng = StdRng::seed_from_u64(11);
-    let mut checked = 0;
-    for name in ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj", "model.layers.2.mlp.down_proj", "model.layers.0.mlp.gate_proj"] {
-        let md = a.module(name).unwrap();
-        let (ga, gb) = &grads[name];
-        for (var, g) in [(&md.a, ga), (&md.b, gb)] {
-            let g = flat(g);
-            for _ in 0..3 {
-                let i = rng.random_range(0..g.len());
-                let orig = flat(var.as_tensor());
-                let h = 1e-3f32;
-                let set = |x: f32| {
-                    let mut v = orig.clone();
-                    v[i] = x;
-                    var.set(&Tensor::from_vec(v, var.as_tensor().dims(), &Device::Cpu).unwrap()).unwrap();
-                };
-                let (hi, lo) = (orig[i] + h, orig[i] - h);
-                set(hi);
-                let up = f();
-                set(lo);
-                let down = f();
-                set(orig[i]);
-                let fd = (up - down) / (hi as f64 - lo as f64);
-                let an = g[i] as f64;
-                assert!(
-                    (fd - an).abs() <= 1e-3 * an.abs().max(1e-2),
-                    "{name} entry {i}: analytic {an:.6e} vs finite difference {fd:.6e}"
-                );
-                checked += 1;
-            }
-        }
-    }
+    let checked = common::check_lora_grads_fd(&a, &grads, &["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj", "model.layers.2.mlp.down_proj", "model.layers.0.mlp.gate_proj"], 11, || f());
     assert_eq!(checked, 24);
 }
 

@@ -124,8 +124,12 @@ fn heatmap_draws_cells_in_scale_colours_with_annotations() {
     assert!(e.contains("row \"12\"") && e.contains("column \"1\"") && e.contains("NaN"), "{e}");
     let fig = heatmap("h", "α", "layer", holes).allow_missing(true).build().unwrap();
     assert!(svg_texts(&fig.to_svg().unwrap()).iter().any(|s| s == "n/a"));
-    let all_nan = Matrix::new(["a"], ["b"], vec![vec![f64::NAN]]);
-    assert!(heatmap("h", "x", "y", all_nan).allow_missing(true).build().is_err());
+    // Nothing measured at all (e.g. no coherent steering step anywhere) is a figure of missing
+    // cells when missing cells are allowed, and an error otherwise.
+    let all_nan = Matrix::new(["a", "c"], ["b"], vec![vec![f64::NAN], vec![f64::NAN]]);
+    assert!(heatmap("h", "x", "y", all_nan.clone()).build().is_err());
+    let svg = heatmap("h", "x", "y", all_nan).allow_missing(true).build().unwrap().to_svg().unwrap();
+    assert_eq!(svg_texts(&svg).iter().filter(|s| *s == "n/a").count(), 2);
     let ragged = Matrix::new(["a", "b"], ["c"], vec![vec![1.0]]);
     assert!(format!("{}", heatmap("h", "x", "y", ragged).build().unwrap_err()).contains("2 row labels but 1 rows"));
 }

@@ -750,9 +750,6 @@ impl HeatmapPlot {
                 }
             }
         }
-        if m.values.iter().flatten().all(|v| v.is_nan()) {
-            bail!("{what}: every cell is NaN; nothing to show");
-        }
         if let Some((lo, hi)) = self.range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 bail!("{what}: colour range ({lo}, {hi}) must be finite with lo < hi");
@@ -764,6 +761,11 @@ impl HeatmapPlot {
 
     fn value_range(&self) -> (f64, f64) {
         self.range.unwrap_or_else(|| {
+            // An all-missing matrix (allowed with `allow_missing`) draws only missing cells: any
+            // finite range will do for its colour bar.
+            if !self.matrix.values.iter().flatten().any(|v| v.is_finite()) {
+                return (0.0, 1.0);
+            }
             let (a, b) = min_max(self.matrix.values.iter().flatten().copied().filter(|v| v.is_finite()));
             if b > a {
                 (a, b)
