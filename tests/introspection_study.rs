@@ -56,7 +56,7 @@ fn every_mode_loads_and_bad_configs_name_the_field() {
     };
     let e = bad("eval_vectors = 1\n", "eval_vectors = 0\n");
     assert!(e.contains("[modes.ci]") && e.contains("eval_vectors"), "{e}");
-    let e = bad("eval_vectors = 6\n", "eval_vectors = 6\nbogus = 1\n");
+    let e = bad("eval_vectors = 4\n", "eval_vectors = 4\nbogus = 1\n");
     assert!(e.contains("bogus"), "{e}");
     let e = bad("eval_bands = [\"middle\"]", "eval_bands = [\"centre\"]");
     assert!(e.contains("[modes.ci]") && e.contains("centre"), "{e}");
@@ -85,29 +85,6 @@ fn part_files(dir: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
         }
     }
     out
-}
-
-/// The tiny Qwen2 fixture with the byte-level chat tokenizer, from a copy whose config declares
-/// 2048 positions (byte tokens make the conversations ~1000 positions long; RoPE has no table)
-/// and whose vocabulary is cut to the tokenizer's 259 tokens (generated ids must decode).
-fn tiny_long_qwen2(tmp: &Path) -> interp_kit::model::Model {
-    let src = common::fixture_dir("qwen2");
-    let dir = tmp.join("qwen2_long");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    c["max_position_embeddings"] = 2048.into();
-    let n_tok = 259;
-    c["vocab_size"] = n_tok.into();
-    std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
-    let mut ts = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
-    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
-        let t = ts.get(name).unwrap().narrow(0, 0, n_tok).unwrap();
-        ts.insert(name.to_string(), t);
-    }
-    candle_core::safetensors::save(&ts, dir.join("model.safetensors")).unwrap();
-    let mut m = interp_kit::model::Model::from_hf_dir(&dir, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
-    m.tokenizer = Some(interp_kit::text::tokenizer::Tokenizer::from_hf_dir(&common::byte_chat_dir()).unwrap());
-    m
 }
 
 /// Wilson's 95 % interval written out independently of the kit.
@@ -153,7 +130,7 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
         s.train.lr = 1e-2;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let study = IntrospectionStudy::with_model(cfg, tiny_long_qwen2(tmp.path()), tmp.path()).unwrap();
+    let study = IntrospectionStudy::with_model(cfg, common::tiny_long_qwen2(tmp.path()), tmp.path()).unwrap();
     let m = &study.model;
     let tok = m.tok().unwrap();
 
