@@ -85,8 +85,10 @@ NB["03_tasks"] = notebook(
     "phase 3: localisation tasks (experiments 3-6)",
     "Sentence localisation (ten numbered sentences, one to three steered; answer \"Sentences 3, 7\"), layer localisation "
     "(early / middle / late), concept identification (four options) and magnitude (weak / moderate / strong), answered "
-    "by the base model in free text after \"Answer:\" and read by tolerant parsers; unparseable answers count as wrong "
-    "and are reported as such. Chance is the accuracy of a uniform guess.",
+    "in free text after \"Answer:\" and read by tolerant parsers; unparseable answers count as wrong and are reported as "
+    "such. Chance is the accuracy of a uniform guess. `base_model` is the untrained model; with `task_train_examples` > 0, "
+    "`trained` is a LoRA per task trained on the right answers (train-split vectors, steered prefix fixed in the cache) "
+    "and evaluated on held-out vectors.",
     [
         code("let ts = study.tasks()?;\nprintln!(\"{}\", pretty(&ts).digits(3));"),
         code("for r in study.task_rows()?.iter().take(12) {\n"

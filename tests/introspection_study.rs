@@ -122,6 +122,7 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
         s.eval_strengths = vec![20.0];
         s.eval_info = vec![false];
         s.task_examples = 1;
+        s.task_train_examples = 2;
         s.analysis_rows = 1;
         s.train.n_examples = 2;
         s.train.n_vectors = 2;
@@ -216,11 +217,30 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
     let g = study.generalisation().unwrap();
     assert_eq!(g.height(), 6);
 
-    // 3. tasks: one answer per task, parsed by the task's parser
+    // 3. tasks: one answer per task by the base model and by the task's LoRA, parsed by the
+    // task's parser; the LoRA learnt the answer tokens after "Answer:" with the prefix steered
     let ts: Vec<TaskSummary> = from_df(&study.tasks().unwrap()).unwrap();
-    assert_eq!(ts.len(), 4);
+    assert_eq!(ts.len(), 4 * 2);
     let trows = study.task_rows().unwrap();
-    assert_eq!(trows.len(), 4);
+    assert_eq!(trows.len(), 4 * 2);
+    for task in Task::ALL {
+        let (ex, steers) = study.task_training_examples(task).unwrap();
+        let train = study.task_train_examples(task).unwrap();
+        assert_eq!(ex.len(), 2);
+        for ((e, s), t) in ex.iter().zip(&steers).zip(&train) {
+            let answer: Vec<u32> = e.targets.iter().map(|&i| e.suffix[i]).collect();
+            assert_eq!(tok.decode(&answer, false).unwrap(), format!(" {}", t.truth));
+            assert_eq!(*e.targets.last().unwrap(), e.suffix.len() - 1);
+            assert!(s.is_active() && s.positions.iter().all(|&i| i < e.prefix.len()));
+        }
+        // training vectors come from the train split, evaluation vectors from the held-out one
+        if task != Task::Concept {
+            assert!(train.iter().all(|t| study.random_vectors().unwrap().ids(Split::Train).contains(&t.vector_id)));
+            assert!(study.task_examples(task).unwrap().iter().all(|t| study.random_vectors().unwrap().ids(Split::HeldOut).contains(&t.vector_id)));
+        }
+        let log = study.train_log("tasks", task.name()).unwrap();
+        assert_eq!((log.n_examples, log.steps.len()), (2, 1));
+    }
     for r in &trows {
         let task = Task::from_name(&r.task).unwrap();
         let ex = study.task_examples(task).unwrap().into_iter().find(|e| e.index as i64 == r.index).unwrap();
@@ -262,7 +282,7 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
     assert_eq!(attn.len(), 2 * 2 * nl * nh);
     assert!(attn.iter().all(|r| (0.0..=1.0 + 1e-6).contains(&r.mass)));
     let norms = study.run.read_csv("lora_norms.csv").unwrap();
-    assert_eq!(norms.height(), 2 * nl * 4, "exp1/base and exp2/concept_base, q/k/v/o of every layer");
+    assert_eq!(norms.height(), (2 + 4) * nl * 4, "exp1/base, exp2/concept_base and the 4 task adapters, q/k/v/o of every layer");
     let lens: Vec<LensRow> = from_df(&study.run.read_parquet("lens.parquet").unwrap()).unwrap();
     assert_eq!(lens.len(), 2 * 2 * nl);
     let (p, st) = study.analysis_conversations().unwrap().remove(0);
@@ -281,14 +301,14 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
         assert!(f(n).measured.is_none() && !f(n).detail.is_empty(), "{n}: ci has one rank, one strength and one band");
     }
     let tl = f("token_localisation");
-    assert_eq!(tl.measured, Some(trows.iter().find(|r| r.task == "sentences").unwrap().correct as u8 as f64));
+    assert_eq!(tl.measured, Some(trows.iter().find(|r| r.task == "sentences" && r.model == "trained").unwrap().correct as u8 as f64));
     let json = std::fs::read_to_string(study.run.path().join("report.json")).unwrap();
     assert!(json.contains("\"measured\": null"));
     assert!(study.run.path().join("reports/report.md").is_file());
 
     // A rerun recomputes nothing: every part file stays as it was, the tables are the same.
     let before = part_files(&study.run.path().join("parts"));
-    assert!(before.len() >= 2 * 2 + 2 + 2 + 4 + 2 + 2, "{} parts", before.len());
+    assert_eq!(before.len(), 2 * 2 + 2 + 2 + 4 * 2 + 2 + 2, "parts: baseline, exp1, exp2, tasks, attention, lens");
     let again = (study.baseline().unwrap(), study.experiment1().unwrap(), study.experiment2().unwrap(), study.tasks().unwrap(), study.analysis().unwrap());
     assert_eq!(part_files(&study.run.path().join("parts")), before);
     assert_eq!(from_df::<TierRow>(&again.1).unwrap(), acc1);

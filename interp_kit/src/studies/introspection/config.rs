@@ -233,10 +233,13 @@ pub struct Sizes {
     pub train: TrainCfg,
     #[serde(default)]
     pub sweep: SweepCfg,
-    /// Localisation tasks: examples per task, new tokens of the answer, the band and strength of
-    /// the sentence / concept tasks, and the magnitude task's strengths and bucket edges
-    /// (weak < edges[0] <= moderate < edges[1] <= strong).
+    /// Localisation tasks: examples per task, training examples per task (0: the base model
+    /// only; else a LoRA per task with the `train` setup's adapter and optimizer, on train-split
+    /// vectors), new tokens of the answer, the band and strength of the sentence / concept tasks,
+    /// and the magnitude task's strengths and bucket edges (weak < edges[0] <= moderate <
+    /// edges[1] <= strong).
     pub task_examples: usize,
+    pub task_train_examples: usize,
     pub max_new_tokens: usize,
     pub task_band: String,
     pub task_strength: f64,

@@ -481,13 +481,24 @@ impl IntrospectionStudy {
         let t0 = std::time::Instant::now();
         let seed = self.cfg.run.seed;
         let (examples, steers) = self.training_examples(&v.train, concept, seed ^ 0x7e57)?;
-        let adapter = LoraAdapter::new(&self.model, &v.train.lora(seed)?)?;
+        let (adapter, steps) = self.train_prefixed(&v.train, &examples, &steers)?;
+        let dir = self.adapter_dir(exp, &v.name)?;
+        adapter.save_atomic(&dir)?;
+        let log = TrainLog { variant: v.clone(), n_examples: examples.len(), n_steered: steers.iter().filter(|s| s.is_active()).count(), steps, seconds: t0.elapsed().as_secs_f64() };
+        crate::base::io::write_json(dir.join("train_log.json"), &log)?;
+        Ok(adapter)
+    }
+
+    /// A fresh LoRA of `t` trained on `examples`, example `i`'s prefix steered by `steers[i]`.
+    fn train_prefixed(&self, t: &TrainCfg, examples: &[PrefixedExample], steers: &[RowSteer]) -> Result<(LoraAdapter, Vec<crate::lora::StepInfo>)> {
+        let seed = self.cfg.run.seed;
+        let adapter = LoraAdapter::new(&self.model, &t.lora(seed)?)?;
         let tc = TrainConfig {
-            lr: v.train.lr,
-            epochs: v.train.epochs,
-            max_steps: v.train.max_steps,
-            batch_size: v.train.batch_size,
-            grad_accum: v.train.grad_accum,
+            lr: t.lr,
+            epochs: t.epochs,
+            max_steps: t.max_steps,
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
             seed,
             callback_every: 0,
             ..Default::default()
@@ -496,7 +507,7 @@ impl IntrospectionStudy {
         let steps = train_lora_prefixed(
             model,
             &adapter,
-            &examples,
+            examples,
             &tc,
             |idx| {
                 let rows: Vec<RowSteer> = idx.iter().map(|&i| steers[i].clone()).collect();
@@ -504,11 +515,7 @@ impl IntrospectionStudy {
             },
             |_, _| Ok(()),
         )?;
-        let dir = self.adapter_dir(exp, &v.name)?;
-        adapter.save_atomic(&dir)?;
-        let log = TrainLog { variant: v.clone(), n_examples: examples.len(), n_steered: steers.iter().filter(|s| s.is_active()).count(), steps, seconds: t0.elapsed().as_secs_f64() };
-        crate::base::io::write_json(dir.join("train_log.json"), &log)?;
-        Ok(adapter)
+        Ok((adapter, steps))
     }
 
     /// The training log of a saved adapter.
@@ -616,22 +623,75 @@ impl IntrospectionStudy {
 
     // ---------------------------------------------------------------------------- 3 tasks
 
-    /// The examples of `task` (seeded by the run's seed).
+    /// The evaluation examples of `task` (seeded by the run's seed): held-out random vectors,
+    /// every concept.
     pub fn task_examples(&self, task: Task) -> Result<Vec<TaskExample>> {
+        self.task_examples_of(task, false)
+    }
+
+    /// The training examples of `task` (another seed): train-split random vectors, and the train
+    /// split's concepts when it has at least four (else every concept: the options need four).
+    pub fn task_train_examples(&self, task: Task) -> Result<Vec<TaskExample>> {
+        self.task_examples_of(task, true)
+    }
+
+    fn task_examples_of(&self, task: Task, train: bool) -> Result<Vec<TaskExample>> {
         let s = self.sizes();
         let concepts = self.concept_vectors()?;
+        let split = if train { Split::Train } else { Split::HeldOut };
+        let mut cs: Vec<(u32, String)> = concepts.meta.entries.iter().filter(|e| train && e.split == Split::Train).map(|e| (e.id, e.label.clone())).collect();
+        if cs.len() < 4 {
+            cs = concepts.meta.entries.iter().map(|e| (e.id, e.label.clone())).collect();
+        }
         let p = TaskParams {
-            n: s.task_examples,
+            n: if train { s.task_train_examples } else { s.task_examples },
             n_conversations: s.n_conversations,
             band: s.task_band.clone(),
             strength: s.task_strength,
             magnitudes: s.magnitudes.clone(),
             magnitude_edges: s.magnitude_edges,
-            random_ids: self.random_vectors()?.ids(Split::HeldOut),
-            concepts: concepts.meta.entries.iter().map(|e| (e.id, e.label.clone())).collect(),
-            seed: self.cfg.run.seed,
+            random_ids: self.random_vectors()?.ids(split),
+            concepts: cs,
+            seed: if train { self.cfg.run.seed.wrapping_add(1_000_003) } else { self.cfg.run.seed },
         };
         tasks::generate(task, &self.data.sentences, &p)
+    }
+
+    /// The training pairs of `task`: the prefix is the steered turns, the suffix the question,
+    /// "Answer:" and the right answer (` Sentences 3, 7`), whose tokens are the targets.
+    pub fn task_training_examples(&self, task: Task) -> Result<(Vec<PrefixedExample>, Vec<RowSteer>)> {
+        let tok = self.model.tok()?;
+        let (mut ex, mut steers) = (vec![], vec![]);
+        for e in self.task_train_examples(task)? {
+            let (p, steer) = self.task_row(&e)?;
+            let mut suffix = p.ids[p.split..].to_vec();
+            let start = suffix.len();
+            suffix.extend(tok.encode(&format!(" {}", e.truth))?);
+            ex.push(PrefixedExample::new(p.ids[..p.split].to_vec(), suffix.clone(), (start..suffix.len()).collect())?);
+            steers.push(steer);
+        }
+        Ok((ex, steers))
+    }
+
+    /// Trains (or loads, when saved) the LoRA of `task` with the `train` setup (batch size 1:
+    /// the answers differ in length), saved under `adapters/tasks/<task>/`.
+    fn train_task(&self, task: Task) -> Result<LoraAdapter> {
+        if let Some(a) = self.adapter("tasks", task.name())? {
+            return Ok(a);
+        }
+        let t0 = std::time::Instant::now();
+        let mut t = self.sizes().train.clone();
+        t.n_examples = self.sizes().task_train_examples;
+        t.grad_accum = t.batch_size * t.grad_accum;
+        t.batch_size = 1;
+        let (examples, steers) = self.task_training_examples(task)?;
+        let variant = Variant { name: format!("task_{}", task.name()), axis: "task".into(), value: task.name().into(), train: t };
+        let (adapter, steps) = self.train_prefixed(&variant.train, &examples, &steers)?;
+        let dir = self.adapter_dir("tasks", task.name())?;
+        adapter.save_atomic(&dir)?;
+        let log = TrainLog { variant, n_examples: examples.len(), n_steered: examples.len(), steps, seconds: t0.elapsed().as_secs_f64() };
+        crate::base::io::write_json(dir.join("train_log.json"), &log)?;
+        Ok(adapter)
     }
 
     /// The conversation of a task example, its steering and the prompt.
@@ -666,21 +726,29 @@ impl IntrospectionStudy {
         Ok((p, steer))
     }
 
-    /// Every task answered by the base model (greedy, `max_new_tokens`), parsed; writes
-    /// `tasks.parquet` and `tasks_summary.csv`.
+    /// Every task answered by the base model and (with `task_train_examples` > 0) by a LoRA
+    /// trained on that task (greedy, `max_new_tokens`), parsed; writes `tasks.parquet` and
+    /// `tasks_summary.csv`.
     pub fn tasks(&self) -> Result<DataFrame> {
         self.vectors()?;
         let s = self.sizes().clone();
-        let cells = CellKey::grid().axis("task", Task::ALL.map(|t| t.name())).build();
+        let mut models = vec!["base_model"];
+        if s.task_train_examples > 0 {
+            models.push("trained");
+        }
+        let cells = CellKey::grid().axis("task", Task::ALL.map(|t| t.name())).axis("model", models).build();
         let mut sweep = self.run.sweep::<CellKey>("tasks")?;
         sweep.run(cells, |k| {
             let task = Task::from_name(k.str("task")?)?;
+            let model = k.str("model")?;
+            let adapter = if model == "trained" { Some(self.train_task(task)?) } else { None };
             let mut out = vec![];
             for ex in self.task_examples(task)? {
                 let (p, steer) = self.task_row(&ex)?;
                 let n_steered = steer.positions.len();
                 let row = SteeredRow { ids: p.ids.clone(), split: p.split, steer };
-                let g = generate_after_prefix(&self.model, &[row], None, &GenerateConfig::greedy(s.max_new_tokens))?.remove(0);
+                let a = adapter.as_ref().map(|a| a as &dyn crate::hooks::Adapter);
+                let g = generate_after_prefix(&self.model, &[row], a, &GenerateConfig::greedy(s.max_new_tokens))?.remove(0);
                 let parsed = tasks::parse(&ex, &g.text);
                 let correct = parsed.as_deref() == Some(ex.truth.as_str());
                 let jaccard = match (&parsed, task) {
@@ -693,7 +761,7 @@ impl IntrospectionStudy {
                     Task::Layers | Task::Magnitude => 1.0 / 3.0,
                 };
                 out.push(TaskRow {
-                    model: "base_model".into(),
+                    model: model.into(),
                     task: task.name().into(),
                     index: ex.index as i64,
                     conversation: ex.reply as i64,
@@ -851,7 +919,7 @@ impl IntrospectionStudy {
     /// `(exp, variant)` of every adapter saved in this run.
     pub fn saved_adapters(&self) -> Result<Vec<(String, String)>> {
         let mut out = vec![];
-        for exp in ["exp1", "exp2"] {
+        for exp in ["exp1", "exp2", "tasks"] {
             let d = self.run.join(format!("adapters/{exp}"))?;
             let Ok(rd) = std::fs::read_dir(&d) else { continue };
             let mut names: Vec<String> = rd.filter_map(|e| e.ok()).filter(|e| e.path().join("adapter_config.json").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -941,10 +1009,12 @@ impl IntrospectionStudy {
         let plan7 = "token localisation is possible but much harder (~60 % accuracy)";
         findings.push(match self.task_rows() {
             Ok(t) => {
-                let v: Vec<&TaskRow> = t.iter().filter(|r| r.task == "sentences").collect();
+                let trained = t.iter().any(|r| r.task == "sentences" && r.model == "trained");
+                let (model, who) = if trained { ("trained", "LoRA trained on the task") } else { ("base_model", "base model (untrained on the task)") };
+                let v: Vec<&TaskRow> = t.iter().filter(|r| r.task == "sentences" && r.model == model).collect();
                 let p = rate(v.iter().filter(|r| r.correct).count(), v.len());
                 let parsed = v.iter().filter(|r| r.parsed_ok).count();
-                Finding::measured("token_localisation", plan7, (0.6, 0.6), p.estimate, Some((p.lo, p.hi)), Some(v.len() as i64), format!("base model (untrained on the task), exact set of steered sentences; {parsed}/{} answers parseable; chance {:.4}", v.len(), sentence_chance(tasks::N_SENTENCES)))
+                Finding::measured("token_localisation", plan7, (0.6, 0.6), p.estimate, Some((p.lo, p.hi)), Some(v.len() as i64), format!("{who}, exact set of steered sentences on held-out vectors; {parsed}/{} answers parseable; chance {:.4}", v.len(), sentence_chance(tasks::N_SENTENCES)))
             }
             Err(_) => Finding::null("token_localisation", plan7, (0.6, 0.6), "the tasks phase has not been run"),
         });
