@@ -28,8 +28,9 @@
 //!    evaluated on held-out concepts and held-out random vectors: `exp2.parquet`,
 //!    `exp2_accuracy.csv`, and [`IntrospectionStudy::generalisation`] → `generalisation.csv`.
 //! 3. [`IntrospectionStudy::tasks`] → `tasks.parquet` ([`TaskRow`]: sentence, layer, concept and
-//!    magnitude localisation answered by the base model in free text, parsed by
-//!    [`tasks::parse`]) and `tasks_summary.csv`.
+//!    magnitude localisation answered in free text by the base model and, with
+//!    `task_train_examples` > 0, by a LoRA per task trained on train-split vectors
+//!    (`adapters/tasks/<task>/`), parsed by [`tasks::parse`]) and `tasks_summary.csv`.
 //! 4. [`IntrospectionStudy::analysis`] → `attention.parquet` / `attention_summary.csv` (per head,
 //!    attention from the question onto the steered positions), `lora_norms.csv` (‖ΔW‖ per module),
 //!    `lens.parquet` / `lens_summary.csv` (P(yes) per layer at the answer position).
