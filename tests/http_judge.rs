@@ -364,6 +364,7 @@ fn config_reads_with_defaults_and_rejects_unknown_or_bad_fields() {
         (HttpJudgeConfig::new("https://x", " "), "model is empty"),
         (HttpJudgeConfig { min_mass: 1.5, ..HttpJudgeConfig::new("https://x", "m") }, "min_mass"),
         (HttpJudgeConfig { timeout_s: 0.0, ..HttpJudgeConfig::new("https://x", "m") }, "timeout_s"),
+        (HttpJudgeConfig { timeout_s: 1e300, ..HttpJudgeConfig::new("https://x", "m") }, "is too large"),
     ] {
         let e = format!("{:#}", HttpJudge::new(prompt(), bad).unwrap_err());
         assert!(e.contains(want), "{want:?} not in {e}");

@@ -73,6 +73,9 @@ fn run() -> Result<()> {
     if http_url.is_some() != http_model.is_some() {
         bail!("--http and --http-model go together");
     }
+    if http_url.is_some() && !cfg!(feature = "http-judge") {
+        bail!("--http needs the HTTP judge: build with `--features http-judge`");
+    }
     let file = file.context(format!("no input file (usage: {USAGE})"))?;
     let records = read_any_jsonl(&file)?;
     let mut rows = Vec::with_capacity(records.len());

@@ -25,7 +25,8 @@
 //! local judge's mass is over the whole vocabulary.
 //!
 //! Transport errors, 429 and 5xx are retried `max_retries` times with exponential backoff
-//! (`backoff_ms · 2^k`, or the server's `Retry-After` seconds, both capped at `max_backoff_ms`);
+//! (`backoff_ms · 2^k`, or the server's `Retry-After` in seconds, both capped at `max_backoff_ms`;
+//! a `Retry-After` date is not read);
 //! other statuses fail at once. Errors name the URL, the status and a short excerpt of the body,
 //! and, from [`HttpJudge::score`], the record. The key is never stored in a printable field and is
 //! replaced by `<redacted>` in any error text that would echo it.
@@ -168,8 +169,9 @@ impl HttpJudge {
         prompt.fields()?;
         let key = std::env::var(config.api_key_env.trim()).ok().filter(|k| !k.trim().is_empty()).map(|k| ApiKey(k.trim().to_string()));
         let url = config.url();
+        let timeout = Duration::try_from_secs_f64(config.timeout_s).with_context(|| format!("http judge timeout_s {} is too large", config.timeout_s))?;
         let mut b = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs_f64(config.timeout_s)))
+            .timeout_global(Some(timeout))
             // Statuses come back as responses so that the body can be quoted and the status
             // decide about retrying; redirects are not followed (a POST must not become a GET, and
             // the key must not travel to another host).
