@@ -20,6 +20,8 @@
 //! count as 7),
 //! `mass = Σ_{t∈S} p(t)` and `score = Σ_{t∈S} p(t)·value(t) / mass`. When `mass < min_mass`
 //! (0.25, as the paper) there is no score: the result names the record and the mass.
+//! [`score_from_probs`] is that computation and [`integer_value`] the token rule; the HTTP judge
+//! (`eval::http_judge`, feature `http-judge`) applies both to an API's top log-probabilities.
 //!
 //! Tokenizers that split numbers into single digits (Qwen2, Llama-3 up to 3 digits, ...) differ:
 //! Qwen2's vocabulary has only `0`..`9` as number tokens, so on a Qwen judge "85" starts with the
