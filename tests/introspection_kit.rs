@@ -10,7 +10,7 @@ use common::{fixture_dir, rel_err, tiny, tiny_chat};
 use interp_kit::grad::{PrefixedExample, TrainExample};
 use interp_kit::hooks::{HookPoint, Hooks, Phase, Positions, Site};
 use interp_kit::interp::directions::pca_center;
-use interp_kit::interp::introspection::{steer_hooks, yes_no_after_prefix, ProtocolConfig};
+use interp_kit::interp::introspection::{steer_hooks, yes_no_after_prefix, yes_no_batch, ProtocolConfig, SteeredRow};
 use interp_kit::interp::lens::logit_lens;
 use interp_kit::interp::token_probs::{token_logprobs, TokenSet, YesNo};
 use interp_kit::interp::row_steer::{row_steering_hooks, RowSteer};
@@ -479,4 +479,54 @@ fn attention_patterns_obey_their_laws_in_every_family() {
             assert!(e < 1e-5, "{arch} layer {l}: padded row vs alone {e}");
         }
     }
+}
+
+/// A batch of conversations with different prefixes (different lengths: left padding), each steered
+/// its own way or not, with and without an adapter, equals each conversation run alone; unequal
+/// suffixes are refused. (`generate_after_prefix` is checked in tests/introspection_study.rs, on
+/// a fixture whose vocabulary the tokenizer can decode.)
+#[test]
+fn batched_steer_then_remove_equals_each_conversation_alone() {
+    let m = tiny_chat("qwen2");
+    let tok = m.tok().unwrap();
+    let d = m.d_model();
+    let mut cfg = ProtocolConfig::default();
+    cfg.texts.framing = "Hi.".into();
+    cfg.texts.notice = "Maybe.".into();
+    cfg.texts.question = "Any?".into();
+    let mut prompts = vec![];
+    for reply in ["Ok.", "Fine, go on.", "Sure thing!"] {
+        cfg.texts.reply = reply.into();
+        prompts.push(cfg.build(tok).unwrap());
+    }
+    assert_ne!(prompts[0].split, prompts[1].split);
+    let yes = TokenSet::new("yes", vec![tok.encode("y").unwrap()[0]], Some(tok)).unwrap();
+    let no = TokenSet::new("no", vec![tok.encode("n").unwrap()[0]], Some(tok)).unwrap();
+    let steers = [
+        RowSteer::new(unit(d, 1), 1..3, 6.0, prompts[0].steered.clone()),
+        RowSteer::none(),
+        RowSteer::new(unit(d, 2), 0..2, -4.0, prompts[2].steered[2..5].to_vec()),
+    ];
+    let rows: Vec<SteeredRow> = prompts.iter().zip(&steers).map(|(p, s)| SteeredRow { ids: p.ids.clone(), split: p.split, steer: s.clone() }).collect();
+    let a = LoraAdapter::new(&m, &LoraConfig::qkvo(2, 4.0).with_seed(1)).unwrap();
+    randomize_b(&a, 2, 0.2);
+    for adapter in [None, Some(&a)] {
+        let batch = yes_no_batch(&m, &rows, adapter.map(|a| a as &dyn interp_kit::hooks::Adapter), &yes, &no).unwrap();
+        for (r, (p, s)) in prompts.iter().zip(&steers).enumerate() {
+            let mut pre = row_steering_hooks(&m, std::slice::from_ref(s), Site::ResidPost, Phase::Prefill).unwrap();
+            let mut post = Hooks::new();
+            if let Some(a) = adapter {
+                pre = pre.lora(a);
+                post = post.lora(a);
+            }
+            let alone = yes_no_after_prefix(&m, &p.ids, p.split, &pre, &post, &yes, &no).unwrap();
+            assert!((batch[r].p_yes - alone.p_yes).abs() < 1e-6 && (batch[r].p_no - alone.p_no).abs() < 1e-6, "row {r}: {:?} vs {alone:?}", batch[r]);
+        }
+    }
+    let mut bad = rows.clone();
+    bad[1].ids.push(5);
+    assert!(yes_no_batch(&m, &bad, None, &yes, &no).unwrap_err().to_string().contains("one length"));
+    let mut late = rows[0].clone();
+    late.steer.positions.push(late.split);
+    assert!(format!("{:#}", yes_no_batch(&m, &[late], None, &yes, &no).unwrap_err()).contains("outside the prompt"));
 }

@@ -101,31 +101,6 @@ fn part_files(dir: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
         .collect()
 }
 
-/// The tiny Qwen2 fixture with the byte-level chat tokenizer. Byte tokens make chat prompts a few
-/// hundred positions long, past the fixture's declared 128, so the same weights are loaded from a
-/// copy whose config declares 2048 positions (RoPE has no learned table).
-fn tiny_long_qwen2(tmp: &Path) -> interp_kit::model::Model {
-    let src = common::fixture_dir("qwen2");
-    let dir = tmp.join("qwen2_long");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    c["max_position_embeddings"] = 2048.into();
-    // and the vocabulary cut to the tokenizer's 259 tokens, so that steered generation (which can
-    // reach any id the random unembedding favours) always yields decodable tokens
-    let n_tok = 259;
-    c["vocab_size"] = n_tok.into();
-    std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
-    let mut ts = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
-    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
-        let t = ts.get(name).unwrap_or_else(|| panic!("{name} missing")).narrow(0, 0, n_tok).unwrap();
-        ts.insert(name.to_string(), t);
-    }
-    candle_core::safetensors::save(&ts, dir.join("model.safetensors")).unwrap();
-    let mut m = interp_kit::model::Model::from_hf_dir(&dir, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
-    m.tokenizer = Some(interp_kit::text::tokenizer::Tokenizer::from_hf_dir(&common::byte_chat_dir()).unwrap());
-    m
-}
-
 /// The ci size on the embedded model, end to end, with its wall time (run with `--ignored`; the
 /// smoke notebook `notebooks/trait_monitoring/00_smoke.ipynb` does the same in Jupyter).
 #[test]
@@ -177,7 +152,7 @@ fn tiny_qwen2_pipeline_end_to_end_and_resumes() {
         s.n_boot = 100;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let study = TraitStudy::with_model(cfg, tiny_long_qwen2(tmp.path()), tmp.path()).unwrap();
+    let study = TraitStudy::with_model(cfg, common::tiny_long_qwen2(tmp.path()), tmp.path()).unwrap();
     assert_eq!(study.layers, vec![1, 2]);
 
     // 1. generation and the filter

@@ -46,6 +46,31 @@ pub fn tiny_chat(arch: &str) -> Model {
     m
 }
 
+/// The tiny Qwen2 fixture with the byte-level chat tokenizer, for study pipelines. Byte tokens make
+/// chat prompts several hundred positions long, past the fixture's declared 128, so the same
+/// weights are loaded from a copy (in `tmp`) whose config declares 2048 positions (RoPE has no
+/// learned table) and whose vocabulary is cut to the tokenizer's 259 tokens, so that generation
+/// (which can reach any id a random unembedding favours) always yields decodable tokens.
+pub fn tiny_long_qwen2(tmp: &std::path::Path) -> Model {
+    let src = fixture_dir("qwen2");
+    let dir = tmp.join("qwen2_long");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    c["max_position_embeddings"] = 2048.into();
+    let n_tok = 259;
+    c["vocab_size"] = n_tok.into();
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+    let mut ts = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+        let t = ts.get(name).unwrap_or_else(|| panic!("{name} missing")).narrow(0, 0, n_tok).unwrap();
+        ts.insert(name.to_string(), t);
+    }
+    candle_core::safetensors::save(&ts, dir.join("model.safetensors")).unwrap();
+    let mut m = Model::from_hf_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+    m.tokenizer = Some(interp_kit::text::tokenizer::Tokenizer::from_hf_dir(&byte_chat_dir()).unwrap());
+    m
+}
+
 /// Token ids stored as an integer tensor in a reference safetensors file.
 pub fn ids(t: &Tensor) -> Vec<u32> {
     t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()

@@ -288,6 +288,35 @@ pub fn pareto_front(points: &[Vec<f64>], maximize: &[bool]) -> Result<Vec<usize>
         .collect())
 }
 
+/// A proportion `k / n` with Wilson's score interval at `level` (e.g. 0.95).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proportion {
+    pub k: usize,
+    pub n: usize,
+    pub estimate: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// `k / n` with Wilson's score interval (`z` the two-sided normal quantile of `level`): unlike the
+/// normal approximation it stays inside [0, 1] and is usable at k = 0 or k = n. An error for
+/// `n = 0`, `k > n` or a level outside (0, 1).
+pub fn wilson(k: usize, n: usize, level: f64) -> Result<Proportion> {
+    ensure!(n > 0, "wilson: no trials");
+    ensure!(k <= n, "wilson: {k} successes out of {n} trials");
+    ensure!(level > 0.0 && level < 1.0, "wilson: level {level} must be in (0, 1)");
+    let z = statrs::distribution::Normal::standard().inverse_cdf(0.5 + level / 2.0);
+    let (nf, p) = (n as f64, k as f64 / n as f64);
+    let z2 = z * z;
+    let denom = 1.0 + z2 / nf;
+    let centre = (p + z2 / (2.0 * nf)) / denom;
+    let half = z / denom * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt();
+    // The bounds at k = 0 and k = n are exactly 0 and 1 (rounding would leave ~1e-17).
+    let lo = if k == 0 { 0.0 } else { (centre - half).max(0.0) };
+    let hi = if k == n { 1.0 } else { (centre + half).min(1.0) };
+    Ok(Proportion { k, n, estimate: p, lo, hi })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,5 +474,16 @@ mod tests {
         // Both maximised: (0.9, 0.40) dominates (0.9, 0.30).
         assert_eq!(pareto_front(&pts, &[true, true]).unwrap(), vec![3]);
         assert!(pareto_front(&pts, &[true]).is_err());
+    }
+    #[test]
+    fn wilson_matches_hand_values() {
+        // 8 / 10 at 95 %: centre (0.8 + 1.96^2/20) / (1 + 1.96^2/10), the textbook [0.4902, 0.9433]
+        let p = wilson(8, 10, 0.95).unwrap();
+        assert!((p.estimate - 0.8).abs() < 1e-12);
+        assert!((p.lo - 0.490_16).abs() < 1e-4 && (p.hi - 0.943_32).abs() < 1e-4, "{p:?}");
+        let z = wilson(0, 20, 0.95).unwrap();
+        assert_eq!(z.lo, 0.0);
+        assert!((z.hi - 0.161_13).abs() < 1e-4, "{z:?}");
+        assert!(wilson(1, 0, 0.95).is_err() && wilson(3, 2, 0.95).is_err() && wilson(1, 2, 1.0).is_err());
     }
 }

@@ -4,10 +4,11 @@
 //! short fixed reply), user turn 2 (the detection question) and an assistant turn prefilled with
 //! the answer prefix. Steering covers user turn 1 through assistant turn 1; the prefix holding them
 //! is run steered into a KV cache, and the rest of the conversation extends it without steering.
-use crate::hooks::{Hooks, Phase, Site};
+use crate::generate::{GenerateConfig, Generation};
+use crate::hooks::{Adapter, Hooks, Phase, Site};
 use crate::interp::token_probs::{TokenSet, YesNo};
 use crate::interp::row_steer::{row_steering_hooks, RowSteer};
-use crate::model::{KvCache, LogitsAt, Model};
+use crate::model::{KvCache, LogitsAt, Model, Output};
 use crate::text::chat::{Chat, RenderedChat};
 use crate::text::spans::MessageRef;
 use crate::text::tokenizer::Tokenizer;
@@ -158,4 +159,64 @@ pub fn steer_hooks(
     let s = RowSteer::new(vector.to_vec(), layers, strength, steered.to_vec());
     s.check(model, Some(prompt_len))?;
     row_steering_hooks(model, &[s], Site::ResidPost, Phase::Prefill)
+}
+
+/// One conversation of a batched steer-then-remove call: `ids[..split]` is prefilled steered by
+/// `steer` (positions relative to the conversation), `ids[split..]` extends the cache unsteered.
+#[derive(Clone, Debug)]
+pub struct SteeredRow {
+    pub ids: Vec<u32>,
+    pub split: usize,
+    pub steer: RowSteer,
+}
+
+/// The prefill (each row steered by its own [`RowSteer`], `adapter` active) and the unsteered
+/// extension (`adapter` active) of a batch; the suffixes must have one length. Returns the cache
+/// and the extension's output (last-position logits).
+fn steer_then_remove<'a>(model: &Model, rows: &[SteeredRow], adapter: Option<&'a dyn Adapter>) -> Result<(KvCache, Output)> {
+    ensure!(!rows.is_empty(), "steer-then-remove: no rows");
+    let n_suffix = rows[0].ids.len().saturating_sub(rows[0].split);
+    for (r, row) in rows.iter().enumerate() {
+        ensure!(row.split >= 1 && row.split < row.ids.len(), "row {r}: split {} must be in 1..{}", row.split, row.ids.len());
+        ensure!(
+            row.ids.len() - row.split == n_suffix,
+            "row {r}: its unsteered part has {} tokens, row 0's has {n_suffix} (a batch extends the cache by one length)",
+            row.ids.len() - row.split
+        );
+        row.steer.check(model, Some(row.split)).with_context(|| format!("row {r} (steering must lie in the prefilled part)"))?;
+    }
+    let steers: Vec<RowSteer> = rows.iter().map(|r| r.steer.clone()).collect();
+    let mut pre: Hooks<'a> = row_steering_hooks(model, &steers, Site::ResidPost, Phase::Prefill)?;
+    let mut post: Hooks<'a> = Hooks::new();
+    if let Some(a) = adapter {
+        pre = pre.lora(a);
+        post = post.lora(a);
+    }
+    let prefixes: Vec<Vec<u32>> = rows.iter().map(|r| r.ids[..r.split].to_vec()).collect();
+    let suffixes: Vec<Vec<u32>> = rows.iter().map(|r| r.ids[r.split..].to_vec()).collect();
+    let mut cache = KvCache::new(model);
+    model.prefill(&prefixes, &mut cache, &pre, LogitsAt::None)?;
+    let out = model.extend(&suffixes, &mut cache, &post, LogitsAt::Last)?;
+    Ok((cache, out))
+}
+
+/// [`yes_no_after_prefix`] for a batch of conversations, each steered by its own [`RowSteer`]
+/// (or not), with an optional adapter (e.g. a LoRA) on both passes. The conversations may differ
+/// in their prefilled part; their unsteered parts must have one length. Each row equals the
+/// conversation run alone (tested).
+pub fn yes_no_batch(model: &Model, rows: &[SteeredRow], adapter: Option<&dyn Adapter>, yes: &TokenSet, no: &TokenSet) -> Result<Vec<YesNo>> {
+    let (_, out) = steer_then_remove(model, rows, adapter)?;
+    let logits = out.last_logits()?;
+    (0..rows.len()).map(|r| YesNo::from_logits(&logits.get(r)?, yes, no)).collect()
+}
+
+/// Continues a batch of steer-then-remove conversations by generation (`cfg`, unsteered, the
+/// adapter active): e.g. a free-text answer after the answer prefix.
+pub fn generate_after_prefix(model: &Model, rows: &[SteeredRow], adapter: Option<&dyn Adapter>, cfg: &GenerateConfig) -> Result<Vec<Generation>> {
+    let (mut cache, out) = steer_then_remove(model, rows, adapter)?;
+    let hooks = match adapter {
+        Some(a) => Hooks::new().lora(a),
+        None => Hooks::new(),
+    };
+    Ok(model.generate_from(&mut cache, out.last_logits()?, cfg, &hooks)?.0)
 }

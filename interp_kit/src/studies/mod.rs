@@ -2,5 +2,6 @@
 //! the generic layers. Notebooks under `notebooks/<study>/` only set parameters and call these.
 pub mod inoculation_caps;
 pub mod insecure_code;
+pub mod introspection;
 pub mod steering_reliability;
 pub mod trait_monitoring;
