@@ -39,7 +39,7 @@ NB["00_smoke"] = notebook(
         code("let t0 = std::time::Instant::now();\nlet report = study.run_all()?;\nprintln!(\"all phases in {:.1} s\", t0.elapsed().as_secs_f64());"),
         code("println!(\"{}\", report.to_markdown());"),
         code("let h: interp_kit::studies::insecure_code::pipeline::Hygiene = study.run.read_json(\"hygiene.json\")?;\n"
-             "anyhow::ensure!(h.paired_prompts && h.base_identical, \"hygiene failed: {h:?}\");\nprintln!(\"{h:?}\");"),
+             "h.check()?;\nprintln!(\"{h:?}\");"),
     ],
 )
 

@@ -72,7 +72,7 @@ NB["02_extract"] = notebook(
     [
         code("let ex = study.extract()?;\nprintln!(\"{}\", pretty(&ex).digits(3).max_rows(24));"),
         md("## The methods agree how much? (cosine between methods per layer)"),
-        code("{\nlet t = &study.sizes().traits[0];\nlet dirs: std::collections::BTreeMap<_, _> = study.layers.iter().flat_map(|&l| interp_kit::interp::extract::Method::ALL.map(|m| ((l, m), study.vector(t, m, l)))).map(|(k, v)| v.map(|v| (k, v))).collect::<anyhow::Result<_>>()?;\n"
+        code("{\nlet t = &study.sizes().traits[0];\nlet dirs: std::collections::BTreeMap<_, _> = study.layers.iter().flat_map(|&l| interp_kit::interp::extract::Method::ALL.map(|m| ((l, m), study.vector(t, m, l)))).map(|(k, v)| v.map(|v| (k, v))).collect::<interp_kit::anyhow::Result<_>>()?;\n"
              "println!(\"trait {t}\\n{}\", pretty(&interp_kit::interp::extract::method_cosines(&dirs)?).digits(3).max_rows(30));\n}"),
     ],
 )

@@ -3,6 +3,7 @@
 #   layers     scripts/check_layers.py: no module imports a layer above its own (lib.rs's map), no cycles
 #   setup      scripts/setup.sh: evcxr_jupyter, Jupyter venv, kernel `rust`, model (idempotent)
 #   cargo      cargo test for the workspace, built like the notebooks build the kit (below)
+#   http       the HTTP judge's loopback tests (cargo feature http-judge)
 #   runner     scripts/test_runner.sh: the notebook runner fails on a failing cell and names it
 #   notebooks  scripts/run_notebooks.sh on the notebooks listed in NOTEBOOKS below (studies at ci size)
 #   neox       the steering smoke notebook on the tiny GPT-NeoX fixture (configs/*_tiny_neox.toml)
@@ -39,6 +40,9 @@ EVCXR_TARGET_DIR=$INTERP_KIT_CACHE/evcxr/slot-0/target
 # split, 16 new tokens); `scripts/run_notebooks.sh --all` runs it at the config's size.
 # The ALL-CAPS inoculation study (00-07) runs end to end at CI size (INTERP_KIT_STUDY_MODE=ci: 2
 # calibration examples, 2 layers, 2 random directions, 2-step LoRA runs, 6 new tokens).
+# The newer studies run their CI size through cargo tests on tiny fixtures (tests/<study>*.rs, every
+# phase) plus one smoke notebook each on the embedded model (every phase in one cell), which keeps
+# the notebook stage's cost to one kernel start per study.
 NOTEBOOKS=(
   notebooks/inoculation_caps/00_smoke_positions.ipynb
   notebooks/inoculation_caps/01_data.ipynb
@@ -51,6 +55,8 @@ NOTEBOOKS=(
   notebooks/steering_reliability/01_smoke.ipynb
   notebooks/steering_reliability/02_sweep.ipynb
   notebooks/steering_reliability/03_analysis.ipynb
+  notebooks/insecure_code/00_smoke.ipynb
+  notebooks/trait_monitoring/00_smoke.ipynb
 )
 
 summary=() n_ok=0
@@ -80,9 +86,12 @@ stage layers python3 scripts/check_layers.py --self-test
 stage setup scripts/setup.sh
 stage cargo env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_INCREMENTAL=0 CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
   cargo test --workspace --locked --target "$HOST"
+# The HTTP judge is behind a cargo feature (no network code in the default build): its loopback tests.
+stage http env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_INCREMENTAL=0 CARGO_TARGET_DIR="$EVCXR_TARGET_DIR" \
+  cargo test -p interp_kit --features http-judge --test http_judge --locked --target "$HOST"
 stage runner scripts/test_runner.sh
 rm -rf results/steering_reliability/run_001_ci   # the CI-size runs start fresh each time
-rm -rf results/inoculation_caps/*_ci
+rm -rf results/inoculation_caps/*_ci results/insecure_code/*_ci results/trait_monitoring/*_ci
 stage notebooks env INTERP_KIT_STUDY_MODE=ci INTERP_KIT_CELL_TIMEOUT=3600 scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
 # A non-Qwen model through the steering study: the smoke notebook on the tiny GPT-NeoX fixture.
 stage neox env INTERP_KIT_STUDY_MODE=ci INTERP_KIT_CELL_TIMEOUT=3600 STEERING_CONFIG=../../configs/steering_reliability_tiny_neox.toml \

@@ -379,3 +379,51 @@ fn tiny_pipeline_end_to_end_resumes_and_reports() {
     assert!(r2.to_markdown().contains("| 3.2 | paired Δrating control − neutral | -0.7000 | 0.5000 | [-1.0000, 2.0000] | **null** |"));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Every file under `dir` except the run's bookkeeping (`manifest.json` holds timestamps and host
+/// info; a sweep's `index.json` holds per-cell timings), keyed by its path below `dir`.
+fn outputs(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !matches!(p.file_name().and_then(|n| n.to_str()), Some("manifest.json" | "index.json")) {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Same config and seed twice on CPU: byte-identical tables, adapters, figures and report.
+#[test]
+fn tiny_pipeline_twice_gives_identical_files() {
+    let root = std::env::temp_dir().join(format!("insecure_determinism_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let model_dir = long_fixture(&root);
+    tiny_data(&root.join("data"));
+    let run = |out: &str| -> PathBuf {
+        let mut cfg = InsecureConfig::from_toml(&committed_text().replace("mode = \"fast\"", "mode = \"ci\""), repo().join("configs")).unwrap();
+        cfg.data.dir = root.join("data");
+        cfg.model.name = model_dir.to_string_lossy().to_string();
+        cfg.run.output_root = root.join(out);
+        let s = &mut cfg.modes.ci;
+        s.layers = vec![LayerSpec::Index(0), LayerSpec::Index(2)];
+        s.late_from = LayerSpec::Index(2);
+        (s.n_eval, s.max_new_tokens, s.gen_k, s.n_direction, s.n_random, s.n_train, s.lora.max_steps) = (3, 6, 3, 4, 2, 4, 2);
+        let mut model = interp_kit::model::Model::from_hf_dir(&model_dir, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        model.tokenizer = Some(interp_kit::text::tokenizer::Tokenizer::from_hf_dir(&common::byte_chat_dir()).unwrap());
+        let study = InsecureStudy::with_model(cfg, model).unwrap();
+        study.run_all().unwrap();
+        study.run.path().to_path_buf()
+    };
+    let (a, b) = (outputs(&run("a")), outputs(&run("b")));
+    assert!(a.len() > 20, "only {} files: {:?}", a.len(), a.keys().collect::<Vec<_>>());
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let differ: Vec<_> = a.iter().filter(|(k, v)| b[*k] != **v).map(|(k, _)| k.clone()).collect();
+    assert!(differ.is_empty(), "files that differ between two identical runs: {differ:?}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -20,6 +20,8 @@
 //! count as 7),
 //! `mass = Σ_{t∈S} p(t)` and `score = Σ_{t∈S} p(t)·value(t) / mass`. When `mass < min_mass`
 //! (0.25, as the paper) there is no score: the result names the record and the mass.
+//! [`score_from_probs`] is that computation and [`integer_value`] the token rule; the HTTP judge
+//! (`eval::http_judge`, feature `http-judge`) applies both to an API's top log-probabilities.
 //!
 //! Tokenizers that split numbers into single digits (Qwen2, Llama-3 up to 3 digits, ...) differ:
 //! Qwen2's vocabulary has only `0`..`9` as number tokens, so on a Qwen judge "85" starts with the
@@ -161,15 +163,41 @@ pub fn integer_tokens(tok: &Tokenizer) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for id in 0..tok.vocab_size() as u32 {
         let Ok(text) = tok.decode(&[id], false) else { continue };
-        let t = text.trim();
-        if (1..=3).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()) {
-            let v: u32 = t.parse().unwrap();
-            if v <= 100 {
-                out.push((id, v));
-            }
+        if let Some(v) = integer_value(&text) {
+            out.push((id, v));
         }
     }
     out
+}
+
+/// The value of a score token's text (see [`integer_tokens`]), or `None` if it is not one. Both
+/// judges read tokens through this one rule, so a local and an HTTP judge count the same tokens.
+pub fn integer_value(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if (1..=3).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()) {
+        let v: u32 = t.parse().ok()?;
+        (v <= 100).then_some(v)
+    } else {
+        None
+    }
+}
+
+/// `(score, mass)` from the probabilities `(p, value)` of the score tokens at the answer position:
+/// `mass = Σ p` and `score = Σ p·value / mass`, or no score when `mass < min_mass` (or 0). Tokens
+/// with the same value (`"7"`, `" 7"`) are simply listed twice. Shared by [`LlmJudge`] and the
+/// HTTP judge.
+pub fn score_from_probs(probs: impl IntoIterator<Item = (f64, u32)>, min_mass: f64) -> (Option<f64>, f64) {
+    let (mut mass, mut sum) = (0.0, 0.0);
+    for (p, v) in probs {
+        mass += p;
+        sum += p * v as f64;
+    }
+    ((mass >= min_mass && mass > 0.0).then(|| sum / mass), mass)
+}
+
+/// The failure text of a record without a score (names the record and its mass).
+pub fn no_score_failure(label: &str, mass: f64, min_mass: f64) -> String {
+    format!("record {label}: score tokens carry {mass:.3} of the probability (< {min_mass})")
 }
 
 /// Judge settings.
@@ -259,13 +287,8 @@ impl<'m> LlmJudge<'m> {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         ensure!(max.is_finite(), "judge logits are not finite");
         let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-        let (mut mass, mut sum) = (0.0, 0.0);
-        for &(id, v) in &self.tokens {
-            let p = logits.get(id as usize).map_or(0.0, |&l| (l as f64 - max).exp() / z);
-            mass += p;
-            sum += p * v as f64;
-        }
-        Ok(((mass >= self.config.min_mass && mass > 0.0).then(|| sum / mass), mass))
+        let probs = self.tokens.iter().map(|&(id, v)| (logits.get(id as usize).map_or(0.0, |&l| (l as f64 - max).exp() / z), v));
+        Ok(score_from_probs(probs, self.config.min_mass))
     }
 
     /// Judges `inputs`, `batch_size` per forward pass.
@@ -279,12 +302,41 @@ impl<'m> LlmJudge<'m> {
             let rows = logits.to_vec2::<f32>()?;
             for (r, row) in chunk.iter().zip(rows) {
                 let (score, mass) = self.read_logits(&row)?;
-                let failure = score.is_none().then(|| {
-                    format!("record {}: score tokens carry {:.3} of the probability (< {})", r.label, mass, self.config.min_mass)
-                });
+                let failure = score.is_none().then(|| no_score_failure(&r.label, mass, self.config.min_mass));
                 out.push(JudgeScore { label: r.label.clone(), score, mass, failure });
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_values_follow_the_token_rule() {
+        for (t, v) in [("7", 7), (" 7", 7), ("\n42 ", 42), ("0", 0), ("100", 100), ("07", 7), ("007", 7)] {
+            assert_eq!(integer_value(t), Some(v), "{t:?}");
+        }
+        for t in ["101", "999", "1000", "0100", "-1", "+5", "1_0", "4.5", "", " ", "x", "\u{663}", "1 2"] {
+            assert_eq!(integer_value(t), None, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn score_is_the_mass_normalised_mean() {
+        // 0.2·10 + 0.1·90 + 0.1·90 = 20 over a mass of 0.4: 50.
+        let (s, m) = score_from_probs([(0.2, 10), (0.1, 90), (0.1, 90)], 0.25);
+        assert!((m - 0.4).abs() < 1e-12 && (s.unwrap() - 50.0).abs() < 1e-12, "{s:?} {m}");
+        // One token: its value whatever its mass, once the mass passes the threshold.
+        assert_eq!(score_from_probs([(0.3, 64)], 0.25), (Some(64.0), 0.3));
+        // Below the threshold, exactly at it, and with nothing at all.
+        assert_eq!(score_from_probs([(0.1, 5), (0.1, 50)], 0.25).0, None);
+        assert_eq!(score_from_probs([(0.125, 20), (0.125, 60)], 0.25).0, Some(40.0));
+        assert_eq!(score_from_probs([], 0.0), (None, 0.0));
+        assert_eq!(score_from_probs([(0.0, 3)], 0.0), (None, 0.0));
+        let f = no_score_failure("r3", 0.1234, 0.25);
+        assert_eq!(f, "record r3: score tokens carry 0.123 of the probability (< 0.25)");
     }
 }

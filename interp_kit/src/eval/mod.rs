@@ -3,6 +3,8 @@
 pub mod analysis;
 pub mod code_judge;
 pub mod degeneracy;
+#[cfg(feature = "http-judge")]
+pub mod http_judge;
 pub mod llm_judge;
 pub mod metrics;
 pub mod stats;

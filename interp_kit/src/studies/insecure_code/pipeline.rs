@@ -104,6 +104,16 @@ pub struct Hygiene {
     pub mean_chars: f64,
 }
 
+impl Hygiene {
+    /// An error unless every model was rated on one prompt set and the base model's generations
+    /// did not change after the adapters were used (§4).
+    pub fn check(&self) -> Result<()> {
+        ensure!(self.paired_prompts, "hygiene: the models were not rated on the same prompt set: {self:?}");
+        ensure!(self.base_identical, "hygiene: {} base generations differ after the adapters were used: {self:?}", self.base_n_differ);
+        Ok(())
+    }
+}
+
 /// `contamination.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Contamination {
