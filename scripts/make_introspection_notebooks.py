@@ -125,6 +125,21 @@ NB["05_report"] = notebook(
     ],
 )
 
+# Not numbered: `scripts/run_notebooks.sh --all` runs the numbered phases; `scripts/test.sh` runs this
+# one at ci size (every phase after one kernel start).
+NB["smoke"] = notebook(
+    "smoke: every phase once",
+    "Runs every phase in order (vectors and baseline, experiments 1 and 2, the localisation tasks, the analysis, the "
+    "report) at the config's mode; the numbered notebooks run the same phases one by one with their tables. This is "
+    "the notebook `scripts/test.sh` runs at ci size.",
+    [
+        code("let t0 = std::time::Instant::now();\nstudy.vectors()?;\nprintln!(\"{}\", pretty(&study.baseline()?).digits(3));"),
+        code("println!(\"{}\", pretty(&study.experiment1()?).digits(3));\nprintln!(\"{}\", pretty(&study.experiment2()?).digits(3));"),
+        code("println!(\"{}\", pretty(&study.tasks()?).digits(3));\nprintln!(\"{} analysis rows\", study.analysis()?.height());"),
+        code("let rep = study.report()?;\nprintln!(\"{}\", rep.markdown());\nprintln!(\"all phases in {:.1} s\", t0.elapsed().as_secs_f64());"),
+    ],
+)
+
 
 if __name__ == "__main__":
     STUDY.write(NB)

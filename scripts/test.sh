@@ -57,6 +57,7 @@ NOTEBOOKS=(
   notebooks/steering_reliability/03_analysis.ipynb
   notebooks/insecure_code/00_smoke.ipynb
   notebooks/trait_monitoring/00_smoke.ipynb
+  notebooks/introspection/smoke.ipynb
 )
 
 summary=() n_ok=0
@@ -91,7 +92,7 @@ stage http env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$KIT_RUSTFLAGS" CARGO_INCRE
   cargo test -p interp_kit --features http-judge --test http_judge --locked --target "$HOST"
 stage runner scripts/test_runner.sh
 rm -rf results/steering_reliability/run_001_ci   # the CI-size runs start fresh each time
-rm -rf results/inoculation_caps/*_ci results/insecure_code/*_ci results/trait_monitoring/*_ci
+rm -rf results/inoculation_caps/*_ci results/insecure_code/*_ci results/trait_monitoring/*_ci results/introspection/*_ci
 stage notebooks env INTERP_KIT_STUDY_MODE=ci INTERP_KIT_CELL_TIMEOUT=3600 scripts/run_notebooks.sh "${NOTEBOOKS[@]}"
 # A non-Qwen model through the steering study: the smoke notebook on the tiny GPT-NeoX fixture.
 stage neox env INTERP_KIT_STUDY_MODE=ci INTERP_KIT_CELL_TIMEOUT=3600 STEERING_CONFIG=../../configs/steering_reliability_tiny_neox.toml \
