@@ -10,7 +10,7 @@ use common::{fixture_dir, rel_err, tiny, tiny_chat};
 use interp_kit::grad::{PrefixedExample, TrainExample};
 use interp_kit::hooks::{HookPoint, Hooks, Phase, Positions, Site};
 use interp_kit::interp::directions::pca_center;
-use interp_kit::interp::introspection::{steer_hooks, yes_no_after_prefix, yes_no_batch, ProtocolConfig, SteeredRow};
+use interp_kit::interp::introspection::{steer_hooks, yes_no_after_prefix, yes_no_batch, ProtocolConfig, SteeredRow, SteeredTokens};
 use interp_kit::interp::lens::logit_lens;
 use interp_kit::interp::token_probs::{token_logprobs, TokenSet, YesNo};
 use interp_kit::interp::row_steer::{row_steering_hooks, RowSteer};
@@ -431,6 +431,21 @@ fn steer_then_remove_equals_one_forward_steered_at_the_prompt_positions() {
     assert!(steer_hooks(&m, &v[..10], 1..3, 8.0, &p.steered, p.ids.len()).err().unwrap().to_string().contains("width"));
     assert!(steer_hooks(&m, &v, 1..9, 8.0, &p.steered, p.ids.len()).err().unwrap().to_string().contains("outside the model"));
     assert!(steer_hooks(&m, &v, 1..3, 8.0, &[p.ids.len()], p.ids.len()).err().unwrap().to_string().contains("outside the prompt"));
+    // The "which tokens" choices: user turn 1 alone ends the steered prefix before the reply, and
+    // partial is the first half (rounded up) of the context's tokens.
+    cfg.tokens = SteeredTokens::UserOnly;
+    let u = cfg.build(tok).unwrap();
+    assert_eq!(u.ids, p.ids);
+    assert_eq!(u.steered, user1.clone().collect::<Vec<_>>());
+    assert_eq!(u.split, user1.end);
+    assert!(u.split < p.split);
+    cfg.tokens = SteeredTokens::Partial;
+    let h = cfg.build(tok).unwrap();
+    assert_eq!(h.steered, p.steered[..p.steered.len().div_ceil(2)].to_vec());
+    assert_eq!(h.split, h.steered.last().unwrap() + 1);
+    assert_eq!("user_only".parse::<SteeredTokens>().unwrap(), SteeredTokens::UserOnly);
+    assert!("users".parse::<SteeredTokens>().unwrap_err().to_string().contains("user_only"));
+    cfg.tokens = SteeredTokens::Context;
     cfg.info = true;
     cfg.steer_system = true;
     let q = cfg.build(tok).unwrap();

@@ -5,10 +5,10 @@
 //! the logit lens's last layer against the readout, and a rerun that recomputes nothing.
 mod common;
 use interp_kit::hooks::Hooks;
-use interp_kit::interp::introspection::{generate_after_prefix, steer_hooks, yes_no_after_prefix, SteeredRow};
+use interp_kit::interp::introspection::{generate_after_prefix, steer_hooks, yes_no_after_prefix, SteeredRow, SteeredTokens};
 use interp_kit::interp::vector_sets::Split;
 use interp_kit::runs::config::Mode;
-use interp_kit::studies::introspection::data::Conversation;
+use interp_kit::studies::introspection::data::{Conversation, Question};
 use interp_kit::studies::introspection::tasks::{self, Task};
 use interp_kit::studies::introspection::*;
 use interp_kit::tables::from_df;
@@ -43,7 +43,10 @@ fn every_mode_loads_and_bad_configs_name_the_field() {
     assert_eq!(fv, vec!["base", "rank=16"]);
     let full = cfg.sizes_of(Mode::Full);
     let v = full.sweep.variants(&full.train);
-    assert_eq!(v.len(), 1 + 4 + 1 + 2 + 2 + 2 + 2 + 3 + 2 + 2 + 2 + 2);
+    assert_eq!(v.len(), 1 + 4 + 1 + 2 + 2 + 2 + 2 + 3 + 2 + 2 + 2 + 2 + 2 + 4);
+    let q2 = v.iter().find(|v| v.name == "question=2").unwrap();
+    assert_eq!((q2.train.question, q2.train.tokens, q2.train.rank), (2, SteeredTokens::Context, full.train.rank));
+    assert!(v.iter().any(|v| v.name == "tokens=user_only" && v.train.tokens == SteeredTokens::UserOnly));
     let r4 = v.iter().find(|v| v.name == "rank=4").unwrap();
     assert_eq!((r4.train.rank, r4.train.lr, r4.train.targets.as_str()), (4, full.train.lr, "qkvo"));
     assert!(v.iter().any(|v| v.name == "bands=[single]" && v.train.bands == vec!["single".to_string()]));
@@ -166,7 +169,7 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
     }
     // a steered row equals the protocol run alone
     let r = rows.iter().find(|r| r.info && r.tier == "random" && r.strength == 20.0 && r.question == "detect").unwrap();
-    let p = Conversation::detect(r.conversation as usize, true).build(&study.data, tok, true).unwrap();
+    let p = Conversation::detect(r.conversation as usize, true).build(&study.data, tok, &study.protocol_base(SteeredTokens::Context)).unwrap();
     let v = study.random_vectors().unwrap();
     let pre = steer_hooks(m, v.get(r.vector_id as u32).unwrap(), r.layer_start as usize..r.layer_end as usize, 20.0, &p.steered, p.ids.len()).unwrap();
     let direct = yes_no_after_prefix(m, &p.ids, p.split, &pre, &Hooks::new(), &study.yes, &study.no).unwrap();
@@ -205,7 +208,7 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
     // the trained adapter's readout equals the protocol run alone with the adapter on both passes
     let a = study.adapter("exp1", "base").unwrap().unwrap();
     let tr = e1.iter().filter(|r| r.model == "base").find(|r| r.tier == "random_heldout" && r.question == "detect").unwrap();
-    let p = Conversation::detect(tr.conversation as usize, false).build(&study.data, tok, true).unwrap();
+    let p = Conversation::detect(tr.conversation as usize, false).build(&study.data, tok, &study.protocol_base(SteeredTokens::Context)).unwrap();
     let pre = steer_hooks(m, v.get(tr.vector_id as u32).unwrap(), tr.layer_start as usize..tr.layer_end as usize, tr.strength, &p.steered, p.ids.len()).unwrap().lora(&a);
     let direct = yes_no_after_prefix(m, &p.ids, p.split, &pre, &Hooks::new().lora(&a), &study.yes, &study.no).unwrap();
     assert!((direct.p_yes - tr.p_yes).abs() < 1e-5, "{direct:?} vs {tr:?}");
@@ -313,6 +316,66 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
     assert_eq!(part_files(&study.run.path().join("parts")), before);
     assert_eq!(from_df::<TierRow>(&again.1).unwrap(), acc1);
     assert_eq!(study.experiment_rows("exp1").unwrap(), e1);
+}
+
+/// The plan's "which tokens" and "question phrasing" sweeps: each variant trains and is read with
+/// its own steered tokens and question, and each row equals that protocol run alone with the
+/// variant's adapter.
+#[test]
+fn tiny_qwen2_token_and_question_variants_use_their_own_protocol() {
+    let mut cfg = IntrospectionConfig::load(root().join("configs/introspection.toml")).unwrap();
+    cfg.mode = Mode::Ci;
+    cfg.protocol.yes = "y".into();
+    cfg.protocol.no = "n".into();
+    {
+        let s = &mut cfg.modes.ci;
+        (s.n_train_vectors, s.n_heldout_vectors, s.n_concepts, s.concept_heldout_every) = (2, 2, 4, 2);
+        (s.n_conversations, s.n_controls, s.eval_vectors) = (1, 1, 1);
+        s.eval_bands = vec!["middle".into()];
+        s.eval_strengths = vec![20.0];
+        s.eval_info = vec![false];
+        (s.train.n_examples, s.train.n_vectors, s.train.max_steps, s.train.lr) = (2, 2, Some(1), 1e-2);
+        s.sweep.tokens = vec![SteeredTokens::UserOnly];
+        s.sweep.question = vec![2];
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let study = IntrospectionStudy::with_model(cfg.clone(), common::tiny_long_qwen2(tmp.path()), tmp.path()).unwrap();
+    let names: Vec<String> = study.variants().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, vec!["base", "tokens=user_only", "question=2"]);
+    // training examples: user_only steers user turn 1 only, so its steered prefix is shorter
+    let v = study.variants();
+    let (ex_c, st_c) = study.training_examples(&v[0].train, false, 5).unwrap();
+    let (ex_u, st_u) = study.training_examples(&v[1].train, false, 5).unwrap();
+    let (ex_q, _) = study.training_examples(&v[2].train, false, 5).unwrap();
+    assert!(ex_u[0].prefix.len() < ex_c[0].prefix.len());
+    assert_eq!([ex_u[0].prefix.clone(), ex_u[0].suffix.clone()].concat(), [ex_c[0].prefix.clone(), ex_c[0].suffix.clone()].concat());
+    for (a, b) in st_u.iter().zip(&st_c).filter(|(a, _)| a.is_active()) {
+        assert!(a.positions.len() < b.positions.len() && a.positions.iter().all(|p| b.positions.contains(p)));
+    }
+    assert_eq!(ex_q[0].prefix, ex_c[0].prefix, "the question follows the steered prefix");
+    assert_ne!(ex_q[0].suffix, ex_c[0].suffix);
+
+    study.experiment1().unwrap();
+    let e1 = study.experiment_rows("exp1").unwrap();
+    let tok = study.model.tok().unwrap();
+    let vs = study.random_vectors().unwrap();
+    for (variant, tokens, question) in [("tokens=user_only", SteeredTokens::UserOnly, 0), ("question=2", SteeredTokens::Context, 2)] {
+        let a = study.adapter("exp1", variant).unwrap().unwrap();
+        let r = e1.iter().find(|r| r.model == variant && r.tier == "random_heldout" && r.question == "detect").unwrap();
+        let conv = Conversation { question: Question::Detect(question), ..Conversation::detect(r.conversation as usize, false) };
+        let p = conv.build(&study.data, tok, &study.protocol_base(tokens)).unwrap();
+        let pre = steer_hooks(&study.model, vs.get(r.vector_id as u32).unwrap(), r.layer_start as usize..r.layer_end as usize, r.strength, &p.steered, p.ids.len()).unwrap().lora(&a);
+        let direct = yes_no_after_prefix(&study.model, &p.ids, p.split, &pre, &Hooks::new().lora(&a), &study.yes, &study.no).unwrap();
+        assert!((direct.p_yes - r.p_yes).abs() < 1e-5, "{variant}: {direct:?} vs {r:?}");
+        // and the protocol's own prompt gives something else
+        let own = Conversation::detect(r.conversation as usize, false).build(&study.data, tok, &study.protocol_base(SteeredTokens::Context)).unwrap();
+        assert!(own.ids != p.ids || own.steered != p.steered);
+    }
+    // a phrasing beyond questions.txt is named
+    let mut bad = cfg;
+    bad.modes.ci.sweep.question = vec![99];
+    let e = IntrospectionStudy::with_model(bad, common::tiny_long_qwen2(tmp.path()), &tmp.path().join("b")).err().unwrap();
+    assert!(format!("{e:#}").contains("questions.txt"), "{e:#}");
 }
 
 /// The ci size on the embedded model, every phase, with its wall time (run with `--ignored`).

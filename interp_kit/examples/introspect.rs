@@ -3,20 +3,21 @@
 //! counted as yes and as no, and P(yes), P(no) for the steered run and the clean run.
 //!
 //!     cargo run --release --example introspect -- [--model PATH] (--vector FILE.safetensors | --random-vector SEED) \
-//!         [--layers A..B] [--strength S] [--info] [--seed N] [--steer-system] [--contents-only] [--exact] [--out FILE.json]
+//!         [--layers A..B] [--strength S] [--info] [--seed N] [--steer-system] [--contents-only] [--tokens context|user_only|partial] [--exact] [--out FILE.json]
 //!
 //! Steering adds `S · v` (v normalised to unit length) to `resid_post` of blocks `A..B-1` at the
 //! tokens of user turn 1 through assistant turn 1 while those are prefilled into a KV cache; the
 //! rest of the conversation extends that cache unsteered (steer-then-remove), and the next-token
 //! probabilities after "The answer is" are read. Defaults: the middle third of the blocks,
-//! strength 20. `--random-vector SEED` draws a seeded unit vector and writes it as
+//! strength 20. `--tokens user_only` steers user turn 1 only, `partial` the first half of the
+//! context's tokens. `--random-vector SEED` draws a seeded unit vector and writes it as
 //! `random_vector_SEED.safetensors` next to `--out` (or in the current directory). `--seed` is only
 //! recorded: nothing is sampled. `--exact` runs with dequantized f32 weights (as transformers does).
 //! Bad input (a vector of the wrong width, a band outside the model, ...) exits 1 with one line.
 use anyhow::{bail, ensure, Context, Result};
 use interp_kit::hooks::Hooks;
 use interp_kit::interp::directions::{random, Direction};
-use interp_kit::interp::introspection::{steer_hooks, yes_no_after_prefix, ProtocolConfig};
+use interp_kit::interp::introspection::{steer_hooks, yes_no_after_prefix, ProtocolConfig, SteeredTokens};
 use interp_kit::interp::token_probs::TokenSet;
 use interp_kit::model::Model;
 use std::ops::Range;
@@ -72,7 +73,8 @@ fn run() -> Result<()> {
     );
     let norm_in_file = dir.norm();
     let unit = dir.normalized().with_context(|| format!("the vector in {source}"))?;
-    let cfg = ProtocolConfig { info: has("--info"), steer_system: has("--steer-system"), steer_template_between: !has("--contents-only"), ..Default::default() };
+    let tokens: SteeredTokens = get("--tokens").as_deref().unwrap_or("context").parse()?;
+    let cfg = ProtocolConfig { info: has("--info"), steer_system: has("--steer-system"), steer_template_between: !has("--contents-only"), tokens, ..Default::default() };
     let tok = model.tok()?;
     let p = cfg.build(tok)?;
     let yes = TokenSet::word_variants(tok, "yes")?;
@@ -87,6 +89,7 @@ fn run() -> Result<()> {
         "seed": seed,
         "text": tok.decode(&p.ids, false)?,
         "ids": p.ids,
+        "steered_tokens": tokens.name(),
         "steered_positions": p.steered,
         "prefill_tokens": p.split,
         "layers": layers.clone().collect::<Vec<_>>(),

@@ -73,11 +73,52 @@ pub struct ProtocolConfig {
     /// Also steer everything before user turn 1's content (the system block and the user header),
     /// as the reference code did; off by default (the plan keeps the system turn clean).
     pub steer_system: bool,
+    /// Which of the context's tokens are steered (the plan's "which tokens" sweep).
+    #[serde(default)]
+    pub tokens: SteeredTokens,
 }
 
 impl Default for ProtocolConfig {
     fn default() -> Self {
-        Self { texts: ProtocolTexts::default(), info: false, steer_template_between: true, steer_system: false }
+        Self { texts: ProtocolTexts::default(), info: false, steer_template_between: true, steer_system: false, tokens: SteeredTokens::Context }
+    }
+}
+
+/// Which tokens of the context (user turn 1 through assistant turn 1) carry the steering.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SteeredTokens {
+    /// User turn 1 through assistant turn 1 (the plan's and the reference's choice).
+    #[default]
+    Context,
+    /// User turn 1's content only: the assistant's reply is read unsteered.
+    UserOnly,
+    /// The first half (rounded up) of the `Context` tokens: the steering stops mid-message.
+    Partial,
+}
+
+impl SteeredTokens {
+    pub const ALL: [SteeredTokens; 3] = [SteeredTokens::Context, SteeredTokens::UserOnly, SteeredTokens::Partial];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SteeredTokens::Context => "context",
+            SteeredTokens::UserOnly => "user_only",
+            SteeredTokens::Partial => "partial",
+        }
+    }
+}
+
+impl std::str::FromStr for SteeredTokens {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        SteeredTokens::ALL.into_iter().find(|t| t.name() == s).with_context(|| format!("steered tokens {s:?}: expected context, user_only or partial"))
+    }
+}
+
+impl std::fmt::Display for SteeredTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -113,7 +154,13 @@ impl ProtocolConfig {
         let answer = rendered.target_span().context("the answer prefix does not appear in the rendered chat")?.tokens.clone();
         ensure!(!answer.is_empty(), "the answer prefix has no tokens");
         let ids = rendered.ids[..answer.end].to_vec();
-        let mut steered = rendered.message_range(MessageRef::user(1), MessageRef::assistant(1), self.steer_template_between)?;
+        let mut steered = match self.tokens {
+            SteeredTokens::UserOnly => rendered.message_range(MessageRef::user(1), MessageRef::user(1), false)?,
+            SteeredTokens::Context | SteeredTokens::Partial => rendered.message_range(MessageRef::user(1), MessageRef::assistant(1), self.steer_template_between)?,
+        };
+        if self.tokens == SteeredTokens::Partial {
+            steered.truncate(steered.len().div_ceil(2));
+        }
         if self.steer_system {
             let start = rendered.messages[rendered.find_message(MessageRef::user(1))?].tokens.start;
             steered.extend(0..start);

@@ -1,6 +1,7 @@
 //! `configs/introspection.toml`: the model, the committed inputs, the protocol's answer tokens and
 //! the per-mode sizes, including the training sweep as one-factor-at-a-time variations of a base
 //! training setup (every variant is one resumable cell of experiment 1).
+use crate::interp::introspection::SteeredTokens;
 use crate::lora::LoraConfig;
 use crate::runs::config::{parse_toml, study_config_basics, LayerSpec, Mode, ModelCfg, Modes, RunCfg};
 use anyhow::{bail, ensure, Context, Result};
@@ -28,9 +29,25 @@ pub struct ProtocolCfg {
     pub no: String,
     /// Steer the template tokens between user turn 1 and assistant turn 1 too (one span).
     pub steer_template_between: bool,
+    /// Also steer the (empty) system block and user turn 1's header, as the reference code did;
+    /// off by default, as the plan keeps the system turn clean.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub steer_system: bool,
     /// The concept-vector contrast (`{concept}` is replaced by the concept).
     pub concept_positive: String,
     pub concept_negative: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_context(t: &SteeredTokens) -> bool {
+    *t == SteeredTokens::Context
 }
 
 /// A layer band as depth fractions: blocks `round(from·n) .. round(to·n)` (at least one block).
@@ -83,6 +100,14 @@ pub struct TrainCfg {
     pub bands: Vec<String>,
     pub batch_size: usize,
     pub grad_accum: usize,
+    /// Which context tokens are steered, in training and in this setup's evaluation (`context`,
+    /// `user_only`, `partial`).
+    #[serde(default, skip_serializing_if = "is_context")]
+    pub tokens: SteeredTokens,
+    /// The detection question's phrasing, in training and in this setup's evaluation: 0 is the
+    /// protocol's own, `i` the i-th entry of `questions.txt`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub question: usize,
 }
 
 impl TrainCfg {
@@ -146,6 +171,11 @@ pub struct SweepCfg {
     pub strengths: Vec<Vec<f64>>,
     #[serde(default)]
     pub bands: Vec<Vec<String>>,
+    // Skipped when empty so that configs written before these axes existed keep their manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<SteeredTokens>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub question: Vec<usize>,
 }
 
 /// A named training setup: `base` or `<field>=<value>`.
@@ -191,6 +221,8 @@ impl SweepCfg {
         axis!(grad_accum, |v: &usize| v.to_string());
         axis!(strengths, |v: &Vec<f64>| list(v));
         axis!(bands, |v: &Vec<String>| list(v));
+        axis!(tokens, |v: &SteeredTokens| v.to_string());
+        axis!(question, |v: &usize| v.to_string());
         out
     }
 }

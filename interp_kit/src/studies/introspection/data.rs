@@ -30,6 +30,9 @@ pub struct StudyData {
     pub controls: Vec<String>,
     /// Neutral sentences for the sentence-localisation task.
     pub sentences: Vec<String>,
+    /// Other phrasings of the detection question (the plan's "question phrasing" sweep), each
+    /// asking for the same answer format.
+    pub questions: Vec<String>,
 }
 
 /// The non-comment lines of `path` with their 1-based line numbers.
@@ -72,6 +75,7 @@ impl StudyData {
             replies: plain("replies.txt", 1)?,
             controls: plain("control_questions.txt", 1)?,
             sentences: plain("sentences.txt", 10)?,
+            questions: plain("questions.txt", 1)?,
         })
     }
 }
@@ -79,8 +83,8 @@ impl StudyData {
 /// Which second user turn a conversation asks.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Question {
-    /// The protocol's detection question.
-    Detect,
+    /// The detection question: phrasing 0 is the protocol's own, `i` is `questions.txt` entry `i`.
+    Detect(usize),
     /// Control question `i` (answer "no") with [`ANSWER_FORMAT`].
     Control(usize),
     /// A task's own question and answer prefix.
@@ -100,15 +104,19 @@ pub struct Conversation {
 
 impl Conversation {
     pub fn detect(reply: usize, info: bool) -> Self {
-        Self { reply, info, question: Question::Detect, framing: None }
+        Self { reply, info, question: Question::Detect(0), framing: None }
     }
 
-    /// The protocol config of this conversation.
-    pub fn protocol(&self, data: &StudyData, steer_template_between: bool) -> Result<ProtocolConfig> {
+    /// The protocol config of this conversation: its texts and info setting, with `base`'s choice
+    /// of steered tokens.
+    pub fn protocol(&self, data: &StudyData, base: &ProtocolConfig) -> Result<ProtocolConfig> {
         let mut texts = ProtocolTexts::default();
         texts.reply = data.replies.get(self.reply).with_context(|| format!("reply {} (replies.txt has {})", self.reply, data.replies.len()))?.clone();
         match &self.question {
-            Question::Detect => {}
+            Question::Detect(0) => {}
+            Question::Detect(i) => {
+                texts.question = data.questions.get(*i - 1).with_context(|| format!("question phrasing {i} (questions.txt has {})", data.questions.len()))?.clone();
+            }
             Question::Control(i) => {
                 let q = data.controls.get(*i).with_context(|| format!("control question {i} (control_questions.txt has {})", data.controls.len()))?;
                 texts.question = format!("{q} {ANSWER_FORMAT}");
@@ -121,11 +129,11 @@ impl Conversation {
         if let Some(f) = &self.framing {
             texts.framing = f.clone();
         }
-        Ok(ProtocolConfig { texts, info: self.info, steer_template_between, steer_system: false })
+        Ok(ProtocolConfig { texts, info: self.info, ..base.clone() })
     }
 
     /// The built prompt (ids, steered positions, split).
-    pub fn build(&self, data: &StudyData, tok: &Tokenizer, steer_template_between: bool) -> Result<ProtocolPrompt> {
-        self.protocol(data, steer_template_between)?.build(tok)
+    pub fn build(&self, data: &StudyData, tok: &Tokenizer, base: &ProtocolConfig) -> Result<ProtocolPrompt> {
+        self.protocol(data, base)?.build(tok)
     }
 }

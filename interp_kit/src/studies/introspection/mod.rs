@@ -48,7 +48,7 @@ use crate::eval::stats::spearman;
 use crate::generate::GenerateConfig;
 use crate::grad::PrefixedExample;
 use crate::hooks::{HookPoint, Hooks, Phase, Positions, Site};
-use crate::interp::introspection::{generate_after_prefix, yes_no_batch, ProtocolPrompt, SteeredRow};
+use crate::interp::introspection::{generate_after_prefix, yes_no_batch, ProtocolConfig, ProtocolPrompt, SteeredRow, SteeredTokens};
 use crate::interp::lens::logit_lens;
 use crate::interp::row_steer::{row_steering_hooks, RowSteer};
 use crate::interp::token_probs::{TokenSet, YesNo};
@@ -87,6 +87,9 @@ pub struct EvalPlan {
     pub emit_clean: bool,
     /// Add the control questions, unsteered and steered with the first tier's vectors.
     pub controls: bool,
+    /// The steered tokens and the detection question's phrasing (a training setup's own).
+    pub tokens: SteeredTokens,
+    pub phrasing: usize,
 }
 
 /// One readout before it is run.
@@ -154,6 +157,9 @@ impl IntrospectionStudy {
         have("n_suffixes", s.n_suffixes, data.suffixes.len(), "suffixes.txt")?;
         have("n_conversations", s.n_conversations, data.replies.len(), "replies.txt")?;
         have("n_controls", s.n_controls, data.controls.len(), "control_questions.txt")?;
+        for v in s.sweep.variants(&s.train) {
+            have(&format!("question of training setup {}", v.name), v.train.question, data.questions.len(), "questions.txt")?;
+        }
         let n = model.n_layers();
         ensure!(n >= 3, "the study's bands need at least 3 blocks, the model has {n}");
         for b in &s.bands {
@@ -183,8 +189,14 @@ impl IntrospectionStudy {
         b.blocks(self.model.n_layers())
     }
 
-    fn prompt(&self, c: &Conversation) -> Result<ProtocolPrompt> {
-        c.build(&self.data, self.model.tok()?, self.cfg.protocol.steer_template_between)
+    /// The protocol's steering choices from `[protocol]`, with `tokens` steered.
+    pub fn protocol_base(&self, tokens: SteeredTokens) -> ProtocolConfig {
+        let p = &self.cfg.protocol;
+        ProtocolConfig { steer_template_between: p.steer_template_between, steer_system: p.steer_system, tokens, ..Default::default() }
+    }
+
+    fn prompt(&self, c: &Conversation, tokens: SteeredTokens) -> Result<ProtocolPrompt> {
+        c.build(&self.data, self.model.tok()?, &self.protocol_base(tokens))
     }
 
     // ---------------------------------------------------------------------------- 0 vectors
@@ -252,13 +264,13 @@ impl IntrospectionStudy {
         let mut specs = vec![];
         let unsteered = |question: Question, conversation: usize| Spec { question, conversation, tier: "unsteered".into(), vector: None, band: String::new(), strength: 0.0 };
         for c in 0..s.n_conversations {
-            specs.push(unsteered(Question::Detect, c));
+            specs.push(unsteered(Question::Detect(plan.phrasing), c));
         }
         for t in &plan.tiers {
             for (i, &id) in t.ids.iter().enumerate() {
                 for b in &plan.bands {
                     for &st in &plan.strengths {
-                        specs.push(Spec { question: Question::Detect, conversation: i % s.n_conversations, tier: t.name.clone(), vector: Some((t.concept, id)), band: b.clone(), strength: st });
+                        specs.push(Spec { question: Question::Detect(plan.phrasing), conversation: i % s.n_conversations, tier: t.name.clone(), vector: Some((t.concept, id)), band: b.clone(), strength: st });
                     }
                 }
             }
@@ -289,7 +301,7 @@ impl IntrospectionStudy {
             let pk = (sp.conversation, k);
             if !prompts.contains_key(&pk) {
                 let conv = Conversation { reply: sp.conversation, info, question: sp.question.clone(), framing: None };
-                prompts.insert(pk, self.prompt(&conv)?);
+                prompts.insert(pk, self.prompt(&conv, plan.tokens)?);
             }
         }
         let steer_of = |sp: &Spec, p: &ProtocolPrompt| -> Result<RowSteer> {
@@ -325,7 +337,7 @@ impl IntrospectionStudy {
         let mut out = vec![];
         for (sp, y) in specs.iter().zip(results) {
             let y = y.expect("every spec was read");
-            if sp.vector.is_none() && sp.question == Question::Detect && !plan.emit_clean {
+            if sp.vector.is_none() && matches!(sp.question, Question::Detect(_)) && !plan.emit_clean {
                 continue;
             }
             let c = clean[&(qkey(&sp.question), sp.conversation)];
@@ -404,6 +416,8 @@ impl IntrospectionStudy {
                 strengths: s.baseline_strengths.clone(),
                 emit_clean: !concept,
                 controls: !concept,
+                tokens: SteeredTokens::Context,
+                phrasing: 0,
             };
             to_df(&self.evaluate("base_model", None, info, &plan)?)
         })?;
@@ -442,7 +456,8 @@ impl IntrospectionStudy {
         for steered in flags {
             let conv = rng.below(s.n_conversations);
             if let std::collections::hash_map::Entry::Vacant(e) = prompts.entry(conv) {
-                e.insert(self.prompt(&Conversation::detect(conv, false))?);
+                let c = Conversation { question: Question::Detect(t.question), ..Conversation::detect(conv, false) };
+                e.insert(self.prompt(&c, t.tokens)?);
             }
             let p = &prompts[&conv];
             let mut suffix = p.ids[p.split..].to_vec();
@@ -532,7 +547,7 @@ impl IntrospectionStudy {
         let mut names = vec!["base_model".to_string()];
         names.extend(variants.iter().map(|v| v.name.clone()));
         let cells = CellKey::grid().axis("variant", names).build();
-        let plan = EvalPlan { tiers, bands: s.eval_bands.clone(), strengths: s.eval_strengths.clone(), emit_clean: true, controls: true };
+        let base_plan = EvalPlan { tiers, bands: s.eval_bands.clone(), strengths: s.eval_strengths.clone(), emit_clean: true, controls: true, tokens: SteeredTokens::Context, phrasing: 0 };
         let mut sweep = self.run.sweep::<CellKey>(exp)?;
         sweep.run(cells, |k| {
             let name = k.str("variant")?;
@@ -541,6 +556,12 @@ impl IntrospectionStudy {
                 None => None,
             };
             let label = if adapter.is_some() { name.to_string() } else { "base_model".to_string() };
+            // A variant is evaluated with its own steered tokens and question phrasing; the base
+            // model with the protocol's.
+            let mut plan = base_plan.clone();
+            if let Some(v) = variants.iter().find(|v| v.name == name) {
+                (plan.tokens, plan.phrasing) = (v.train.tokens, v.train.question);
+            }
             let mut rows = vec![];
             for &info in &s.eval_info {
                 rows.extend(self.evaluate(&label, adapter.as_ref(), info, &plan)?);
@@ -703,7 +724,7 @@ impl IntrospectionStudy {
             question: Question::Custom { question: ex.question.clone(), answer_prefix: tasks::TASK_ANSWER_PREFIX.into() },
             framing: ex.framing.clone(),
         };
-        let p = self.prompt(&conv)?;
+        let p = self.prompt(&conv, SteeredTokens::Context)?;
         let positions = if ex.task == Task::Sentences {
             let r = &p.rendered;
             let user1 = &r.messages[r.find_message(crate::text::spans::MessageRef::user(1))?];
@@ -804,7 +825,7 @@ impl IntrospectionStudy {
         let strength = s.eval_strengths.iter().copied().fold(0.0, f64::max);
         (0..s.analysis_rows)
             .map(|i| {
-                let p = self.prompt(&Conversation::detect(i % s.n_conversations, false))?;
+                let p = self.prompt(&Conversation::detect(i % s.n_conversations, false), SteeredTokens::Context)?;
                 let st = RowSteer::new(random.get(ids[i % ids.len()])?.to_vec(), band.clone(), strength, p.steered.clone());
                 Ok((p, st))
             })
