@@ -308,6 +308,17 @@ fn tiny_qwen2_every_phase_and_a_rerun_recomputes_nothing() {
     let json = std::fs::read_to_string(study.run.path().join("report.json")).unwrap();
     assert!(json.contains("\"measured\": null"));
     assert!(study.run.path().join("reports/report.md").is_file());
+    // the figures: one line per (kind, band) in the baseline; a bar group per model in each
+    // experiment, labelled by the model (both adapters of experiment 1 and the base model)
+    for stem in ["baseline_delta_log_odds", "exp1_tiers", "exp2_tiers"] {
+        assert!(study.run.path().join(format!("figures/{stem}.png")).is_file(), "{stem}");
+    }
+    let svg = std::fs::read_to_string(study.run.path().join("figures/exp1_tiers.svg")).unwrap();
+    for label in ["base_model", "random_heldout", "concept"] {
+        assert!(svg.contains(label), "{label} missing from the experiment-1 figure");
+    }
+    let svg = std::fs::read_to_string(study.run.path().join("figures/baseline_delta_log_odds.svg")).unwrap();
+    assert!(svg.contains("random, middle") && svg.contains("concept, middle"));
 
     // A rerun recomputes nothing: every part file stays as it was, the tables are the same.
     let before = part_files(&study.run.path().join("parts"));

@@ -38,6 +38,7 @@
 //!    predictions beside the measured values (null with the reason when this run cannot measure one).
 pub mod config;
 pub mod data;
+pub mod figures;
 pub mod rows;
 pub mod tasks;
 
@@ -954,7 +955,7 @@ impl IntrospectionStudy {
     // ---------------------------------------------------------------------------- 5 report
 
     /// The plan's seven key predictions beside this run's measurements; writes `report.json` and
-    /// `reports/report.md`.
+    /// `reports/report.md`, and draws the figures into `figures/`.
     pub fn report(&self) -> Result<Report> {
         let exp1 = self.experiment_rows("exp1").ok();
         let acc1 = exp1.as_ref().map(|r| tier_accuracy(r));
@@ -1043,6 +1044,7 @@ impl IntrospectionStudy {
         let rep = Report { mode: self.mode().name().into(), model: self.cfg.model.name.clone(), findings };
         self.run.write_json("report.json", &rep)?;
         self.run.write_text("reports/report.md", &rep.markdown())?;
+        figures::save_all(self)?;
         Ok(rep)
     }
 }
