@@ -64,7 +64,7 @@ NB["01_experiment1"] = notebook(
         md("## Training logs"),
         code("for v in study.variants() {\n    let log = study.train_log(\"exp1\", &v.name)?;\n"
              "    let first = log.steps.first().map(|s| s.loss).unwrap_or(f64::NAN);\n    let last = log.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);\n"
-             "    println!(\"{:<24} {} examples ({} steered), {} steps, loss {first:.3} -> {last:.3}, {:.0} s\", v.name, log.n_examples, log.n_steered, log.steps.len(), log.seconds);\n}"),
+             "    println!(\"{:<24} {} examples ({} steered), {} steps, loss {first:.3} -> {last:.3}\", v.name, log.n_examples, log.n_steered, log.steps.len());\n}"),
         md("## Before vs after, per tier, band and strength"),
         code("let sm = study.run.read_csv(\"exp1_summary.csv\")?;\nprintln!(\"{}\", pretty(&sm).digits(3).max_rows(80));"),
     ],

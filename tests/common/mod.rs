@@ -4,6 +4,8 @@ use candle_core::{DType, Device, Tensor};
 use interp_kit::model::Model;
 use std::path::PathBuf;
 
+pub mod rundir;
+
 pub fn fixture_dir(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity").join(arch)
 }

@@ -100,12 +100,23 @@ impl Direction {
         Direction { vector, meta: DirectionMeta::default() }
     }
 
-    /// From a 1-D tensor (any device and float dtype).
+    /// From a 1-D tensor (any device and float dtype); an error if an entry is NaN or infinite.
     pub fn from_tensor(t: &Tensor) -> Result<Self> {
         if t.rank() != 1 {
             bail!("a direction must be a 1-D tensor, got shape {:?}", t.dims());
         }
-        Ok(Self::new(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec1::<f32>()?))
+        let d = Self::new(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
+        d.check_finite()?;
+        Ok(d)
+    }
+
+    /// An error naming the first NaN or infinite entry (index and value). A direction with one
+    /// would turn every steered activation into NaN, far from where it came in.
+    pub fn check_finite(&self) -> Result<()> {
+        if let Some((i, x)) = first_non_finite(&self.vector) {
+            bail!("direction {} (width {}) has a non-finite entry: [{i}] = {x}", self.describe(), self.dim());
+        }
+        Ok(())
     }
 
     pub fn with_meta(mut self, meta: DirectionMeta) -> Self {
@@ -284,6 +295,11 @@ pub const SAFETENSORS_META_KEY: &str = "interp_kit.direction";
 /// Metadata key of a saved [`ControlVector`].
 pub const SAFETENSORS_CV_KEY: &str = "interp_kit.control_vector";
 
+/// The first NaN or infinite value and its index.
+pub(crate) fn first_non_finite(v: &[f32]) -> Option<(usize, f32)> {
+    v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))
+}
+
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -296,7 +312,11 @@ fn read_f32_view(view: &safetensors::tensor::TensorView, name: &str, path: &Path
         view.dtype(),
         view.shape()
     );
-    Ok(view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    if let Some((i, x)) = first_non_finite(&v) {
+        bail!("{}: tensor {name} has a non-finite entry: [{i}] = {x}", path.display());
+    }
+    Ok(v)
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -1280,6 +1300,7 @@ impl ControlVector {
 
     /// Puts `dir` at `layer` (its hook becomes `blocks.{layer}.<its site, default hook_resid_post>`).
     pub fn insert(&mut self, layer: usize, mut dir: Direction) -> Result<()> {
+        dir.check_finite().with_context(|| format!("control vector, layer {layer}"))?;
         if let Some(first) = self.directions.values().next() {
             ensure!(
                 first.dim() == dir.dim(),

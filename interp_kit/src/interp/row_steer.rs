@@ -44,7 +44,17 @@ impl RowSteer {
                 v.len(),
                 model.d_model()
             );
-            ensure!(v.iter().all(|x| x.is_finite()), "steering vector has non-finite entries");
+            if let Some((i, x)) = crate::interp::directions::first_non_finite(v) {
+                anyhow::bail!("steering vector has a non-finite entry: [{i}] = {x}");
+            }
+            let peak = self.strength.abs() * v.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+            let max = crate::interp::steer::dtype_max(model.dtype);
+            ensure!(
+                peak <= max,
+                "steering strength {} times the vector reaches {peak:e}, beyond the largest {:?} value {max:e}; lower the strength",
+                self.strength,
+                model.dtype
+            );
         }
         let n = model.n_layers();
         ensure!(
@@ -81,6 +91,7 @@ pub fn row_steering_hooks(model: &Model, rows: &[RowSteer], site: Site, phase: P
         model.check_points([&point])?;
         let mut add = vec![0f32; b * d];
         let mut pos: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); b];
+        let mut peak = 0f64;
         for (r, s) in rows.iter().enumerate() {
             if !s.is_active() || !s.layers.contains(&l) {
                 continue;
@@ -88,6 +99,7 @@ pub fn row_steering_hooks(model: &Model, rows: &[RowSteer], site: Site, phase: P
             let v = s.vector.as_ref().expect("active rows have a vector");
             for (o, x) in add[r * d..(r + 1) * d].iter_mut().zip(v) {
                 *o = (*x as f64 * s.strength) as f32;
+                peak = peak.max(o.abs() as f64);
             }
             pos[r] = s.positions.iter().copied().collect();
         }
@@ -105,7 +117,8 @@ pub fn row_steering_hooks(model: &Model, rows: &[RowSteer], site: Site, phase: P
             }
             let mask = Tensor::from_vec(m, (b, t, 1), x.device())?.to_dtype(x.dtype())?;
             let a = if add.dtype() == x.dtype() { add.clone() } else { add.to_dtype(x.dtype())? };
-            Ok((x + mask.broadcast_mul(&a)?)?)
+            let out = (x + mask.broadcast_mul(&a)?)?;
+            crate::interp::steer::check_steered(x, out, &format!("row steering at {point}"), peak)
         });
     }
     Ok(hooks)

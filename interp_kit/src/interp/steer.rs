@@ -233,20 +233,38 @@ impl Intervention {
             })?;
             model.check_points([&point]).with_context(|| format!("intervention {}", self.describe()))?;
             d.check_dim(model.d_model()).with_context(|| format!("intervention {}", self.describe()))?;
+            d.check_finite().with_context(|| format!("intervention {}", self.describe()))?;
             let alpha = self.alpha;
             let pos = positions.clone();
+            let what = format!("intervention {}", self.describe());
             match self.op {
                 Op::Add => {
+                    // α·v itself must fit the dtype the model computes in (f16 ends at 65504).
+                    let peak = alpha.abs() * d.vector.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+                    ensure!(
+                        peak <= dtype_max(model.dtype),
+                        "{what}: α·v reaches {peak:e}, beyond the largest {:?} value {:e}; lower α",
+                        model.dtype,
+                        dtype_max(model.dtype)
+                    );
                     let av = (d.to_tensor(&model.device, model.dtype)? * alpha)?;
                     hooks = hooks.write(point, phase, move |x, ctx| {
                         let av = cast(&av, x.dtype())?;
-                        Ok(match &pos {
+                        let out = match &pos {
                             None => x.broadcast_add(&av)?,
                             Some(p) => (x + ctx.mask(p)?.broadcast_mul(&av)?)?,
-                        })
+                        };
+                        check_steered(x, out, &what, peak)
                     });
                 }
                 Op::Ablate => {
+                    // α multiplies a tensor of the model's dtype: it must be a value of that dtype.
+                    ensure!(
+                        alpha.abs() <= dtype_max(model.dtype),
+                        "{what}: α = {alpha:e} is beyond the largest {:?} value {:e}",
+                        model.dtype,
+                        dtype_max(model.dtype)
+                    );
                     let u = d.normalized().with_context(|| format!("intervention {}", self.describe()))?;
                     let col = u.to_tensor(&model.device, model.dtype)?.unsqueeze(1)?; // [D, 1]
                     let row = col.t()?.contiguous()?; // [1, D]
@@ -256,13 +274,42 @@ impl Intervention {
                         if let Some(p) = &pos {
                             proj = (proj * ctx.mask(p)?)?;
                         }
-                        Ok((x - proj.broadcast_mul(&row)?)?)
+                        let out = (x - proj.broadcast_mul(&row)?)?;
+                        check_steered(x, out, &what, alpha.abs())
                     });
                 }
             }
         }
         Ok(hooks)
     }
+}
+
+/// The largest finite value of a float dtype (f64's for the others).
+pub(crate) fn dtype_max(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => half::f16::MAX.to_f64(),
+        DType::BF16 => half::bf16::MAX.to_f64(),
+        DType::F32 => f32::MAX as f64,
+        _ => f64::MAX,
+    }
+}
+
+/// True if every entry of `t` is finite: `t - t` is 0 for a finite entry and NaN otherwise, so
+/// its sum is 0 exactly when all are (a max would skip NaN, a plain sum could overflow).
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok((t - t)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? == 0.0)
+}
+
+/// `out` if it is finite; otherwise an error that names the intervention and its strength (or, if
+/// the residual was not finite before the write, says so: then the steering is not the cause).
+pub(crate) fn check_steered(x: &Tensor, out: Tensor, what: &str, strength: f64) -> Result<Tensor> {
+    if all_finite(&out)? {
+        return Ok(out);
+    }
+    if !all_finite(x)? {
+        bail!("{what}: the residual is already NaN or infinite before the steering writes to it");
+    }
+    bail!("{what}: the steered residual is NaN or infinite (|α|·max|v| up to {strength:e}, in {:?}); lower the strength", out.dtype())
 }
 
 /// The direction in the activation's dtype (a no-op unless a hook point runs in another dtype).

@@ -291,14 +291,24 @@ impl LoraAdapter {
     /// Saves like [`LoraAdapter::save`] into a temporary sibling directory, then renames it over
     /// `dir`: a crash never leaves a half-written adapter where a finished one is expected.
     pub fn save_atomic(&self, dir: &Path) -> Result<()> {
+        self.save_atomic_with(dir, |_| Ok(()))
+    }
+
+    /// [`LoraAdapter::save_atomic`] with more files: `extra(tmp)` writes them (a training log, say)
+    /// into the temporary directory before the rename, so the adapter and its files appear
+    /// together or not at all.
+    pub fn save_atomic_with(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let parent = dir.parent().context("adapter directory has no parent")?;
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         let name = dir.file_name().context("adapter directory has no name")?.to_string_lossy().to_string();
-        let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
+        // Named like the kit's other temporary files, so a resumed run removes it if this process
+        // is killed before the rename (base::io::remove_stale_temps).
+        let tmp = parent.join(format!("{}dir", crate::base::io::temp_prefix_for(&name)));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
         self.save(&tmp)?;
+        extra(&tmp)?;
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("removing the old {}", dir.display()))?;
         }

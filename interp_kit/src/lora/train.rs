@@ -248,7 +248,11 @@ impl LoraTrainer {
             sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
         let norm = sq.sqrt();
-        ensure!(norm.is_finite(), "the gradient is not finite at step {} (loss {})", self.steps_done + 1, nll_sum / n_tok as f64);
+        // A non-finite loss or gradient would turn the adapter into NaN at this update and every
+        // later number into noise: stop here, before the optimizer touches the weights.
+        let loss = nll_sum / n_tok as f64;
+        ensure!(loss.is_finite(), "the loss is {loss} at step {} ({n_tok} target tokens); the adapter was not updated", self.steps_done + 1);
+        ensure!(norm.is_finite(), "the gradient norm is {norm} at step {} (loss {loss}); the adapter was not updated", self.steps_done + 1);
         let clip = match self.cfg.max_grad_norm {
             Some(m) if norm > m => m / (norm + 1e-6),
             _ => 1.0,
@@ -490,8 +494,11 @@ fn run_epochs(
             if trainer.steps_done() >= total {
                 break;
             }
-            let mut info = step(&mut trainer, group).with_context(|| format!("training step {}", trainer.steps_done() + 1))?;
+            let mut info = step(&mut trainer, group)
+                .with_context(|| format!("training step {} (epoch {epoch}, batch of examples {group:?})", trainer.steps_done() + 1))?;
             info.epoch = epoch;
+            // The crash tests' hook (INTERP_KIT_FAULT=lora_step:<n>): a kill in the middle of a run.
+            crate::base::fault::hit("lora_step", &info.step.to_string()).with_context(|| format!("training step {}", info.step))?;
             if cfg.callback_every > 0 && info.step % cfg.callback_every == 0 {
                 on_step(&info, adapter).with_context(|| format!("on_step callback at step {}", info.step))?;
             }

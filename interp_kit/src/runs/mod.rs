@@ -268,6 +268,10 @@ impl RunBuilder {
             sessions: vec![session.clone()],
         };
         let mpath = dir.join(MANIFEST);
+        // What a process killed mid-write left (its temporary files) goes first, so it neither
+        // lingers nor makes a run killed during its first manifest write look like a foreign
+        // directory below.
+        crate::base::io::remove_stale_temps(&dir)?;
         let manifest = if mpath.exists() {
             let mut old: Manifest = crate::base::io::read_json(&mpath)
                 .with_context(|| format!("reading the manifest of existing run {}", dir.display()))?;
@@ -290,7 +294,11 @@ impl RunBuilder {
                     }
                 }
             }
-        } else if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        } else if dir.exists()
+            && std::fs::read_dir(&dir)
+                .with_context(|| format!("listing {}", dir.display()))?
+                .any(|e| e.map_or(true, |e| !crate::base::io::is_temp_file(&e.path())))
+        {
             bail!(
                 "{} exists and is not empty but has no {MANIFEST}: not a run directory; choose another run_id",
                 dir.display()

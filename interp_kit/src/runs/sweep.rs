@@ -336,6 +336,7 @@ impl<K> Sweep<K> {
     pub fn open(parts_dir: impl AsRef<Path>, out: impl AsRef<Path>) -> Result<Self> {
         let parts = parts_dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+        io::remove_stale_temps(&parts)?;
         let ipath = parts.join(INDEX);
         let mut index: SweepIndex = if ipath.exists() { io::read_json(&ipath)? } else { SweepIndex::default() };
         // A part deleted by hand is no longer finished.
@@ -505,7 +506,16 @@ impl<K> Sweep<K> {
                 }
             };
             let file = part_name(hash);
-            io::write_parquet(self.parts.join(&file), &df)?;
+            // A full disk or a read-only directory stops the sweep here with the path in the
+            // message; the cells saved so far stay, and a rerun resumes with this one.
+            let saved = |e: anyhow::Error| {
+                bar.abandon();
+                e.context(format!(
+                    "saving sweep cell {v} failed; {done} of {total} cells are saved in {} and a rerun resumes here",
+                    self.parts.display()
+                ))
+            };
+            io::write_parquet(self.parts.join(&file), &df).map_err(saved)?;
             let seconds = t0.elapsed().as_secs_f64();
             self.index.cells.insert(
                 hash.clone(),
@@ -518,7 +528,14 @@ impl<K> Sweep<K> {
                     finished_at: super::provenance::now_rfc3339(),
                 },
             );
-            self.write_index()?;
+            // The part is saved: a failed index write loses nothing (the next open adopts the part).
+            self.write_index().map_err(|e| {
+                bar.abandon();
+                e.context(format!(
+                    "sweep cell {v} is saved in {} but its index entry could not be written; a rerun adopts it",
+                    self.parts.display()
+                ))
+            })?;
             done += 1;
             report.ran += 1;
             report.rows += df.height();

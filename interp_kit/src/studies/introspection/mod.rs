@@ -104,14 +104,15 @@ struct Spec {
     strength: f64,
 }
 
-/// The training log of one adapter (`adapters/<exp>/<variant>/train_log.json`).
+/// The training log of one adapter (`adapters/<exp>/<variant>/train_log.json`), saved with the
+/// adapter (both appear at once). No wall time: a result file is the same on every run of one
+/// config and seed; the time a fine-tune took is its sweep cell's `seconds` in the parts' `index.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainLog {
     pub variant: Variant,
     pub n_examples: usize,
     pub n_steered: usize,
     pub steps: Vec<crate::lora::StepInfo>,
-    pub seconds: f64,
 }
 
 /// An opened study: config (mode applied), model, data, token sets and the run directory.
@@ -495,14 +496,12 @@ impl IntrospectionStudy {
         if let Some(a) = self.adapter(exp, &v.name)? {
             return Ok(a);
         }
-        let t0 = std::time::Instant::now();
         let seed = self.cfg.run.seed;
         let (examples, steers) = self.training_examples(&v.train, concept, seed ^ 0x7e57)?;
         let (adapter, steps) = self.train_prefixed(&v.train, &examples, &steers)?;
         let dir = self.adapter_dir(exp, &v.name)?;
-        adapter.save_atomic(&dir)?;
-        let log = TrainLog { variant: v.clone(), n_examples: examples.len(), n_steered: steers.iter().filter(|s| s.is_active()).count(), steps, seconds: t0.elapsed().as_secs_f64() };
-        crate::base::io::write_json(dir.join("train_log.json"), &log)?;
+        let log = TrainLog { variant: v.clone(), n_examples: examples.len(), n_steered: steers.iter().filter(|s| s.is_active()).count(), steps };
+        adapter.save_atomic_with(&dir, |tmp| crate::base::io::write_json(tmp.join("train_log.json"), &log))?;
         Ok(adapter)
     }
 
@@ -702,7 +701,6 @@ impl IntrospectionStudy {
         if let Some(a) = self.adapter("tasks", task.name())? {
             return Ok(a);
         }
-        let t0 = std::time::Instant::now();
         let mut t = self.sizes().train.clone();
         t.n_examples = self.sizes().task_train_examples;
         t.grad_accum = t.batch_size * t.grad_accum;
@@ -711,9 +709,8 @@ impl IntrospectionStudy {
         let variant = Variant { name: format!("task_{}", task.name()), axis: "task".into(), value: task.name().into(), train: t };
         let (adapter, steps) = self.train_prefixed(&variant.train, &examples, &steers)?;
         let dir = self.adapter_dir("tasks", task.name())?;
-        adapter.save_atomic(&dir)?;
-        let log = TrainLog { variant, n_examples: examples.len(), n_steered: examples.len(), steps, seconds: t0.elapsed().as_secs_f64() };
-        crate::base::io::write_json(dir.join("train_log.json"), &log)?;
+        let log = TrainLog { variant, n_examples: examples.len(), n_steered: examples.len(), steps };
+        adapter.save_atomic_with(&dir, |tmp| crate::base::io::write_json(tmp.join("train_log.json"), &log))?;
         Ok(adapter)
     }
 
