@@ -42,6 +42,7 @@ NB["00_baseline"] = notebook(
         md("## P(yes) and its change per tier, band and strength\n`mean_delta_p_yes` and `mean_delta_log_odds` are "
            "against the same conversation unsteered (log-odds with probabilities clipped at 1e-7)."),
         code("let sm = study.run.read_csv(\"baseline_summary.csv\")?;\nprintln!(\"{}\", pretty(&sm).digits(3).max_rows(60));"),
+        code("intro::figures::show(&study, \"baseline_delta_log_odds\", &intro::figures::fig_baseline(&intro::summarize(&study.baseline_rows()?))?)?;"),
         md("## False positives: unsteered detection rows saying yes"),
         code("let rows = study.baseline_rows()?;\nfor info in [false, true] {\n"
              "    let clean: Vec<_> = rows.iter().filter(|r| r.info == info && r.question == \"detect\" && r.tier == \"unsteered\").collect();\n"
@@ -61,6 +62,7 @@ NB["01_experiment1"] = notebook(
     "questions answered yes.",
     [
         code("let acc = study.experiment1()?;\nprintln!(\"{}\", pretty(&acc).digits(3).max_rows(60));"),
+        code("intro::figures::show(&study, \"exp1_tiers\", &intro::figures::fig_tiers(\"Experiment 1: trained on random vectors\", &interp_kit::tables::from_df::<intro::TierRow>(&acc)?)?)?;"),
         md("## Training logs"),
         code("for v in study.variants() {\n    let log = study.train_log(\"exp1\", &v.name)?;\n"
              "    let first = log.steps.first().map(|s| s.loss).unwrap_or(f64::NAN);\n    let last = log.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);\n"
@@ -77,6 +79,7 @@ NB["02_experiment2"] = notebook(
     "vectors of its kind, and on the other kind side by side.",
     [
         code("let acc = study.experiment2()?;\nprintln!(\"{}\", pretty(&acc).digits(3));"),
+        code("intro::figures::show(&study, \"exp2_tiers\", &intro::figures::fig_tiers(\"Experiment 2: trained on concept vectors\", &interp_kit::tables::from_df::<intro::TierRow>(&acc)?)?)?;"),
         code("let g = study.generalisation()?;\nprintln!(\"{}\", pretty(&g).digits(3));"),
     ],
 )
