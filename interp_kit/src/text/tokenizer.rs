@@ -307,11 +307,7 @@ impl Tokenizer {
 
     /// Open a `.gguf` file and load its tokenizer (see [`Tokenizer::from_gguf`]).
     pub fn from_gguf_file(path: &Path) -> Result<Self> {
-        let mut f =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let ct = gguf_file::Content::read(&mut f)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("reading GGUF header of {}", path.display()))?;
+        let (ct, _) = crate::base::gguf::read_gguf(path)?;
         Self::from_gguf(&ct).with_context(|| format!("tokenizer of {}", path.display()))
     }
 
