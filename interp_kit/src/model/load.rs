@@ -64,7 +64,24 @@ impl SafetensorsWeights {
             let map = v["weight_map"]
                 .as_object()
                 .with_context(|| format!("{}: no weight_map object", index.display()))?;
-            let uniq: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            let mut uniq: BTreeSet<&str> = BTreeSet::new();
+            for (tensor, f) in map {
+                // A shard is a plain file name in the directory: not empty, no path.
+                let name = f.as_str().filter(|n| !n.is_empty() && Path::new(n).file_name() == Some(std::ffi::OsStr::new(n)));
+                let name = name.with_context(|| {
+                    format!("{}: weight_map[{tensor:?}] is {f}, not the file name of a shard", index.display())
+                })?;
+                uniq.insert(name);
+            }
+            ensure!(!uniq.is_empty(), "{}: weight_map names no shard", index.display());
+            for f in &uniq {
+                ensure!(
+                    dir.join(f).is_file(),
+                    "{}: weight_map names shard {f}, which is not in {}",
+                    index.display(),
+                    dir.display()
+                );
+            }
             uniq.into_iter().map(|f| dir.join(f)).collect()
         } else {
             let single = dir.join("model.safetensors");
