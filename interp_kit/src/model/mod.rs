@@ -435,7 +435,7 @@ impl Model {
         let mut parts = (family.from_gguf)(md, vocab, tied, &w, device, dtype).with_context(|| path.display().to_string())?;
         parts.info.quantized = true;
         let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&w.content) {
-            Ok(t) => (Some(t), None),
+            Ok(t) => (Some(t.with_gguf_path(path)), None),
             Err(e) => (None, Some(format!("{}: the GGUF tokenizer could not be read: {e:#}", path.display()))),
         };
         Ok(Self::assemble(parts, tokenizer, tokenizer_error, device, dtype, path.display().to_string()))
