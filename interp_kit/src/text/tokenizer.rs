@@ -127,9 +127,16 @@ impl Tokenizer {
                 tok_path.display()
             );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("loading {}", tok_path.display()))?;
+        // tokenizers 0.23 panics (`expect("Helper")`) on some malformed `decoder` entries: a
+        // malformed file is an error naming it, like any other.
+        let inner = match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(&tok_path)) {
+            Ok(r) => r.map_err(|e| anyhow!("{e}")).with_context(|| format!("loading {}", tok_path.display()))?,
+            Err(p) => bail!(
+                "loading {}: the tokenizers library failed on it ({}): a malformed tokenizer.json?",
+                tok_path.display(),
+                crate::base::io::panic_message(&*p)
+            ),
+        };
 
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = if cfg_path.is_file() {
