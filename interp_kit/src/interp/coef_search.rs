@@ -9,6 +9,12 @@
 //!   multiply by `up` (1.3), else by `down` (0.85); `steps` coefficients are scored in all,
 //! * the best is the highest trait score among coherent steps (ties: the earliest).
 //!
+//! A weak judge (a small model judging its own answers) can rate even the *unsteered* answers
+//! below the threshold, and then no search can pass. `unsteered_margin = m` sets the threshold
+//! relative to the unsteered coherence `u`: a step is coherent at `min(threshold, max(u - m,
+//! floor))` ([`CoefSearchConfig::calibrated`]), i.e. "no more than `m` points worse than not
+//! steering", but never below a floor the caller chooses (e.g. above what degenerate text can score).
+//!
 //! If the very first coefficient is already incoherent the search stops and says so
 //! ([`Outcome::IncoherentAtStart`]; [`CoefSearch::best`] is then an error) rather than return a
 //! coefficient: the start is too strong for this layer and vector.
@@ -43,12 +49,16 @@ pub struct CoefSearchConfig {
     pub threshold: f64,
     /// Coefficients scored in all.
     pub steps: usize,
+    /// Set: the threshold becomes `min(threshold, max(unsteered coherence - unsteered_margin, floor))`, see
+    /// [`CoefSearchConfig::calibrated`]; the caller measures the unsteered coherence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsteered_margin: Option<f64>,
 }
 
 impl Default for CoefSearchConfig {
     /// start 0.7, up 1.3, down 0.85, threshold 70, 8 steps.
     fn default() -> Self {
-        CoefSearchConfig { start: 0.7, up: 1.3, down: 0.85, threshold: 70.0, steps: 8 }
+        CoefSearchConfig { start: 0.7, up: 1.3, down: 0.85, threshold: 70.0, steps: 8, unsteered_margin: None }
     }
 }
 
@@ -60,7 +70,24 @@ impl CoefSearchConfig {
         ensure!(self.down > 0.0 && self.down < 1.0, "coefficient search: down must be in (0, 1), got {}", self.down);
         ensure!(self.threshold.is_finite(), "coefficient search: threshold must be finite, got {}", self.threshold);
         ensure!(self.steps >= 1, "coefficient search: steps must be at least 1");
+        if let Some(m) = self.unsteered_margin {
+            ensure!(m.is_finite() && m >= 0.0, "coefficient search: unsteered_margin must be finite and >= 0, got {m}");
+        }
         Ok(())
+    }
+
+    /// The configuration to search with, given the coherence of the unsteered answers: without
+    /// `unsteered_margin` unchanged; with it, `threshold = min(threshold, max(unsteered - margin,
+    /// floor))` and the margin cleared (so calibrating twice changes nothing more).
+    pub fn calibrated(&self, unsteered_coherence: f64, floor: f64) -> Result<CoefSearchConfig> {
+        self.validate()?;
+        ensure!(floor.is_finite(), "coefficient search: the threshold floor must be finite, got {floor}");
+        let Some(m) = self.unsteered_margin else { return Ok(self.clone()) };
+        ensure!(
+            unsteered_coherence.is_finite(),
+            "coefficient search: the unsteered coherence is {unsteered_coherence}; cannot set the threshold from it"
+        );
+        Ok(CoefSearchConfig { threshold: self.threshold.min((unsteered_coherence - m).max(floor)), unsteered_margin: None, ..self.clone() })
     }
 }
 
@@ -199,11 +226,37 @@ mod tests {
     #[test]
     fn custom_multipliers_and_threshold() {
         // Coherence 60 everywhere: coherent only with a threshold of 50.
-        let cfg = CoefSearchConfig { start: 1.0, up: 2.0, down: 0.5, threshold: 50.0, steps: 4 };
+        let cfg = CoefSearchConfig { start: 1.0, up: 2.0, down: 0.5, threshold: 50.0, steps: 4, unsteered_margin: None };
         let s = coef_search(&cfg, 1.5, |c| Ok((-(c - 6.0).abs(), 60.0))).unwrap();
         let got: Vec<f64> = s.steps.iter().map(|x| x.coef).collect();
         assert_eq!(got, [1.5, 3.0, 6.0, 12.0]);
         assert_eq!(s.best().unwrap().coef, 6.0);
+    }
+
+    #[test]
+    fn threshold_relative_to_unsteered_coherence() {
+        // A judge that rates everything 30 points lower: the unsteered answers get 60, the cliff
+        // drops to 10. Threshold 70 fails at once; margin 10 puts it at 50 and finds the cliff.
+        let weak = |c: f64| cliff(c).map(|(t, co)| (t, co - 30.0));
+        let plain = CoefSearchConfig { steps: 6, ..Default::default() };
+        assert!(matches!(coef_search(&plain, 10.0, weak).unwrap().outcome, Outcome::IncoherentAtStart(_)));
+        let rel = CoefSearchConfig { unsteered_margin: Some(10.0), ..plain.clone() };
+        let cal = rel.calibrated(60.0, 0.0).unwrap();
+        assert_eq!((cal.threshold, cal.unsteered_margin), (50.0, None));
+        assert_eq!(cal.calibrated(0.0, 0.0).unwrap(), cal, "calibrating twice changes nothing more");
+        let s = coef_search(&cal, 10.0, weak).unwrap();
+        let strong = coef_search(&plain, 10.0, cliff).unwrap();
+        // Same walk and best step as the strong judge with threshold 70.
+        assert_eq!(s.steps.iter().map(|x| (x.coef, x.coherent)).collect::<Vec<_>>(), strong.steps.iter().map(|x| (x.coef, x.coherent)).collect::<Vec<_>>());
+        assert_eq!(s.best().unwrap().step, 1);
+        // Never above the configured threshold nor below the floor; no margin: unchanged.
+        assert_eq!(rel.calibrated(95.0, 0.0).unwrap().threshold, 70.0);
+        assert_eq!(rel.calibrated(45.0, 51.0).unwrap().threshold, 51.0);
+        assert_eq!(rel.calibrated(45.0, 0.0).unwrap().threshold, 35.0);
+        assert_eq!(plain.calibrated(10.0, 51.0).unwrap(), plain);
+        assert!(rel.calibrated(f64::NAN, 0.0).unwrap_err().to_string().contains("unsteered coherence"));
+        let bad = CoefSearchConfig { unsteered_margin: Some(-1.0), ..plain };
+        assert!(bad.validate().unwrap_err().to_string().contains("unsteered_margin"));
     }
 
     #[test]
