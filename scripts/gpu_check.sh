@@ -7,8 +7,8 @@
 #   scripts/gpu_check.sh run       # on the GPU host: run the checks, write results/gpu_check/<stamp>.md
 #
 # Why two halves: the lent GPU machines have the CUDA driver and libraries but no Rust toolchain and
-# no network, so the test binaries are built here and carried there (.gpu_check/, git-ignored, about
-# 40-60 MB packed). `run` builds them itself instead when the GPU host has cargo and no packed
+# no network, so the test binary is built here and carried there (.gpu_check/, git-ignored; one
+# binary, tests/gpu_check.rs, so that it fits what the device tool carries). `run` builds them itself instead when the GPU host has cargo and no packed
 # binaries. With the device tool, from the checkout the tool sends (it sends the session's own
 # checkout, not a helper's worktree):
 #   scripts/gpu_check.sh prepare            # here
@@ -35,19 +35,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PACK=$ROOT/.gpu_check
-TESTS=(parity laws introspection_kit introspection_study)
-log() { echo "gpu_check: $*" >&2; }
-die() { log "$*"; exit 1; }
-
-# ------------------------------------------------------------------------------------------- prepare
-prepare() {
-  local t0=$SECONDS
-  "$ROOT/scripts/check_cuda_build.sh" tests
-  eval "$("$ROOT/scripts/check_cuda_build.sh" env)"
-  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-  # The executables of this build, from cargo itself (nothing is rebuilt: the step above did it).
-  local listing
-  listing=$(cargo test --no-run --features cuda -p interp_kit --message-format=json 2>/dev/null | python3 -c '
+# One binary (tests/gpu_check.rs: parity, laws, introspection_kit, introspection_study as modules).
+TESTS=(gpu_check)
+CARGO_TEST=(cargo test --no-run --features cuda -p interp_kit --test gpu_check --message-format=json)
+# The executables named in cargo's JSON messages (stdin) for the targets given as arguments.
+PICK_EXES='
 import json, sys
 want = set(sys.argv[1:])
 for line in sys.stdin:
@@ -57,7 +49,22 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in want and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])
-' "${TESTS[@]}")
+'
+
+log() { echo "gpu_check: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# ------------------------------------------------------------------------------------------- prepare
+prepare() {
+  local t0=$SECONDS
+  # The toolchain and build environment of scripts/check_cuda_build.sh (installed on first use).
+  eval "$("$ROOT/scripts/check_cuda_build.sh" env)"
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+  # The combined test binary, in check_cuda_build.sh's target dir (its dependencies are shared with
+  # that script's builds).
+  local listing t1=$SECONDS
+  listing=$(nice -n "${INTERP_KIT_CUDA_NICE:-19}" "${CARGO_TEST[@]}" | python3 -c "$PICK_EXES" "${TESTS[@]}")
+  log "test binary gpu_check built in $((SECONDS - t1)) s"
   rm -rf "$PACK"
   mkdir -p "$PACK/bin"
   local name exe
@@ -140,18 +147,8 @@ build_here() {
   export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/gpu_check}
   log "building the cuda test binaries here (compute capability $CUDA_COMPUTE_CAP)"
-  timeout "$(remaining)" cargo test --no-run --features cuda -p interp_kit --message-format=json 2>"$LOGDIR/build.log" \
-    | python3 -c '
-import json, sys
-want = set(sys.argv[1:])
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in want and m["profile"]["test"]:
-        print(m["target"]["name"], m["executable"])
-' "${TESTS[@]}" | while read -r name exe; do cp "$exe" "$BIN/$name"; done
+  timeout "$(remaining)" "${CARGO_TEST[@]}" 2>"$LOGDIR/build.log" \
+    | python3 -c "$PICK_EXES" "${TESTS[@]}" | while read -r name exe; do cp "$exe" "$BIN/$name"; done
   echo "manifest_dir: $ROOT/interp_kit" > "$BIN/manifest.txt"
 }
 
@@ -236,15 +233,19 @@ run() {
   [[ -d $mdir/../tests/fixtures/parity ]] || die "fixtures not found under $mdir/../tests/fixtures"
 
   local CUDA_ENV=(INTERP_KIT_TEST_DEVICE="$dev" INTERP_KIT_DEVICE="$dev" RUST_BACKTRACE=1)
-  local KIT_TESTS=(prefix_gradient a_batch_of_differently_steered_rows steer_then_remove)
+  local B=$BIN/gpu_check
+  # The gradient, per-row steering and steer-then-remove tests (the rest of the file compares hand
+  # computations with CPU weights).
+  local KIT=(introspection_kit::prefix_gradient introspection_kit::a_batch_of_differently_steered_rows
+             introspection_kit::steer_then_remove introspection_kit::batched_steer_then_remove)
   # f32 first (the references' precision), then bf16 (the kit's default dtype on CUDA).
-  step parity_f32 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$BIN/parity" --nocapture
-  step laws_f32 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$BIN/laws"
-  step introspect_f32 150 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$BIN/introspection_kit" "${KIT_TESTS[@]}"
-  step study_ci_f32 180 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$BIN/introspection_study" tiny_qwen2_every_phase
-  step parity_bf16 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=bf16 -- "$BIN/parity" --nocapture
-  step laws_bf16 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=bf16 -- "$BIN/laws"
-  step introspect_bf16 150 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=bf16 -- "$BIN/introspection_kit" "${KIT_TESTS[@]}"
+  step parity_f32 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$B" parity:: --nocapture
+  step laws_f32 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$B" laws::
+  step introspect_f32 150 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$B" "${KIT[@]}"
+  step study_ci_f32 180 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=f32 -- "$B" introspection_study::tiny_qwen2_every_phase
+  step parity_bf16 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=bf16 -- "$B" parity:: --nocapture
+  step laws_bf16 120 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=bf16 -- "$B" laws::
+  step introspect_bf16 150 "${CUDA_ENV[@]}" INTERP_KIT_TEST_DTYPE=bf16 -- "$B" "${KIT[@]}"
   local nb_note
   local cache=${INTERP_KIT_CACHE:-$HOME/.cache/interp_kit}
   if [[ ${GPU_CHECK_NOTEBOOK:-1} == 0 ]]; then
