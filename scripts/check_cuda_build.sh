@@ -5,7 +5,8 @@
 #      expect: unversioned `lib*.so` links, `lib64 -> lib`, and a link-time stub `libcuda.so`;
 #   3. `cargo build --release --features cuda -p interp_kit` and
 #      `cargo test --no-run --features cuda -p interp_kit` in their own target dir, timed.
-# Nothing here runs CUDA code: that needs a GPU (scripts/gpu_check.sh).
+# Nothing here runs CUDA code: that needs a GPU (scripts/gpu_check.sh). The binaries need the driver's
+# libcuda.so.1 to start at all, so on a host without a GPU they are built, not run.
 #
 #   scripts/check_cuda_build.sh            # both builds
 #   scripts/check_cuda_build.sh tests      # only the test binaries (what scripts/gpu_check.sh runs)
@@ -60,6 +61,7 @@ done
 # LD_LIBRARY_PATH). The symbol list comes from the cudarc version in Cargo.lock.
 STUB=$CU/lib/stubs/libcuda.so
 if [[ ! -e $STUB ]]; then
+  command -v cc >/dev/null || { log "a C compiler (cc) is needed for the driver stub and by nvcc"; exit 1; }
   cargo fetch --locked >&2
   CUDARC_VER=$(awk '/^name = "cudarc"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
   [[ -n $CUDARC_VER ]] || { log "cudarc is not in Cargo.lock"; exit 1; }
