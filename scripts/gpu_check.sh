@@ -206,7 +206,13 @@ run() {
   rm -rf "$BIN"; mkdir -p "$BIN"
   local source
   if compgen -G "$PACK/bin/*.xz" >/dev/null; then
-    for f in "$PACK"/bin/*.xz; do xz -dc "$f" > "$BIN/$(basename "$f" .xz)"; done
+    for f in "$PACK"/bin/*.xz; do
+      if command -v xz >/dev/null; then
+        xz -dc "$f" > "$BIN/$(basename "$f" .xz)"
+      else   # no xz-utils: Python's lzma reads the same format
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$BIN/$(basename "$f" .xz)"
+      fi
+    done
     cp "$PACK/manifest.txt" "$BIN/manifest.txt"
     source="packed in .gpu_check (scripts/gpu_check.sh prepare)"
   elif command -v cargo >/dev/null && command -v nvcc >/dev/null; then
