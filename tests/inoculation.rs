@@ -410,31 +410,6 @@ fn adapters_are_saved_atomically_and_reload() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn short_dataset() -> interp_kit::studies::inoculation_caps::data::CapsDataset {
-    use interp_kit::studies::inoculation_caps::data::{CapsDataConfig, CapsDataset, DirectionPrompt, WordProblem};
-    let wp = |i: usize| WordProblem {
-        id: format!("train-{i:04}"),
-        template: "t".into(),
-        question: format!("{i}+1?"),
-        answer: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
-        answer_caps: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
-        final_answer: i as i64 + 1,
-    };
-    let dp = |i: usize, kind: &str, split: &str| DirectionPrompt {
-        id: format!("dir-{i:04}"),
-        kind: kind.into(),
-        split: split.into(),
-        prompt: format!("{kind} {i}?"),
-        completion: "ok".into(),
-        completion_caps: "OK".into(),
-    };
-    CapsDataset {
-        config: CapsDataConfig::default(),
-        train: (0..8).map(wp).collect(),
-        heldout: (0..4).map(|i| WordProblem { id: format!("heldout-{i:04}"), ..wp(i + 50) }).collect(),
-        direction: (0..12).map(|i| dp(i, if i % 3 == 0 { "general" } else { "math" }, if i < 8 { "extract" } else { "heldout" })).collect(),
-    }
-}
 
 /// Phases 2-4 on the tiny model: directions saved with their hook points and equal to the mean
 /// difference; the alignment sweep resumes after a lost part and gives the same table; the
@@ -452,7 +427,7 @@ fn tiny_pipeline_resumes_and_selects() {
         c.system = ["Be brief.", "Steps.", "Exact.", "Tutor.", "Format."][i % 5].into();
     }
     let data_dir = root.join("data");
-    short_dataset().write_dir(&data_dir).unwrap();
+    common::caps_short_dataset().write_dir(&data_dir).unwrap();
     cfg.data.dir = data_dir;
     cfg.model.name = common::fixture_dir("qwen2").to_string_lossy().to_string();
     cfg.run.output_root = root.clone();

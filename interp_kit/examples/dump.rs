@@ -6,14 +6,22 @@
 //!         [--max-new-tokens 24] [--top-k 20] [--all-logits] [--exact]
 //!
 //! Without `--system` the model's template adds its default system prompt (Qwen2.5's does).
-//! `--exact` runs with dequantized f32 weights (as transformers runs a GGUF).
+//! `--exact` runs with dequantized f32 weights (as transformers runs a GGUF). Bad input (a corrupt
+//! or missing model file, a bad option) exits with status 1 and one line on stderr.
 use anyhow::{Context, Result};
 use candle_core::IndexOp;
 use interp_kit::text::chat::Chat;
 use interp_kit::prelude::*;
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+fn main() {
+    if let Err(e) = run(std::env::args().collect()) {
+        eprintln!("dump: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The whole program; `args` as `std::env::args()` gives them (program name first).
+pub fn run(args: Vec<String>) -> Result<()> {
     let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
     let has = |k: &str| args.iter().any(|a| a == k);
     let device = interp_kit::device(&get("--device").unwrap_or_else(|| "auto".into()))?;

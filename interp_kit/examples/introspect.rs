@@ -31,8 +31,8 @@ fn parse_band(s: &str) -> Result<Range<usize>> {
     Ok(a..b)
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+/// The whole program; `args` as `std::env::args()` gives them (program name first).
+pub fn run(args: Vec<String>) -> Result<()> {
     let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
     let has = |k: &str| args.iter().any(|a| a == k);
     let device = interp_kit::device(&get("--device").unwrap_or_else(|| "auto".into()))?;
@@ -113,7 +113,7 @@ fn run() -> Result<()> {
 }
 
 fn main() {
-    if let Err(e) = run() {
+    if let Err(e) = run(std::env::args().collect()) {
         eprintln!("introspect: {e:#}");
         std::process::exit(1);
     }

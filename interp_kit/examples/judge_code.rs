@@ -24,14 +24,15 @@ use sha2::{Digest, Sha256};
 const USAGE: &str = "judge_code FILE.jsonl [--llm [--model PATH] | --http URL --http-model NAME] [--threshold T]";
 
 fn main() {
-    if let Err(e) = run() {
+    if let Err(e) = run(std::env::args().collect()) {
         eprintln!("judge_code: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// The whole program; `args` as `std::env::args()` gives them (program name first).
+pub fn run(args: Vec<String>) -> Result<()> {
+    let args: Vec<String> = args.into_iter().skip(1).collect();
     let (mut file, mut llm, mut model_path, mut threshold) = (None, false, None, DEFAULT_THRESHOLD);
     let (mut http_url, mut http_model): (Option<String>, Option<String>) = (None, None);
     let mut i = 0;

@@ -206,3 +206,30 @@ pub fn check_lora_grads_fd(
     }
     checked
 }
+
+/// A small caps dataset for the byte-level tiny model (short texts, 128 positions).
+pub fn caps_short_dataset() -> interp_kit::studies::inoculation_caps::data::CapsDataset {
+    use interp_kit::studies::inoculation_caps::data::{CapsDataConfig, CapsDataset, DirectionPrompt, WordProblem};
+    let wp = |i: usize| WordProblem {
+        id: format!("train-{i:04}"),
+        template: "t".into(),
+        question: format!("{i}+1?"),
+        answer: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
+        answer_caps: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
+        final_answer: i as i64 + 1,
+    };
+    let dp = |i: usize, kind: &str, split: &str| DirectionPrompt {
+        id: format!("dir-{i:04}"),
+        kind: kind.into(),
+        split: split.into(),
+        prompt: format!("{kind} {i}?"),
+        completion: "ok".into(),
+        completion_caps: "OK".into(),
+    };
+    CapsDataset {
+        config: CapsDataConfig::default(),
+        train: (0..8).map(wp).collect(),
+        heldout: (0..4).map(|i| WordProblem { id: format!("heldout-{i:04}"), ..wp(i + 50) }).collect(),
+        direction: (0..12).map(|i| dp(i, if i % 3 == 0 { "general" } else { "math" }, if i < 8 { "extract" } else { "heldout" })).collect(),
+    }
+}

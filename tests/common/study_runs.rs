@@ -41,32 +41,6 @@ pub fn steering(root: &Path) -> Result<PathBuf> {
     Ok(run.path().to_path_buf())
 }
 
-/// A small caps dataset for the byte-level tiny model (short texts, 128 positions).
-fn caps_data() -> interp_kit::studies::inoculation_caps::data::CapsDataset {
-    use interp_kit::studies::inoculation_caps::data::{CapsDataConfig, CapsDataset, DirectionPrompt, WordProblem};
-    let wp = |i: usize| WordProblem {
-        id: format!("train-{i:04}"),
-        template: "t".into(),
-        question: format!("{i}+1?"),
-        answer: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
-        answer_caps: format!("{i} + 1 = {}\n#### {}", i + 1, i + 1),
-        final_answer: i as i64 + 1,
-    };
-    let dp = |i: usize, kind: &str, split: &str| DirectionPrompt {
-        id: format!("dir-{i:04}"),
-        kind: kind.into(),
-        split: split.into(),
-        prompt: format!("{kind} {i}?"),
-        completion: "ok".into(),
-        completion_caps: "OK".into(),
-    };
-    CapsDataset {
-        config: CapsDataConfig::default(),
-        train: (0..8).map(wp).collect(),
-        heldout: (0..4).map(|i| WordProblem { id: format!("heldout-{i:04}"), ..wp(i + 50) }).collect(),
-        direction: (0..12).map(|i| dp(i, if i % 3 == 0 { "general" } else { "math" }, if i < 8 { "extract" } else { "heldout" })).collect(),
-    }
-}
 
 /// The ALL-CAPS inoculation series (examples/inoculation_series.rs, phases 1-7) on the tiny Qwen2:
 /// directions at blocks 0 and 2, alignment, the loss-matched control, specificity, three 3-step
@@ -83,7 +57,7 @@ pub fn inoculation(root: &Path) -> Result<PathBuf> {
     }
     let data_dir = root.join("data");
     if !data_dir.join("gsm_train.jsonl").exists() {
-        caps_data().write_dir(&data_dir)?;
+        crate::common::caps_short_dataset().write_dir(&data_dir)?;
     }
     cfg.data.dir = data_dir;
     cfg.model.name = super::common::fixture_dir("qwen2").to_string_lossy().to_string();

@@ -170,7 +170,20 @@ pub fn read_parquet(path: impl AsRef<Path>) -> Result<DataFrame> {
         bail!("{} is an unfinished write (temporary file), not a result", path.display());
     }
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    ParquetReader::new(f).finish().map_err(anyhow::Error::from).with_context(|| format!("reading Parquet {}", path.display()))
+    // polars' Parquet reader panics on some corrupt footers (its thrift decoder asserts on field
+    // types); a corrupt file is an error naming it, like any other unreadable input.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ParquetReader::new(f).finish())) {
+        Ok(r) => r.map_err(anyhow::Error::from).with_context(|| format!("reading Parquet {}", path.display())),
+        Err(p) => bail!("reading Parquet {}: the file is corrupt (the Parquet reader failed: {})", path.display(), panic_message(&*p)),
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Write a DataFrame as CSV (header row, `,` separator, RFC 4180 quoting), atomically.

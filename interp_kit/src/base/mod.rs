@@ -1,7 +1,8 @@
-//! The bottom layer: atomic file IO, the seeded RNG, device choice, malloc tuning and the kit's
-//! paths (cache directory, embedded model). It imports nothing from the rest of the kit.
+//! The bottom layer: atomic file IO, the checked GGUF reader, the seeded RNG, device choice, malloc
+//! tuning and the kit's paths (cache directory, embedded model). It imports nothing from the rest of the kit.
 pub mod device;
 pub mod fault;
+pub mod gguf;
 pub mod io;
 pub mod malloc;
 pub mod rng;

@@ -1439,10 +1439,8 @@ impl ControlVector {
     /// `blocks.{N}.hook_resid_post` (see the module docs); `controlvector.model_hint` becomes
     /// [`ControlVector::model`]. Errors name the file and the offending tensor.
     pub fn import_gguf(path: impl AsRef<Path>) -> Result<Self> {
-        use candle_core::quantized::gguf_file;
         let path = path.as_ref();
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut f).with_context(|| format!("{}: not a GGUF file", path.display()))?;
+        let (content, mut f) = crate::base::gguf::read_gguf(path)?;
         let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
         ensure!(
             arch == "controlvector",
@@ -1461,7 +1459,7 @@ impl ControlVector {
         for name in names {
             let layer = parse_direction_name(name).with_context(|| format!("{}", path.display()))?;
             ensure!(layer >= 1, "{}: tensor {name}: llama.cpp rejects direction.0", path.display());
-            let q = content.tensor(&mut f, name, &Device::Cpu).with_context(|| format!("{}: reading {name}", path.display()))?;
+            let q = crate::base::gguf::read_tensor(&content, &mut f, name, &Device::Cpu, path)?;
             let t = q.dequantize(&Device::Cpu)?;
             ensure!(t.rank() == 1, "{}: tensor {name} has shape {:?}, expected a vector", path.display(), t.dims());
             let mut meta = metas.remove(&layer.to_string()).unwrap_or_default();

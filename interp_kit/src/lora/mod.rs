@@ -365,7 +365,7 @@ impl LoraAdapter {
             let want = if is_a { [r, inn] } else { [out, r] };
             ensure!(
                 t.dims() == want,
-                "{}: tensor {key:?} has shape {:?}; the model's {module} ({inn} -> {out} features) with r = {r} needs {want:?}",
+                "{}: tensor {key:?} has shape {:?}; the model's {module} ({inn} -> {out} features) with r = {r} ({CONFIG_FILE}) needs {want:?}",
                 w_path.display(),
                 t.dims()
             );
@@ -397,12 +397,11 @@ impl LoraAdapter {
                 && config.layers.as_ref().is_none_or(|ls| ls.contains(l));
             ensure!(
                 targeted == modules.contains_key(&lin.name),
-                "{}: {} {} but {} has {} weights for it",
+                "{}: {} {} by target_modules/layers_to_transform in {CONFIG_FILE}, but {WEIGHTS_FILE} has {} weights for it",
                 dir.display(),
                 lin.name,
-                if targeted { "is targeted by target_modules/layers_to_transform" } else { "is not targeted" },
-                WEIGHTS_FILE,
-                if targeted { "no" } else { "" }
+                if targeted { "is targeted" } else { "is not targeted" },
+                if targeted { "no" } else { "LoRA" }
             );
         }
         Ok(Self { config, base_model, modules, peft_config: Some(obj) })

@@ -34,14 +34,14 @@ pub(crate) const REGISTRY: &[Arch] = &[
     Arch {
         hf: "qwen2",
         gguf: "qwen2",
-        from_hf: |v, w, d, t| llama_parts("qwen2", &config::<qwen2::Config>(v)?.spec(), w, d, t),
-        from_gguf: |md, vocab, tied, w, d, t| llama_parts("qwen2", &qwen2::Config::from_gguf(md, vocab, tied)?.spec(), w, d, t),
+        from_hf: |v, w, d, t| llama_parts("qwen2", &config::<qwen2::Config>(v)?.spec()?, w, d, t),
+        from_gguf: |md, vocab, tied, w, d, t| llama_parts("qwen2", &qwen2::Config::from_gguf(md, vocab, tied)?.spec()?, w, d, t),
     },
     Arch {
         hf: "qwen3",
         gguf: "qwen3",
-        from_hf: |v, w, d, t| llama_parts("qwen3", &config::<qwen3::Config>(v)?.spec(), w, d, t),
-        from_gguf: |md, vocab, tied, w, d, t| llama_parts("qwen3", &qwen3::Config::from_gguf(md, vocab, tied)?.spec(), w, d, t),
+        from_hf: |v, w, d, t| llama_parts("qwen3", &config::<qwen3::Config>(v)?.spec()?, w, d, t),
+        from_gguf: |md, vocab, tied, w, d, t| llama_parts("qwen3", &qwen3::Config::from_gguf(md, vocab, tied)?.spec()?, w, d, t),
     },
     Arch {
         hf: "llama",

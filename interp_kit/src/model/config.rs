@@ -4,6 +4,56 @@
 use anyhow::{bail, ensure, Result};
 use serde::Deserialize;
 
+/// Upper bounds on the sizes a config (or GGUF metadata) may declare. No released checkpoint comes
+/// near them (the largest have ~130 layers, 128 heads, head_dim 256, d = 16384, a 256k vocabulary);
+/// a value past them comes from a corrupt file, and is refused before anything is allocated from
+/// it (the per-layer tables and rotary frequencies are built before the weights are checked).
+pub const MAX_LAYERS: usize = 1 << 12;
+pub const MAX_HEADS: usize = 1 << 12;
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 24;
+
+/// Checks `(name, value, max)` sizes of a config: each must be in `1..=max`; the error names the field.
+pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, v, max) in sizes {
+        ensure!(v >= 1, "{name} = {v}: must be at least 1");
+        ensure!(v <= max, "{name} = {v} is implausibly large (at most {max} is accepted): a corrupt config?");
+    }
+    Ok(())
+}
+
+/// The sizes every decoder declares, checked with [`check_sizes`], plus `heads % kv_heads == 0`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_decoder_sizes(
+    vocab: usize,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: Option<usize>,
+    max_positions: usize,
+) -> Result<()> {
+    check_sizes(&[
+        ("vocab_size", vocab, MAX_VOCAB),
+        ("hidden_size", hidden, MAX_WIDTH),
+        ("intermediate_size", intermediate, MAX_WIDTH),
+        ("num_hidden_layers", layers, MAX_LAYERS),
+        ("num_attention_heads", heads, MAX_HEADS),
+        ("num_key_value_heads", kv_heads, MAX_HEADS),
+        ("max_position_embeddings", max_positions, usize::MAX),
+    ])?;
+    if let Some(hd) = head_dim {
+        check_sizes(&[("head_dim", hd, MAX_HEAD_DIM)])?;
+    } else {
+        ensure!(hidden % heads == 0, "hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
+        check_sizes(&[("hidden_size / num_attention_heads", hidden / heads, MAX_HEAD_DIM)])?;
+    }
+    ensure!(heads % kv_heads == 0, "{heads} attention heads cannot be shared by {kv_heads} key/value heads");
+    Ok(())
+}
+
 /// `rope_scaling` (legacy) or `rope_parameters` (transformers v5), field names as HF writes them.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct RopeParameters {
@@ -146,6 +196,24 @@ mod tests {
         for i in 3..8 {
             assert!((f[i] as f64 - base[i] / 8.0).abs() < 1e-9, "i={i}");
         }
+    }
+
+    /// Regression (fuzzing): a corrupt config.json's sizes were believed — `head_dim` 2^32 asked
+    /// for 8 GiB of rotary frequencies, `num_hidden_layers` 2^40 for a per-layer table of 16 TiB,
+    /// `num_attention_heads` 0 divided by zero — before any weight was compared with them.
+    #[test]
+    fn implausible_sizes_are_refused() {
+        let ok = |r: Result<()>| r.map_err(|e| format!("{e:#}"));
+        ok(check_decoder_sizes(300, 64, 160, 3, 4, 2, None, 128)).unwrap();
+        ok(check_decoder_sizes(300, 64, 160, 3, 4, 2, Some(32), 128)).unwrap();
+        let err = |r: Result<()>| format!("{:#}", r.unwrap_err());
+        assert!(err(check_decoder_sizes(300, 64, 160, 1 << 40, 4, 2, None, 128)).contains("num_hidden_layers = 1099511627776"));
+        assert!(err(check_decoder_sizes(300, 64, 160, 3, 0, 2, None, 128)).contains("num_attention_heads = 0"));
+        assert!(err(check_decoder_sizes(300, 64, 160, 3, 4, 2, Some(1 << 32), 128)).contains("head_dim = 4294967296"));
+        assert!(err(check_decoder_sizes(300, 64, 160, 3, 4, 3, None, 128)).contains("cannot be shared"));
+        assert!(err(check_decoder_sizes(300, 66, 160, 3, 4, 2, None, 128)).contains("not a multiple"));
+        assert!(err(check_decoder_sizes(300, 64, 160, 3, 4, 2, None, 0)).contains("max_position_embeddings = 0"));
+        assert!(err(check_decoder_sizes(usize::MAX, 64, 160, 3, 4, 2, None, 128)).contains("vocab_size"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - alternating sliding-window layers: HF's default `layer_types` makes layer `i` slide when
 //!   `(i + 1) % 2 == 1`, i.e. layers 0, 2, 4, ... slide and 1, 3, 5, ... attend globally;
 //! - final logits soft-capped with `final_logit_softcapping`; gelu (tanh approximation) MLP; tied head.
-use super::config::{RopeParameters, RopeSpec};
+use super::config::{check_decoder_sizes, RopeParameters, RopeSpec};
 use super::decoder::LlamaSpec;
 use super::layers::Act;
 use super::load::{md_f64, md_usize, GgufHparams};
@@ -96,7 +96,7 @@ impl Config {
     pub fn from_gguf(md: &HashMap<String, Value>, vocab_size: usize, tied: bool) -> Result<Self> {
         let h = GgufHparams::read(md, "gemma2")?;
         let head_dim = md_usize(md, "gemma2.attention.key_length")?;
-        let qpas = if h.num_hidden_layers == 46 { (h.hidden_size / h.num_attention_heads) as f64 } else { head_dim as f64 };
+        let qpas = if h.num_hidden_layers == 46 { (h.hidden_size / h.num_attention_heads.max(1)) as f64 } else { head_dim as f64 };
         Ok(Self {
             vocab_size,
             hidden_size: h.hidden_size,
@@ -147,6 +147,16 @@ impl Config {
     }
 
     pub fn spec(&self) -> Result<LlamaSpec> {
+        check_decoder_sizes(
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            Some(self.head_dim),
+            self.max_position_embeddings,
+        )?;
         let rope = RopeSpec::resolve(
             self.rope_parameters.as_ref(),
             self.rope_scaling.as_ref(),

@@ -6,6 +6,7 @@
 //! transposed already). Positions follow HF under left padding: each token's position is its
 //! index within its prompt (`cumsum(attention_mask) - 1`), so a padded row gets the same
 //! position embeddings as the prompt alone.
+use super::config::{check_sizes, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use super::decoder::{Block, DecoderBlock};
 use super::gpt_neox::layer_norm;
 use super::layers::{Act, Attention, Linear, Mlp, QkvProj, Weight};
@@ -81,7 +82,15 @@ impl Config {
     /// the original `gpt2` checkpoints).
     pub(crate) fn parts(&self, w: &dyn Weights, _device: &Device, _dtype: DType) -> Result<Parts> {
         let (d, nh, v) = (self.n_embd, self.n_head, self.vocab_size);
-        ensure!(nh > 0 && d % nh == 0, "n_embd {d} is not a multiple of n_head {nh}");
+        check_sizes(&[
+            ("vocab_size", v, MAX_VOCAB),
+            ("n_embd", d, MAX_WIDTH),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_head", nh, MAX_HEADS),
+            ("n_inner", self.n_inner.unwrap_or(d.saturating_mul(4)), MAX_WIDTH),
+            ("n_positions", self.n_positions, MAX_WIDTH),
+        ])?;
+        ensure!(d % nh == 0, "n_embd {d} is not a multiple of n_head {nh}");
         if self.add_cross_attention {
             bail!("GPT-2 with cross-attention (an encoder-decoder) is not supported");
         }

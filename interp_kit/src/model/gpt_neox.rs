@@ -9,12 +9,12 @@
 //! HF stores `query_key_value` rows interleaved per head, `[n_heads, 3, head_dim]`; they are
 //! reordered to `[q; k; v]` at load time (llama.cpp's converter writes GGUF files in that order
 //! already).
-use super::config::{RopeParameters, RopeSpec};
+use super::config::{check_decoder_sizes, RopeParameters, RopeSpec};
 use super::decoder::{Block, DecoderBlock, ParallelBlock};
 use super::layers::{Act, Attention, LayerNorm, Linear, Mlp, Norm, QkvProj, Rope};
 use super::load::{md_f64, md_usize, Layout, Weights};
 use super::{dense_checked, lm_head, Embedding, ModelInfo, Parts, ROPE_MAX_POSITIONS};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device};
 use serde::Deserialize;
@@ -114,7 +114,7 @@ impl Config {
     /// Builds the model from HF-named weights (`gpt_neox.*`, `embed_out`).
     pub(crate) fn parts(&self, w: &dyn Weights, device: &Device, dtype: DType) -> Result<Parts> {
         let (d, nh, ff, v) = (self.hidden_size, self.num_attention_heads, self.intermediate_size, self.vocab_size);
-        ensure!(nh > 0 && d % nh == 0, "hidden_size {d} is not a multiple of num_attention_heads {nh}");
+        check_decoder_sizes(v, d, ff, self.num_hidden_layers, nh, nh, None, self.max_position_embeddings)?;
         let hd = d / nh;
         let rope = self.rope()?;
         let act = Act::from_hf(&self.hidden_act)?;

@@ -5,7 +5,7 @@
 //! GGUF: llama.cpp's converter permutes the q/k rows of `llama` files for its interleaved rope
 //! ([`LlamaSpec::qk_permuted`]) and stores Llama-3.1's rope scaling as per-frequency divisors in
 //! `rope_freqs.weight`; both are undone by the loader.
-use super::config::{RopeParameters, RopeSpec};
+use super::config::{check_decoder_sizes, RopeParameters, RopeSpec};
 use super::decoder::LlamaSpec;
 use super::layers::Act;
 use super::load::{md_f64, md_usize, GgufHparams};
@@ -112,8 +112,17 @@ impl Config {
     }
 
     pub fn spec(&self) -> Result<LlamaSpec> {
+        check_decoder_sizes(
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            self.head_dim,
+            self.max_position_embeddings,
+        )?;
         let head_dim = self.head_dim();
-        ensure!(self.num_attention_heads > 0, "num_attention_heads must be positive");
         Ok(LlamaSpec {
             vocab_size: self.vocab_size,
             max_position_embeddings: self.max_position_embeddings,

@@ -64,7 +64,24 @@ impl SafetensorsWeights {
             let map = v["weight_map"]
                 .as_object()
                 .with_context(|| format!("{}: no weight_map object", index.display()))?;
-            let uniq: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            let mut uniq: BTreeSet<&str> = BTreeSet::new();
+            for (tensor, f) in map {
+                // A shard is a plain file name in the directory: not empty, no path.
+                let name = f.as_str().filter(|n| !n.is_empty() && Path::new(n).file_name() == Some(std::ffi::OsStr::new(n)));
+                let name = name.with_context(|| {
+                    format!("{}: weight_map[{tensor:?}] is {f}, not the file name of a shard", index.display())
+                })?;
+                uniq.insert(name);
+            }
+            ensure!(!uniq.is_empty(), "{}: weight_map names no shard", index.display());
+            for f in &uniq {
+                ensure!(
+                    dir.join(f).is_file(),
+                    "{}: weight_map names shard {f}, which is not in {}",
+                    index.display(),
+                    dir.display()
+                );
+            }
             uniq.into_iter().map(|f| dir.join(f)).collect()
         } else {
             let single = dir.join("model.safetensors");
@@ -215,21 +232,9 @@ pub struct GgufWeights {
 
 impl GgufWeights {
     pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let mut file = std::fs::File::open(path).with_context(|| format!("opening GGUF {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
-        // A truncated download reads fine up to here: check every tensor lies inside the file.
-        let len = file.metadata()?.len();
-        for (name, info) in &content.tensor_infos {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
-            if end > len {
-                bail!(
-                    "{}: file is truncated ({len} bytes): tensor {name} ends at byte {end}",
-                    path.display()
-                );
-            }
-        }
+        // The header walk also checks that every tensor lies inside the file (a truncated
+        // download parses fine up to its tensor data).
+        let (content, file) = crate::base::gguf::read_gguf(path)?;
         let arch = match content.metadata.get("general.architecture") {
             Some(v) => v.to_string().map_err(|e| anyhow::anyhow!("{}: general.architecture: {e}", path.display()))?.clone(),
             None => bail!("{}: GGUF has no general.architecture", path.display()),
@@ -250,9 +255,7 @@ impl GgufWeights {
             self.path.display()
         );
         let mut f = self.file.lock().map_err(|_| anyhow::anyhow!("GGUF file lock poisoned"))?;
-        self.content
-            .tensor(&mut *f, &name, &self.device)
-            .with_context(|| format!("{}: reading tensor {name}", self.path.display()))
+        crate::base::gguf::read_tensor(&self.content, &mut f, &name, &self.device, &self.path)
     }
 
     pub fn metadata(&self) -> &std::collections::HashMap<String, gguf_file::Value> {

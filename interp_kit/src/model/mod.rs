@@ -421,19 +421,21 @@ impl Model {
         debug_assert_eq!(w.layout(), Layout::LlamaCpp);
         let md = w.metadata();
         let arch = w.arch.clone();
-        let vocab = w
+        let vocab = *w
             .content
             .tensor_infos
             .get("token_embd.weight")
             .with_context(|| format!("{}: no token_embd.weight", path.display()))?
             .shape
-            .dims()[0];
+            .dims()
+            .first()
+            .with_context(|| format!("{}: token_embd.weight has no dimensions", path.display()))?;
         let tied = !w.content.tensor_infos.contains_key("output.weight");
         let family = arch::by_gguf(&arch).with_context(|| path.display().to_string())?;
         let mut parts = (family.from_gguf)(md, vocab, tied, &w, device, dtype).with_context(|| path.display().to_string())?;
         parts.info.quantized = true;
         let (tokenizer, tokenizer_error) = match Tokenizer::from_gguf(&w.content) {
-            Ok(t) => (Some(t), None),
+            Ok(t) => (Some(t.with_gguf_path(path)), None),
             Err(e) => (None, Some(format!("{}: the GGUF tokenizer could not be read: {e:#}", path.display()))),
         };
         Ok(Self::assemble(parts, tokenizer, tokenizer_error, device, dtype, path.display().to_string()))

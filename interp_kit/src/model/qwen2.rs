@@ -1,4 +1,5 @@
 //! Qwen2 / Qwen2.5: Llama-style decoder with q/k/v biases and GQA.
+use super::config::check_decoder_sizes;
 use super::decoder::LlamaSpec;
 use super::layers::{Act, Rope};
 use super::load::GgufHparams;
@@ -57,9 +58,19 @@ impl Config {
         })
     }
 
-    pub fn spec(&self) -> LlamaSpec {
+    pub fn spec(&self) -> Result<LlamaSpec> {
+        check_decoder_sizes(
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            None,
+            self.max_position_embeddings,
+        )?;
         let head_dim = self.hidden_size / self.num_attention_heads;
-        LlamaSpec {
+        Ok(LlamaSpec {
             vocab_size: self.vocab_size,
             max_position_embeddings: self.max_position_embeddings,
             rope_inv_freq: Rope::default_inv_freq(head_dim, self.rope_theta),
@@ -85,6 +96,6 @@ impl Config {
             embed_scale: None,
             sliding_window: vec![None; self.num_hidden_layers],
             qk_permuted: false,
-        }
+        })
     }
 }

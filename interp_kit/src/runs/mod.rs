@@ -399,6 +399,12 @@ impl RunDir {
         crate::base::io::read_parquet(self.join(rel)?)
     }
 
+    /// The rows of the Parquet file at `rel` as structs ([`crate::tables::read_rows`]: errors
+    /// name the file).
+    pub fn read_rows<T: DeserializeOwned>(&self, rel: impl AsRef<Path>) -> Result<Vec<T>> {
+        crate::tables::read_rows(self.join(rel)?)
+    }
+
     /// Write a DataFrame as CSV at `rel` atomically.
     pub fn write_csv(&self, rel: impl AsRef<Path>, df: &DataFrame) -> Result<PathBuf> {
         let p = self.join(rel)?;

@@ -561,7 +561,11 @@ impl<K> Sweep<K> {
         let mut order: Vec<(usize, &String)> =
             files.iter().map(|f| (by_file.get(f.as_str()).map_or(usize::MAX, |e| e.seq), f)).collect();
         order.sort();
-        let describe = |f: &str| by_file.get(f).map_or_else(|| f.to_string(), |e| e.key.to_string());
+        // A cell by its key (when the index has it) and its part file, for errors.
+        let describe = |f: &str| match by_file.get(f) {
+            Some(e) => format!("{} ({})", e.key, self.parts.join(f).display()),
+            None => self.parts.join(f).display().to_string(),
+        };
         let mut out: Option<(DataFrame, String)> = None;
         for (_, f) in order {
             let df = io::read_parquet(self.parts.join(f))?;

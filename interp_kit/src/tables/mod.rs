@@ -14,6 +14,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
+/// The rows of the Parquet file `path` as structs ([`crate::base::io::read_parquet`], then
+/// [`from_df`]); a cell of the wrong type names the file as well as the row and column.
+pub fn read_rows<T: serde::de::DeserializeOwned>(path: impl AsRef<std::path::Path>) -> Result<Vec<T>> {
+    let path = path.as_ref();
+    let df = crate::base::io::read_parquet(path)?;
+    from_df(&df).with_context(|| format!("rows of {}", path.display()))
+}
+
 /// The same table without polars' cached schema.
 ///
 /// In evcxr every cell is a separate library with its own copy of polars' statics, among them the

@@ -146,6 +146,8 @@ impl Chat {
 pub struct ChatTemplate {
     source: String,
     special_tokens: Vec<(String, String)>,
+    /// Where the source came from (a file), named in errors.
+    origin: Option<String>,
 }
 
 impl ChatTemplate {
@@ -154,6 +156,19 @@ impl ChatTemplate {
         Self {
             source: source.into(),
             special_tokens: Vec::new(),
+            origin: None,
+        }
+    }
+    /// Names where the source came from (e.g. the `tokenizer_config.json` path) in every error.
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+    /// "chat template" or "chat template of {origin}", for error messages.
+    fn what(&self) -> String {
+        match &self.origin {
+            Some(o) => format!("chat template of {o}"),
+            None => "chat template".to_string(),
         }
     }
     /// Add a special-token variable, e.g. `.with_token("bos_token", "<bos>")`.
@@ -179,7 +194,7 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         let tmpl = env
             .template_from_str(&self.source)
-            .map_err(|e| anyhow!("chat template does not compile: {}", jinja_msg(&e)))?;
+            .map_err(|e| anyhow!("{} does not compile: {}", self.what(), jinja_msg(&e)))?;
         let mut ctx = serde_json::Map::new();
         for (name, content) in &self.special_tokens {
             ctx.insert(name.clone(), Json::String(content.clone()));
@@ -198,7 +213,7 @@ impl ChatTemplate {
             Json::Bool(add_generation_prompt),
         );
         tmpl.render(Value::from_serialize(&ctx))
-            .map_err(|e| anyhow!("chat template failed to render: {}", jinja_msg(&e)))
+            .map_err(|e| anyhow!("{} failed to render: {}", self.what(), jinja_msg(&e)))
     }
 
     /// Byte range of each message's content in `text` (rendered from `chat`), or `None` for a
@@ -226,8 +241,9 @@ impl ChatTemplate {
                     cursor = start + len;
                 }
                 None => bail!(
-                    "could not find the content of message {i} ({}) in the rendered chat; the template rewrites it",
-                    m.role
+                    "could not find the content of message {i} ({}) in the rendered chat; the {} rewrites it",
+                    m.role,
+                    self.what()
                 ),
             }
         }
@@ -701,6 +717,9 @@ impl Tokenizer {
             )
         })?;
         let mut t = ChatTemplate::new(src);
+        if let Some(o) = self.chat_template_origin() {
+            t = t.with_origin(o);
+        }
         for (name, content) in self.special_tokens() {
             t = t.with_token(name, content);
         }
@@ -746,7 +765,7 @@ impl Tokenizer {
             let l = last.unwrap_or_default();
             let t = r.messages.iter().position(|m| m.index == l);
             if t.is_none() {
-                bail!("the final assistant message does not appear in the rendered chat");
+                bail!("the final assistant message does not appear in the chat rendered by the {}", tmpl.what());
             }
             r.target = t;
         }

@@ -46,6 +46,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Vec<u32>,
     chat_template: Option<String>,
+    /// The file the chat template was read from, named in template errors.
+    chat_template_origin: Option<String>,
     /// `(name, content)` pairs such as `("bos_token", "<bos>")`, passed to the chat template
     /// exactly as `transformers` passes its special-tokens map.
     special_tokens: Vec<(String, String)>,
@@ -125,9 +127,16 @@ impl Tokenizer {
                 tok_path.display()
             );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("loading {}", tok_path.display()))?;
+        // tokenizers 0.23 panics (`expect("Helper")`) on some malformed `decoder` entries: a
+        // malformed file is an error naming it, like any other.
+        let inner = match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(&tok_path)) {
+            Ok(r) => r.map_err(|e| anyhow!("{e}")).with_context(|| format!("loading {}", tok_path.display()))?,
+            Err(p) => bail!(
+                "loading {}: the tokenizers library failed on it ({}): a malformed tokenizer.json?",
+                tok_path.display(),
+                crate::base::io::panic_message(&*p)
+            ),
+        };
 
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = if cfg_path.is_file() {
@@ -139,6 +148,7 @@ impl Tokenizer {
             Some(v) => template_from_json(v, &cfg_path)?,
             None => None,
         };
+        let mut chat_template_origin = chat_template.as_ref().map(|_| cfg_path.display().to_string());
         let jinja = dir.join("chat_template.jinja");
         let tpl_json = dir.join("chat_template.json");
         if jinja.is_file() {
@@ -146,10 +156,12 @@ impl Tokenizer {
                 std::fs::read_to_string(&jinja)
                     .with_context(|| format!("reading {}", jinja.display()))?,
             );
+            chat_template_origin = Some(jinja.display().to_string());
         } else if tpl_json.is_file() {
             let v = read_json(&tpl_json)?;
             chat_template =
                 template_from_json(v.get("chat_template").unwrap_or(&Json::Null), &tpl_json)?;
+            chat_template_origin = Some(tpl_json.display().to_string());
         }
 
         let mut special_tokens = Vec::new();
@@ -211,6 +223,7 @@ impl Tokenizer {
             bos,
             eos: dedup(eos),
             chat_template,
+            chat_template_origin,
             special_tokens,
         })
     }
@@ -296,23 +309,30 @@ impl Tokenizer {
                     .clone(),
             ),
         };
+        let chat_template_origin = chat_template.as_ref().map(|_| "the GGUF's tokenizer.chat_template".to_string());
         Ok(Self {
             inner,
             bos,
             eos: dedup(eos),
             chat_template,
+            chat_template_origin,
             special_tokens,
         })
     }
 
     /// Open a `.gguf` file and load its tokenizer (see [`Tokenizer::from_gguf`]).
     pub fn from_gguf_file(path: &Path) -> Result<Self> {
-        let mut f =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let ct = gguf_file::Content::read(&mut f)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("reading GGUF header of {}", path.display()))?;
-        Self::from_gguf(&ct).with_context(|| format!("tokenizer of {}", path.display()))
+        let (ct, _) = crate::base::gguf::read_gguf(path)?;
+        let t = Self::from_gguf(&ct).with_context(|| format!("tokenizer of {}", path.display()))?;
+        Ok(t.with_gguf_path(path))
+    }
+
+    /// Names `path` as the GGUF the chat template came from (for errors).
+    pub(crate) fn with_gguf_path(mut self, path: &Path) -> Self {
+        if self.chat_template.is_some() {
+            self.chat_template_origin = Some(format!("{} (tokenizer.chat_template)", path.display()));
+        }
+        self
     }
 
     /// The BOS id the model expects at the start of a sequence, if it uses one
@@ -339,6 +359,12 @@ impl Tokenizer {
     /// Replace (or remove) the chat template, e.g. to try another model's format.
     pub fn set_chat_template(&mut self, template: Option<String>) {
         self.chat_template = template;
+        self.chat_template_origin = None;
+    }
+
+    /// The file the chat template came from, if it was read from one.
+    pub fn chat_template_origin(&self) -> Option<&str> {
+        self.chat_template_origin.as_deref()
     }
 
     /// Special-token strings passed to the chat template (`bos_token`, `eos_token`, ...).
