@@ -1,8 +1,12 @@
 //! Algebraic laws of the runtime on the tiny fixture models: batching, KV cache, hooks,
 //! gradients (finite differences).
+//!
+//! They run on `INTERP_KIT_TEST_DEVICE` in `INTERP_KIT_TEST_DTYPE` (default CPU, f32; see
+//! tests/common): bounds written for f32 on the CPU are widened by `common::tol` on a GPU and in
+//! bf16, where batching and caching change the summation order and so the last bits.
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use common::{rel_err, tiny};
+use common::{dev, exact, rel_err, test_dtype, tiny, tol};
 use interp_kit::prelude::*;
 
 /// Every family: Qwen2, Qwen3, Llama 3.x (llama3 rope), Gemma-2 (sliding window 4 < the prompts,
@@ -25,9 +29,9 @@ fn batched_equals_unbatched() {
         for (r, p) in ps.iter().enumerate() {
             let single = m.forward(std::slice::from_ref(p), &hooks).unwrap();
             let e = rel_err(&batched.logits_row(r).unwrap(), &single.logits_row(0).unwrap());
-            assert!(e < 1e-5, "{arch} row {r}: batched logits differ, rel err {e}");
+            assert!(e < tol(1e-5), "{arch} row {r}: batched logits differ, rel err {e}");
             let e = rel_err(batched.activations.row(hp, r).unwrap(), single.activations.row(hp, 0).unwrap());
-            assert!(e < 1e-5, "{arch} row {r}: batched {hp} differs, rel err {e}");
+            assert!(e < tol(1e-5), "{arch} row {r}: batched {hp} differs, rel err {e}");
             assert_eq!(batched.activations.row(hp, r).unwrap().dims(), [p.len(), m.d_model()]);
         }
     }
@@ -51,7 +55,7 @@ fn kv_cache_decode_equals_full_forward() {
                 let want = full.logits_row(r).unwrap().i(p.len() - split + k).unwrap();
                 let got = out.last_logits().unwrap().i(r).unwrap();
                 let e = rel_err(&got, &want);
-                assert!(e < 1e-5, "{arch} row {r} step {k}: rel err {e}");
+                assert!(e < tol(1e-5), "{arch} row {r} step {k}: rel err {e}");
             }
         }
         // A multi-token extend equals the same decode steps.
@@ -62,7 +66,7 @@ fn kv_cache_decode_equals_full_forward() {
         for (r, p) in ps.iter().enumerate() {
             let want = full.logits_row(r).unwrap().narrow(0, p.len() - split, split).unwrap();
             let e = rel_err(&out.logits.as_ref().unwrap().i(r).unwrap(), &want);
-            assert!(e < 1e-5, "{arch} extend row {r}: rel err {e}");
+            assert!(e < tol(1e-5), "{arch} extend row {r}: rel err {e}");
         }
     }
 }
@@ -73,7 +77,7 @@ fn adding_zero_changes_nothing_and_adding_v_changes_downstream() {
     let ps = prompts();
     let base = m.forward(&ps, &Hooks::new()).unwrap();
     let d = m.d_model();
-    let v = Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap();
+    let v = Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap().to_device(&dev()).unwrap().to_dtype(test_dtype()).unwrap();
     for alpha in [0.0f64, 3.0] {
         let vv = v.clone();
         let hooks = Hooks::new().write(HookPoint::resid_pre(1), Phase::Both, move |x, _| Ok(x.broadcast_add(&(&vv * alpha)?)?));
@@ -94,6 +98,7 @@ fn ablation_removes_projection_exactly_at_hooked_positions() {
     let d = m.d_model();
     let v = Tensor::randn(0f32, 1.0, d, &Device::Cpu).unwrap();
     let vhat = (&v / v.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() as f64).unwrap();
+    let vhat = vhat.to_device(&dev()).unwrap().to_dtype(test_dtype()).unwrap();
     let hp = HookPoint::resid_post(1);
     let vh = vhat.clone();
     let hooks = Hooks::new()
@@ -107,14 +112,18 @@ fn ablation_removes_projection_exactly_at_hooked_positions() {
     let base = m.forward(&ps, &Hooks::new().cache(hp, Positions::All)).unwrap();
     for r in 0..ps.len() {
         let h = out.activations.row(hp, r).unwrap();
-        let proj: Vec<f32> = h.matmul(&vhat.unsqueeze(1).unwrap()).unwrap().squeeze(1).unwrap().to_vec1().unwrap();
+        let proj: Vec<f32> = h.matmul(&vhat.unsqueeze(1).unwrap()).unwrap().squeeze(1).unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
         let hb = base.activations.row(hp, r).unwrap();
         for (t, p) in proj.iter().enumerate() {
             if (2..=4).contains(&t) {
-                assert!(p.abs() < 1e-5, "row {r} token {t}: projection {p} left after ablation");
+                // Exactly zero up to the rounding of h itself: absolute on the CPU in f32, relative
+                // to |h| elsewhere.
+                let norm = h.i(t).unwrap().to_dtype(DType::F32).unwrap().sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+                let bound = if exact() { 1e-5 } else { tol(1e-5) * norm.max(1.0) };
+                assert!(p.abs() < bound, "row {r} token {t}: projection {p} left after ablation (|h| = {norm})");
             } else {
                 let e = rel_err(&h.i(t).unwrap(), &hb.i(t).unwrap());
-                assert!(e < 1e-6, "row {r} token {t} (not hooked) changed by {e}");
+                assert!(e < tol(1e-6), "row {r} token {t} (not hooked) changed by {e}");
             }
         }
     }
@@ -135,7 +144,7 @@ fn hooks_are_checked_against_the_model() {
 fn decode_phase_hooks_do_not_touch_prefill() {
     let m = tiny("qwen2");
     let ps = prompts();
-    let v = Tensor::ones(m.d_model(), DType::F32, &Device::Cpu).unwrap();
+    let v = Tensor::ones(m.d_model(), test_dtype(), &dev()).unwrap();
     let hooks = Hooks::new().write(HookPoint::resid_pre(0), Phase::Decode, move |x, _| Ok(x.broadcast_add(&v)?));
     let mut c1 = KvCache::new(&m);
     let a = m.prefill(&ps, &mut c1, &hooks, LogitsAt::Last).unwrap();
@@ -152,7 +161,7 @@ fn decode_phase_hooks_do_not_touch_prefill() {
 /// with a random `u` and ε = 1e-2 missed a 2 % bound now and then (f32 rounding in the loss).
 #[test]
 fn residual_gradient_matches_finite_differences() {
-    let m = interp_kit::model::Model::from_hf_dir(&common::fixture_dir("qwen2"), &Device::Cpu, DType::F64).unwrap();
+    let m = interp_kit::model::Model::from_hf_dir(&common::fixture_dir("qwen2"), &dev(), DType::F64).unwrap();
     let p = vec![prompts()[0].clone()];
     let loss = Loss::Tokens(vec![vec![7, 8, 9, 10]]);
     for layer in [0usize, 2] {
@@ -161,7 +170,7 @@ fn residual_gradient_matches_finite_differences() {
         let grad = g.grads.row(hp, 0).unwrap().to_dtype(DType::F64).unwrap(); // [T, d]
         let (t, d) = grad.dims2().unwrap();
         let u: Vec<f64> = (0..t * d).map(|i| ((i * 7919 % 1000) as f64 / 500.0 - 1.0) + (i as f64 * 0.37).sin()).collect();
-        let u = Tensor::from_vec(u, (t, d), &Device::Cpu).unwrap();
+        let u = Tensor::from_vec(u, (t, d), &dev()).unwrap();
         let analytic = (&grad * &u).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         let eps = 1e-4f64;
         let lp = |s: f64| {
@@ -187,13 +196,22 @@ fn same_seed_same_sample_and_greedy_is_argmax() {
     let g = m.generate(&ps[..1], &GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(3) }, &Hooks::new()).unwrap();
     // Greedy: each token is the argmax of the full forward on the growing sequence.
     let mut seq = ps[0].clone();
+    // Off the CPU in f32 the KV-cache decode and the full forward round differently, so there the
+    // chosen token's logit must be the maximum up to that rounding (a near-tie may go either way).
     for (k, &tok) in g[0].tokens.iter().enumerate() {
         let out = m.forward(&[seq.clone()], &Hooks::new()).unwrap();
-        let am = out.last_logits().unwrap().i(0).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
-        assert_eq!(tok, am, "greedy step {k}");
-        let lp = candle_nn::ops::log_softmax(&out.last_logits().unwrap().i(0).unwrap(), 0).unwrap();
+        let logits = out.last_logits().unwrap().i(0).unwrap().to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+        let row: Vec<f32> = logits.to_vec1().unwrap();
+        let am = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        let scale = row[am as usize].abs().max(1.0);
+        if exact() {
+            assert_eq!(tok, am, "greedy step {k}");
+        } else {
+            assert!(row[am as usize] - row[tok as usize] <= tol(0.0) * scale, "greedy step {k}: token {tok}, argmax {am}");
+        }
+        let lp = candle_nn::ops::log_softmax(&logits, 0).unwrap();
         let want = lp.i(tok as usize).unwrap().to_scalar::<f32>().unwrap();
-        assert!((g[0].logprobs[k] - want).abs() < 1e-4, "logprob step {k}");
+        assert!((g[0].logprobs[k] - want).abs() < tol(1e-4) * scale, "logprob step {k}");
         seq.push(tok);
     }
 }
@@ -221,7 +239,7 @@ fn kv_cache_retain_rows_keeps_each_rows_logits() {
             let got = m.decode(&nx, &mut c, &Hooks::new()).unwrap().last_logits().unwrap();
             for (i, &r) in keep.iter().enumerate() {
                 let e = rel_err(&got.i(i).unwrap(), &want.i(r).unwrap());
-                assert!(e < 1e-5, "{arch} keep {keep:?}: row {r} rel err {e}");
+                assert!(e < tol(1e-5), "{arch} keep {keep:?}: row {r} rel err {e}");
             }
         }
         let mut c = KvCache::new(&m);
@@ -231,9 +249,14 @@ fn kv_cache_retain_rows_keeps_each_rows_logits() {
 }
 
 /// `compact: true` (finished rows leave the batch) generates what the uncompacted batch does,
-/// with a steering hook in both phases, when the rows stop at different steps.
+/// with a steering hook in both phases, when the rows stop at different steps. In f32 only: in
+/// bf16 the smaller batch rounds differently and a sampled token can flip.
 #[test]
 fn compacted_generation_equals_uncompacted() {
+    if test_dtype() != DType::F32 {
+        eprintln!("SKIP compacted_generation_equals_uncompacted: f32 only");
+        return;
+    }
     let m = tiny("qwen2");
     let ps = vec![prompts()[0].clone(), prompts()[1].clone(), vec![4, 8, 15, 16, 23, 42]];
     let v = interp_kit::interp::directions::random(m.d_model(), 5).unwrap();
@@ -254,7 +277,18 @@ fn compacted_generation_equals_uncompacted() {
         assert_eq!(a.tokens, b.tokens, "row {r}");
         assert_eq!(a.stopped_at_eos, b.stopped_at_eos, "row {r}");
         for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
-            assert!((x - y).abs() < 1e-4, "row {r}: logprob {x} vs {y}");
+            assert!((x - y).abs() < tol(1e-4), "row {r}: logprob {x} vs {y}");
         }
     }
+}
+
+/// `interp_kit::device` keeps one device per GPU: candle refuses ops between two `new_cuda` devices
+/// of the same GPU, so two lookups by name must give tensors that meet in one op.
+#[test]
+fn device_lookups_by_name_share_one_device() {
+    let (a, b) = (dev(), dev());
+    assert!(a.same_device(&b), "{:?} vs {:?}", a.location(), b.location());
+    let x = Tensor::new(&[1f32, 2.0, 3.0], &a).unwrap();
+    let y = Tensor::new(&[0.5f32, 0.25, 4.0], &b).unwrap();
+    assert_eq!((x + y).unwrap().to_vec1::<f32>().unwrap(), vec![1.5, 2.25, 7.0]);
 }

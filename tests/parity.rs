@@ -3,9 +3,14 @@
 //! padding, greedy decoding and residual gradients, f32, relative error < 1e-4. One checkpoint
 //! per family: Qwen2, Qwen3, Llama 3.x, Gemma-2, GPT-NeoX (parallel and sequential residual),
 //! GPT-2; plus the tiny tokenizers some of them carry.
+//!
+//! The models load on `INTERP_KIT_TEST_DEVICE` in `INTERP_KIT_TEST_DTYPE` (default: CPU, f32;
+//! scripts/gpu_check.sh runs them on CUDA in f32 and bf16) against the same f32 references, with
+//! the bound widened by `common::tol` off the CPU or in bf16. Greedy continuations are compared in
+//! f32 only: bf16 rounding can swap near-tied tokens of these random-weight models.
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{fixture_dir, ids, rel_err, tiny};
+use common::{fixture_dir, ids, rel_err, test_dtype, tiny, tol};
 use interp_kit::prelude::*;
 use std::collections::HashMap;
 
@@ -15,13 +20,21 @@ fn reference(arch: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture_dir(arch).join("reference.safetensors"), &Device::Cpu).expect("reference.safetensors")
 }
 
+thread_local! {
+    /// The largest relative error [`check`] saw on this test's thread (reported by [`parity`]).
+    static WORST: std::cell::Cell<f32> = const { std::cell::Cell::new(0.0) };
+}
+
 fn check(what: &str, got: &Tensor, want: &Tensor) {
-    let e = rel_err(got, want);
-    assert!(e < TOL, "{what}: relative error {e:.2e} >= {TOL:e}");
+    let (e, tol) = (rel_err(got, want), tol(TOL));
+    WORST.with(|w| w.set(w.get().max(e)));
+    assert!(e < tol, "{what}: relative error {e:.2e} >= {tol:e}");
 }
 
 fn parity(arch: &str) {
+    WORST.with(|w| w.set(0.0));
     let m = tiny(arch);
+    assert_eq!(m.device.location(), common::dev().location(), "{arch}: the model is not on the test device");
     let r = reference(arch);
     let n = m.n_layers();
     // Parallel-residual blocks have no resid_mid: the reference has none and the model says so.
@@ -63,18 +76,26 @@ fn parity(arch: &str) {
     let want = ids(&r["greedy_0"]);
     let cfg = GenerateConfig { stop_at_eos: false, ..GenerateConfig::greedy(want.len()) };
     let g = m.generate(&[p0.clone()], &cfg, &Hooks::new()).unwrap();
-    assert_eq!(g[0].tokens, want, "{arch} greedy continuation");
+    if test_dtype() == DType::F32 {
+        assert_eq!(g[0].tokens, want, "{arch} greedy continuation");
+    } else {
+        assert_eq!(g[0].tokens.len(), want.len(), "{arch} greedy continuation length");
+    }
     // Loss and residual gradients.
     let pos: Vec<usize> = ids(&r["loss_positions"]).into_iter().map(|x| x as usize).collect();
     let targets: Vec<usize> = pos.iter().map(|p| p + 1).collect();
     let points: Vec<HookPoint> = (0..n).flat_map(|l| [HookPoint::resid_pre(l), HookPoint::resid_post(l)]).collect();
     let go = m.grad(&[p0.clone()], &Loss::Tokens(vec![targets]), &points, Positions::All, &Hooks::new()).unwrap();
     let want_loss = r["loss_0"].to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-    assert!((go.loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0), "{arch} loss {} vs {want_loss}", go.loss);
+    let loss_tol = tol(1e-5) as f64;
+    assert!((go.loss - want_loss).abs() < loss_tol * want_loss.abs().max(1.0), "{arch} loss {} vs {want_loss}", go.loss);
     for l in 0..n {
         check(&format!("{arch} grad resid_post {l}"), go.grads.row(HookPoint::resid_post(l), 0).unwrap(), &r["grad_resid_post_0"].i(l).unwrap());
         check(&format!("{arch} grad resid_pre {l}"), go.grads.row(HookPoint::resid_pre(l), 0).unwrap(), &r["grad_resid_pre_0"].i(l).unwrap());
     }
+    // Seen with --nocapture (scripts/gpu_check.sh puts it in its report).
+    let (dev, dt) = (common::dev().location(), common::test_dtype());
+    eprintln!("parity {arch} on {dev:?} {dt:?}: max relative error {:.2e} (bound {:.0e}); loss {:.3e} off", WORST.with(|w| w.get()), tol(TOL), (go.loss - want_loss).abs() / want_loss.abs().max(1.0));
 }
 
 #[test]

@@ -270,6 +270,9 @@ impl Model {
         // `alive[slot]`: the original row in batch slot `slot` (all rows unless compacting).
         let mut alive: Vec<usize> = (0..b).collect();
         for step in 0..cfg.max_new_tokens {
+            // Sampling runs on the host on every device (the kit's seeded per-row RNG, the returned
+            // log-probabilities and entropies need whole rows): on a GPU this copies the step's
+            // [rows, vocab] logits to the host, a documented cost, not a fallback that changes results.
             let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
             let mut slot_of = vec![None; b];
             for (slot, &r) in alive.iter().enumerate() {

@@ -58,7 +58,8 @@ pub struct GradOutput {
 /// Per row of logits `[n, V]`, `-log softmax(row)[target]` (`[n]`), fused: one pass forward, and
 /// a backward that writes `(softmax(row) - onehot(target)) · grad` directly (the composed
 /// log_softmax + gather allocates and reads the `[n, V]` logits a dozen times, which for a
-/// 150k-token vocabulary costs as much as a few transformer layers). CPU, f32 or f64.
+/// 150k-token vocabulary costs as much as a few transformer layers). CPU, f32 or f64: it has no
+/// `cuda_fwd`, and [`nll_path`] keeps GPU logits on candle's composed ops instead.
 struct NllOp {
     targets: Vec<u32>,
 }
@@ -132,6 +133,37 @@ impl CustomOp1 for NllOp {
         };
         Ok(Some(grad))
     }
+}
+
+/// How [`Model::nll_of`] computes the per-token NLL of logits on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NllPath {
+    /// [`NllOp`]: fused rows over host memory (rayon), forward and backward.
+    FusedCpu,
+    /// candle's `log_softmax` + `gather` on the logits' own device (differentiable there); the
+    /// logits are never copied to the host.
+    Composed,
+}
+
+/// The dispatch decision of [`Model::nll_of`], on a device location (testable without a GPU).
+pub(crate) fn nll_path(loc: candle_core::DeviceLocation) -> NllPath {
+    match loc {
+        candle_core::DeviceLocation::Cpu => NllPath::FusedCpu,
+        _ => NllPath::Composed,
+    }
+}
+
+/// `-log softmax(logits[i])[tgt[i]]` for `[n, V]` f32/f64 logits, by `path`.
+fn nll_rows(logits: &Tensor, tgt: Vec<u32>, path: NllPath) -> Result<Tensor> {
+    let n = tgt.len();
+    Ok(match path {
+        NllPath::FusedCpu => logits.contiguous()?.apply_op1_arc(Arc::new(Box::new(NllOp { targets: tgt })))?,
+        NllPath::Composed => {
+            let tgt_t = Tensor::from_vec(tgt, (n, 1), logits.device())?;
+            let lp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            lp.gather(&tgt_t, 1)?.squeeze(1)?.neg()?
+        }
+    })
 }
 
 /// The per-target negative log-likelihoods of a teacher-forced batch, still in the graph.
@@ -237,13 +269,8 @@ impl Model {
         let n = tgt.len();
         let logits = self.logits(hs, true)?;
         let logits = if logits.dtype() == DType::F64 { logits } else { logits.to_dtype(DType::F32)? };
-        Ok(if logits.device().is_cpu() {
-            logits.contiguous()?.apply_op1_arc(Arc::new(Box::new(NllOp { targets: tgt })))?
-        } else {
-            let tgt_t = Tensor::from_vec(tgt, (n, 1), &self.device)?;
-            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            lp.gather(&tgt_t, 1)?.squeeze(1)?.neg()?
-        })
+        ensure!(logits.dims2()?.0 == n, "nll: {} logit rows for {n} targets", logits.dims2()?.0);
+        nll_rows(&logits, tgt, nll_path(logits.device().location()))
     }
 
     /// Teacher-forced loss over `loss` targets and `dL/dh` at `points` (at `positions`), from one
@@ -398,3 +425,50 @@ impl TrainExample {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DeviceLocation, Var};
+
+    #[test]
+    fn nll_path_by_device() {
+        assert_eq!(nll_path(DeviceLocation::Cpu), NllPath::FusedCpu);
+        assert_eq!(nll_path(DeviceLocation::Cuda { gpu_id: 0 }), NllPath::Composed);
+        assert_eq!(nll_path(DeviceLocation::Metal { gpu_id: 1 }), NllPath::Composed);
+    }
+
+    /// The composed path (what a GPU runs) gives the fused CPU op's values and gradients, in f32
+    /// and f64, so the device decides the speed and never the result.
+    #[test]
+    fn composed_nll_equals_fused_values_and_gradients() {
+        let (n, v) = (5, 37);
+        let mut rng = crate::base::rng::Rng::new(11);
+        let vals: Vec<f64> = (0..n * v).map(|_| 3.0 * rng.normal()).collect();
+        let tgt: Vec<u32> = vec![0, 36, 5, 5, 20];
+        let weights = Tensor::new(&[1.0f64, -2.0, 0.5, 3.0, 0.25], &candle_core::Device::Cpu).unwrap();
+        for (dt, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let run = |path: NllPath| {
+                let x = Var::from_tensor(&Tensor::from_vec(vals.clone(), (n, v), &candle_core::Device::Cpu).unwrap().to_dtype(dt).unwrap()).unwrap();
+                let nll = nll_rows(x.as_tensor(), tgt.clone(), path).unwrap();
+                let loss = (nll.to_dtype(DType::F64).unwrap() * &weights).unwrap().sum_all().unwrap();
+                let g = loss.backward().unwrap().get(x.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+                let nll: Vec<f64> = nll.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+                let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+                (nll, g)
+            };
+            let (a, ga) = run(NllPath::FusedCpu);
+            let (b, gb) = run(NllPath::Composed);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!((x - y).abs() <= tol * y.abs().max(1.0), "{dt:?} row {i}: fused {x} vs composed {y}");
+            }
+            for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+                assert!((x - y).abs() <= tol * 10.0, "{dt:?} grad {i}: fused {x} vs composed {y}");
+            }
+            // Independent check of one value: row 0's NLL from its definition.
+            let row = &vals[..v];
+            let lse = row.iter().map(|z| z.exp()).sum::<f64>().ln();
+            assert!((a[0] - (lse - row[0])).abs() <= tol * a[0].abs().max(1.0), "{dt:?}: {} vs {}", a[0], lse - row[0]);
+        }
+    }
+}

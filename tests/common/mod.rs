@@ -10,15 +10,59 @@ pub fn fixture_dir(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity").join(arch)
 }
 
-pub fn tiny(arch: &str) -> Model {
-    Model::from_hf_dir(&fixture_dir(arch), &Device::Cpu, DType::F32).expect("load tiny fixture model")
+/// The device of the tests that also run on a GPU (parity, laws, introspection_kit; see
+/// scripts/gpu_check.sh): `INTERP_KIT_TEST_DEVICE` = `cpu` (default), `cuda` or `cuda:N`.
+/// Every call returns the same device (`interp_kit::device` keeps one per GPU).
+pub fn dev() -> Device {
+    let name = std::env::var("INTERP_KIT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    interp_kit::device(if name.is_empty() { "cpu" } else { &name })
+        .unwrap_or_else(|e| panic!("INTERP_KIT_TEST_DEVICE={name:?}: {e:#}"))
 }
 
-/// max |a - b| / max(max |b|, 1e-6)
+/// The dtype of the models those tests load: `INTERP_KIT_TEST_DTYPE` = `f32` (default) or `bf16`.
+pub fn test_dtype() -> DType {
+    match std::env::var("INTERP_KIT_TEST_DTYPE").as_deref() {
+        Err(_) | Ok("") | Ok("f32") => DType::F32,
+        Ok("bf16") => DType::BF16,
+        Ok(other) => panic!("INTERP_KIT_TEST_DTYPE={other:?}: expected f32 or bf16"),
+    }
+}
+
+/// Relative tolerance on a GPU in f32: cuBLAS and candle's CUDA kernels sum in other orders than
+/// the CPU (and than PyTorch on the CPU, which made the references), so agreement is to f32
+/// rounding accumulated over a few layers, not to the CPU's last bits.
+pub const GPU_F32_TOL: f32 = 1e-4;
+/// Relative tolerance in bf16 (8 significant bits; each op rounds its output): the tiny
+/// fixtures' logits, activations and gradients in bf16 against the f32 references reach 1.4e-2
+/// (GPT-2) to 4.4e-2 (Gemma-2) on the CPU (`INTERP_KIT_TEST_DTYPE=bf16`, tests/parity.rs prints
+/// them), the loss 1e-3; the bound leaves room for the GPU's own rounding and still fails on a
+/// wrong kernel (errors of order 1).
+pub const BF16_TOL: f32 = 1e-1;
+
+/// A test's bound `cpu_f32` (for f32 on the CPU) widened for the test device and dtype.
+pub fn tol(cpu_f32: f32) -> f32 {
+    match (dev().is_cpu(), test_dtype()) {
+        (_, DType::BF16) => cpu_f32.max(BF16_TOL),
+        (true, _) => cpu_f32,
+        (false, _) => cpu_f32.max(GPU_F32_TOL),
+    }
+}
+
+/// Whether the tests run exactly as on the CPU in f32 (some checks only hold there: greedy
+/// continuations of near-tied logits, bit-identical results).
+pub fn exact() -> bool {
+    dev().is_cpu() && test_dtype() == DType::F32
+}
+
+pub fn tiny(arch: &str) -> Model {
+    Model::from_hf_dir(&fixture_dir(arch), &dev(), test_dtype()).expect("load tiny fixture model")
+}
+
+/// max |a - b| / max(max |b|, 1e-6), compared on the CPU in f32 (either may be on the test device).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let a = a.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let b = b.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap();
     let d = (&a - &b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     let s = b.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     d / s.max(1e-6)
@@ -68,7 +112,7 @@ pub fn tiny_long_qwen2(tmp: &std::path::Path) -> Model {
         ts.insert(name.to_string(), t);
     }
     candle_core::safetensors::save(&ts, dir.join("model.safetensors")).unwrap();
-    let mut m = Model::from_hf_dir(&dir, &Device::Cpu, DType::F32).unwrap();
+    let mut m = Model::from_hf_dir(&dir, &dev(), test_dtype()).unwrap();
     m.tokenizer = Some(interp_kit::text::tokenizer::Tokenizer::from_hf_dir(&byte_chat_dir()).unwrap());
     m
 }
@@ -144,7 +188,7 @@ pub fn check_lora_grads_fd(
                 let set = |x: f32| {
                     let mut v = orig.clone();
                     v[i] = x;
-                    let t = Tensor::from_vec(v, var.as_tensor().dims(), &Device::Cpu).unwrap().to_dtype(var.as_tensor().dtype()).unwrap();
+                    let t = Tensor::from_vec(v, var.as_tensor().dims(), var.as_tensor().device()).unwrap().to_dtype(var.as_tensor().dtype()).unwrap();
                     var.set(&t).unwrap();
                 };
                 let (hi, lo) = (orig[i] + h, orig[i] - h);

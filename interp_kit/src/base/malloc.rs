@@ -13,6 +13,10 @@
 //! `INTERP_KIT_MALLOC=default` or when the user already set glibc's own knobs
 //! (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, `MALLOC_MMAP_THRESHOLD_`, `GLIBC_TUNABLES`), nor
 //! on targets without glibc.
+//!
+//! On a CUDA device the tensors live in GPU memory (candle's CUDA allocator); these settings then
+//! only shape the host heap (tokenization, sampling buffers, results tables) and are kept as they
+//! are: they cost at most the retained 1 GiB of freed host memory and change no result.
 
 /// What [`tune`] did in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,20 +8,29 @@
 use super::forward::FwdCtx;
 use super::qgemm;
 use anyhow::{Context, Result};
+use candle_core::backend::BackendStorage;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{
-    op::BackpropOp, CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Storage, Tensor, D,
+    op::BackpropOp, CpuStorage, CustomOp1, DType, Device, DeviceLocation, Layout, Module, Shape, Storage, Tensor, D,
 };
 use std::sync::{Arc, OnceLock};
 
 /// `y = x W^T` with a frozen `W`: the backward pass returns dL/dx only.
+///
+/// Devices: `cpu_fwd` runs one gemm on the host storages in place; `cuda_fwd` (feature `cuda`)
+/// runs candle's matmul on the GPU (cuBLAS); the backward is plain tensor ops on any device.
+/// candle picks the method by the input's storage, so there is no CPU fallback to choose and no
+/// host copy; on any other backend candle returns "no <backend> implementation for frozen-linear".
 struct FrozenLinearOp {
     /// `[out, in]`
     w: Tensor,
 }
 
+// The CUDA path below is not behind `cfg(feature = "cuda")`: candle defines `CudaStorage` and
+// `Storage::Cuda` in every build (stubs that only return errors without the feature), so a CPU
+// build type-checks this code too, and in it `cuda_fwd` is simply never called.
+
 /// Wraps a backend storage (contiguous, offset 0: ensured by [`frozen_matmul`]) as a tensor.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn storage_tensor(storage: Storage, layout: &Layout) -> candle_core::Result<Tensor> {
     if layout.start_offset() != 0 || !layout.is_contiguous() {
         candle_core::bail!("frozen-linear: input must be contiguous with offset 0")
@@ -30,7 +39,6 @@ fn storage_tensor(storage: Storage, layout: &Layout) -> candle_core::Result<Tens
 }
 
 impl FrozenLinearOp {
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn compute(&self, x: Tensor) -> candle_core::Result<(Storage, Shape)> {
         let y = x.broadcast_matmul(&self.w.t()?)?.contiguous()?;
         let shape = y.shape().clone();
@@ -38,7 +46,6 @@ impl FrozenLinearOp {
         debug_assert_eq!(layout.start_offset(), 0);
         let st = match &*st {
             Storage::Cpu(c) => Storage::Cpu(c.clone()),
-            #[cfg(feature = "cuda")]
             Storage::Cuda(c) => Storage::Cuda(c.try_clone(layout)?),
             _ => candle_core::bail!("frozen-linear: unsupported device"),
         };
@@ -52,7 +59,6 @@ impl CustomOp1 for FrozenLinearOp {
     }
     /// One `[rows, in] x [in, out]` gemm over all leading dims, reading `x` and `W` in place.
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
         let dims = l.shape().dims();
         let (n, k) = self.w.dims2()?;
         if dims.last() != Some(&k) || !l.is_contiguous() {
@@ -67,7 +73,6 @@ impl CustomOp1 for FrozenLinearOp {
         *out.last_mut().expect("checked above") = n;
         Ok((y, Shape::from(out)))
     }
-    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s: &candle_core::CudaStorage,
@@ -149,8 +154,8 @@ pub const Q8_0_MIN_ROWS: usize = 2;
 
 /// Dequantizes on all cores; candle's `QTensor::dequantize` runs on one thread. Q8_0 goes
 /// through [`qgemm::dequantize`] (AVX2, bit-identical to candle's); Q4_K, Q5_K and Q6_K through
-/// rayon over chunks of blocks with candle's own `to_float`. Falls back to candle for non-CPU
-/// tensors and other block types.
+/// rayon over chunks of blocks with candle's own `to_float`. Other block types, and every tensor
+/// on a GPU, go to candle's `dequantize` for its device (see [`dequant_path`]).
 pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
     use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};
     use candle_core::quantized::GgmlDType;
@@ -174,13 +179,14 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
             .for_each(|(o, b)| T::to_float(b, o));
         Some(out)
     }
-    if !q.device().is_cpu() {
+    let path = dequant_path(q.device().location(), q.dtype(), q.shape().rank());
+    if path == DequantPath::Candle {
         return Ok(q.dequantize(&q.device())?);
     }
     let n_out = q.shape().elem_count();
     let data = q.data()?;
     let out = match q.dtype() {
-        GgmlDType::Q8_0 if qgemm::supports(q) => Some(qgemm::dequantize(q)?),
+        GgmlDType::Q8_0 => Some(qgemm::dequantize(q)?),
         GgmlDType::Q4K => par::<BlockQ4K>(&data, n_out),
         GgmlDType::Q5K => par::<BlockQ5K>(&data, n_out),
         GgmlDType::Q6K => par::<BlockQ6K>(&data, n_out),
@@ -189,6 +195,68 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
     match out {
         Some(v) => Ok(Tensor::from_vec(v, q.shape().dims(), &Device::Cpu)?),
         None => Ok(q.dequantize(&q.device())?),
+    }
+}
+
+/// Which dequantizer [`dequantize_par`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DequantPath {
+    /// [`qgemm::dequantize`]: the kit's Q8_0 kernel on all cores (host memory).
+    Q8_0Parallel,
+    /// rayon over chunks of Q4_K / Q5_K / Q6_K blocks with candle's `to_float` (host memory).
+    KQuantParallel,
+    /// candle's `QTensor::dequantize` on the tensor's own device: one CPU thread, or candle's
+    /// dequantize kernels on a GPU (the data never leaves the device).
+    Candle,
+}
+
+/// The dispatch decision of [`dequantize_par`], on plain values so that it is testable without a
+/// GPU: the parallel kernels read host memory, so a tensor on any other device goes to candle.
+pub fn dequant_path(loc: DeviceLocation, dtype: candle_core::quantized::GgmlDType, rank: usize) -> DequantPath {
+    use candle_core::quantized::GgmlDType;
+    match (loc, dtype) {
+        (DeviceLocation::Cpu, GgmlDType::Q8_0) if qgemm::kernel_applies(loc, dtype, rank) => DequantPath::Q8_0Parallel,
+        (DeviceLocation::Cpu, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) => DequantPath::KQuantParallel,
+        _ => DequantPath::Candle,
+    }
+}
+
+/// How [`Linear::forward`] multiplies by a quantized weight on the inference path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantPath {
+    /// `model.quantized_inference = false`: the dense copy ([`Weight::dense`]), exact.
+    Dense,
+    /// [`qgemm::Q8_0MatMul`]: the kit's CPU Q8_0 kernel, for [`Q8_0_MIN_ROWS`] up to
+    /// [`DENSE_MIN_ROWS`] f32 rows (batched decode).
+    Q8_0Kernel,
+    /// A transient dequantized copy ([`dequantize_par`], on the weight's device) and a gemm:
+    /// [`DENSE_MIN_ROWS`] rows or more (prefill).
+    DequantGemm,
+    /// candle's `QMatMul` on the weight's device (CPU: int8 dot products; CUDA: candle's
+    /// quantized mat-vec and matmul kernels).
+    CandleQMatMul,
+}
+
+/// The dispatch decision of [`Linear::forward`] for a quantized weight of GGML type `w` (rank
+/// `w_rank`) on `loc`, given the input dtype, its number of rows and whether exact dense inference
+/// was asked for. On a GPU the kit's Q8_0 CPU kernel never applies ([`qgemm::kernel_applies`]); the
+/// other paths run candle's kernels for that device.
+pub fn quant_path(
+    loc: DeviceLocation,
+    w: candle_core::quantized::GgmlDType,
+    w_rank: usize,
+    x: DType,
+    rows: usize,
+    dense: bool,
+) -> QuantPath {
+    if dense {
+        QuantPath::Dense
+    } else if x == DType::F32 && qgemm::kernel_applies(loc, w, w_rank) && (Q8_0_MIN_ROWS..DENSE_MIN_ROWS).contains(&rows) {
+        QuantPath::Q8_0Kernel
+    } else if rows >= DENSE_MIN_ROWS {
+        QuantPath::DequantGemm
+    } else {
+        QuantPath::CandleQMatMul
     }
 }
 
@@ -252,28 +320,25 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
         let run = || -> Result<Tensor> {
             Ok(match (&self.weight, grad) {
-            (Weight::Quant { .. }, false) if dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
-            (Weight::Quant { q, .. }, false)
-                if x.dtype() == DType::F32
-                    && qgemm::supports(q)
-                    && (Q8_0_MIN_ROWS..DENSE_MIN_ROWS).contains(&(x.elem_count() / self.in_dim().max(1))) =>
-            {
-                // Batched decode: each Q8_0 weight block loaded once for up to 8 rows.
-                x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?
-            }
             (Weight::Quant { qmm, q, dense: cached, dtype }, false) => {
                 let rows = x.elem_count() / self.in_dim().max(1);
-                if rows >= DENSE_MIN_ROWS {
-                    // Prefill: candle's quantized matmul re-reads every weight row per token;
-                    // a transient f32 copy and a tiled gemm are several times faster.
-                    let w = match cached.get() {
-                        Some(w) => w.clone(),
-                        None => dequantize_par(q)?.to_dtype(*dtype)?,
-                    };
-                    x.broadcast_matmul(&w.t()?)?
-                } else {
-                    let dt = x.dtype();
-                    qmm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?
+                match quant_path(q.device().location(), q.dtype(), q.shape().rank(), x.dtype(), rows, dense) {
+                    QuantPath::Dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
+                    // Batched decode: each Q8_0 weight block loaded once for up to 8 rows.
+                    QuantPath::Q8_0Kernel => x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?,
+                    QuantPath::DequantGemm => {
+                        // Prefill: candle's quantized matmul re-reads every weight row per token;
+                        // a transient f32 copy and a tiled gemm are several times faster.
+                        let w = match cached.get() {
+                            Some(w) => w.clone(),
+                            None => dequantize_par(q)?.to_dtype(*dtype)?,
+                        };
+                        x.broadcast_matmul(&w.t()?)?
+                    }
+                    QuantPath::CandleQMatMul => {
+                        let dt = x.dtype();
+                        qmm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dt)?
+                    }
                 }
             }
             (w, true) => frozen_matmul(x, w.dense()?)?,
@@ -609,5 +674,72 @@ impl Mlp {
             None => self.act.apply(&up)?,
         };
         self.down.forward_ctx(&h, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    const CUDA: DeviceLocation = DeviceLocation::Cuda { gpu_id: 0 };
+
+    /// On the CPU, each row count takes the path the constants document; on a GPU the same weight
+    /// never reaches the kit's host kernel (Q8_0) and stays on candle's kernels for the device.
+    #[test]
+    fn quant_path_by_device_and_rows() {
+        use QuantPath::*;
+        let cpu = DeviceLocation::Cpu;
+        let q8 = GgmlDType::Q8_0;
+        assert_eq!(quant_path(cpu, q8, 2, DType::F32, 1, false), CandleQMatMul);
+        assert_eq!(quant_path(cpu, q8, 2, DType::F32, Q8_0_MIN_ROWS, false), Q8_0Kernel);
+        assert_eq!(quant_path(cpu, q8, 2, DType::F32, DENSE_MIN_ROWS - 1, false), Q8_0Kernel);
+        assert_eq!(quant_path(cpu, q8, 2, DType::F32, DENSE_MIN_ROWS, false), DequantGemm);
+        assert_eq!(quant_path(cpu, q8, 2, DType::BF16, 4, false), CandleQMatMul, "the Q8_0 kernel takes f32 rows only");
+        assert_eq!(quant_path(cpu, GgmlDType::Q4K, 2, DType::F32, 4, false), CandleQMatMul);
+        assert_eq!(quant_path(cpu, q8, 2, DType::F32, 4, true), Dense);
+        for x in [DType::F32, DType::BF16] {
+            assert_eq!(quant_path(CUDA, q8, 2, x, 1, false), CandleQMatMul);
+            assert_eq!(quant_path(CUDA, q8, 2, x, 4, false), CandleQMatMul, "{x:?}: no host kernel on a GPU weight");
+            assert_eq!(quant_path(CUDA, q8, 2, x, DENSE_MIN_ROWS, false), DequantGemm);
+            assert_eq!(quant_path(CUDA, q8, 2, x, 4, true), Dense);
+        }
+    }
+
+    /// The parallel dequantizers read host memory: CPU Q8_0 and K-quants use them, anything on a
+    /// GPU (and other block types) goes to candle's dequantizer for its device.
+    #[test]
+    fn dequant_path_by_device_and_type() {
+        use DequantPath::*;
+        let cpu = DeviceLocation::Cpu;
+        assert_eq!(dequant_path(cpu, GgmlDType::Q8_0, 2), Q8_0Parallel);
+        assert_eq!(dequant_path(cpu, GgmlDType::Q8_0, 3), Candle);
+        for t in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            assert_eq!(dequant_path(cpu, t, 2), KQuantParallel, "{t:?}");
+            assert_eq!(dequant_path(CUDA, t, 2), Candle, "{t:?}");
+        }
+        assert_eq!(dequant_path(cpu, GgmlDType::Q4_0, 2), Candle);
+        assert_eq!(dequant_path(CUDA, GgmlDType::Q8_0, 2), Candle);
+        assert_eq!(dequant_path(DeviceLocation::Metal { gpu_id: 0 }, GgmlDType::Q8_0, 2), Candle);
+    }
+
+    /// `dequantize_par` agrees with candle on every path it takes on the CPU (the GPU path *is*
+    /// candle's), so the dispatch cannot change a result.
+    #[test]
+    fn dequantize_par_equals_candle_on_each_cpu_path() {
+        let mut rng = crate::base::rng::Rng::new(7);
+        let v: Vec<f32> = (0..4 * 512).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(v, (4, 512), &Device::Cpu).unwrap();
+        for (t, path) in [
+            (GgmlDType::Q8_0, DequantPath::Q8_0Parallel),
+            (GgmlDType::Q6K, DequantPath::KQuantParallel),
+            (GgmlDType::Q4_0, DequantPath::Candle),
+        ] {
+            let q = QTensor::quantize(&x, t).unwrap();
+            assert_eq!(dequant_path(q.device().location(), q.dtype(), q.shape().rank()), path);
+            let got: Vec<f32> = dequantize_par(&q).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let want: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, want, "{t:?}");
+        }
     }
 }

@@ -16,7 +16,7 @@
 //! layer: 0.46 vs 0.32 ms at 2 rows) and no faster at 8 (BENCHMARKS.md).
 use anyhow::{ensure, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, DeviceLocation, Layout, Shape};
 use half::f16;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -31,7 +31,15 @@ const ROWS_PER_TASK: usize = 16;
 
 /// Whether [`matmul_xwt`] handles this weight (a 2-d Q8_0 matrix on the CPU).
 pub fn supports(w: &QTensor) -> bool {
-    w.device().is_cpu() && w.dtype() == GgmlDType::Q8_0 && w.shape().dims().len() == 2
+    kernel_applies(w.device().location(), w.dtype(), w.shape().rank())
+}
+
+/// The dispatch decision behind [`supports`], on plain values so that it can be tested without a
+/// GPU. The kernels here read host memory, so only a CPU weight qualifies; a weight on a GPU stays
+/// on candle's quantized matmul and dequantizer for that device (`QMatMul`, `QTensor::dequantize`),
+/// which the callers ([`super::layers::quant_path`], [`super::layers::dequant_path`]) choose.
+pub fn kernel_applies(loc: DeviceLocation, dtype: GgmlDType, rank: usize) -> bool {
+    matches!(loc, DeviceLocation::Cpu) && dtype == GgmlDType::Q8_0 && rank == 2
 }
 
 /// The `[n, k]` dims and raw blocks of a Q8_0 matrix, checked.
@@ -241,6 +249,9 @@ mod avx {
 }
 
 /// [`matmul_xwt`] as a candle op on an f32 input `[.., k]` (inference only: no backward).
+/// CPU only: it has no `cuda_fwd`, so candle answers a GPU input with the error "no cuda
+/// implementation for q8_0-matmul-f32"; [`super::layers::Linear::forward`] never sends it one
+/// (the weight would have to be on the CPU, see [`kernel_applies`]).
 pub struct Q8_0MatMul(pub Arc<QTensor>);
 
 impl CustomOp1 for Q8_0MatMul {
@@ -399,5 +410,19 @@ mod tests {
         assert!(format!("{e}").contains("63 values"), "{e}");
         let q4 = QTensor::quantize(&Tensor::zeros((8, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q4K).unwrap();
         assert!(!supports(&q4) && supports(&q));
+    }
+
+    /// The CPU kernel serves exactly the 2-d Q8_0 weights on the CPU; the same weight on a GPU
+    /// (a device location needs no GPU to name) goes to candle's kernels for that device.
+    #[test]
+    fn kernel_dispatch_by_device() {
+        let cuda = DeviceLocation::Cuda { gpu_id: 0 };
+        let metal = DeviceLocation::Metal { gpu_id: 0 };
+        assert!(kernel_applies(DeviceLocation::Cpu, GgmlDType::Q8_0, 2));
+        assert!(!kernel_applies(cuda, GgmlDType::Q8_0, 2));
+        assert!(!kernel_applies(metal, GgmlDType::Q8_0, 2));
+        assert!(!kernel_applies(DeviceLocation::Cpu, GgmlDType::Q4K, 2));
+        assert!(!kernel_applies(DeviceLocation::Cpu, GgmlDType::Q8_0, 3));
+        assert!(supports(&q8(8, 64)), "a real CPU Q8_0 tensor takes the same decision");
     }
 }
