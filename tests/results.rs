@@ -179,6 +179,24 @@ fn reopening_checks_identity_and_overwrite_starts_afresh() {
 }
 
 #[test]
+fn identity_is_the_running_mode_only() {
+    use serde_json::json;
+    let root = tempfile::tempdir().unwrap();
+    let c = |fast_steps: u32, full_axes: serde_json::Value, mode: &str| {
+        json!({"mode": mode, "model": {"name": "m"}, "modes": {"fast": {"steps": fast_steps}, "full": {"steps": 9, "sweep": full_axes}}})
+    };
+    let open = |v: &serde_json::Value| RunDir::builder(root.path(), "s", "r").config(v).unwrap().open();
+    open(&c(2, json!({"rank": [4]}), "fast")).unwrap();
+    // A new axis in the mode this run does not use: the same run, resumed.
+    assert_eq!(open(&c(2, json!({"rank": [4], "tokens": ["partial"]}), "fast")).unwrap().manifest().sessions.len(), 2);
+    // A change in the running mode, or another mode: a different run, named by the keys.
+    let e = format!("{:#}", open(&c(3, json!({"rank": [4]}), "fast")).unwrap_err());
+    assert!(e.contains("config.modes.fast.steps differs"), "{e}");
+    let e = format!("{:#}", open(&c(2, json!({"rank": [4]}), "full")).unwrap_err());
+    assert!(e.contains("config.mode") && e.contains("config.modes.fast") && e.contains("config.modes.full"), "{e}");
+}
+
+#[test]
 fn run_names_and_paths_are_checked() {
     let root = tempfile::tempdir().unwrap();
     for bad in ["", "../x", "a/b", ".hidden"] {

@@ -92,9 +92,12 @@ pub struct Manifest {
 impl Manifest {
     /// The keys in which this manifest's identity (config, seeds, model) differs from `other`'s,
     /// as dotted paths (`config.generation.temperature`, `seeds`, `model.sha256`), sorted.
+    ///
+    /// A study config with a `mode` name and a `modes` table (`ci` / `fast` / `full`) is compared
+    /// on the mode it runs only: adding an axis to `full` does not orphan a half-finished `fast` run.
     pub fn identity_diff(&self, other: &Manifest) -> Vec<String> {
         let mut out = Vec::new();
-        json_diff("config", &self.config, &other.config, &mut out);
+        json_diff("config", &active_mode_only(&self.config), &active_mode_only(&other.config), &mut out);
         if self.seeds != other.seeds {
             out.push("seeds".into());
         }
@@ -112,6 +115,22 @@ impl Manifest {
         out.sort();
         out
     }
+}
+
+/// `config` without the `modes.<m>` tables of the modes it does not run (`m != config.mode`);
+/// any other shape unchanged.
+fn active_mode_only(config: &Value) -> Value {
+    let mut c = config.clone();
+    if let Value::Object(top) = &mut c {
+        if let Some(Value::String(mode)) = top.get("mode").cloned() {
+            if let Some(Value::Object(modes)) = top.get_mut("modes") {
+                if modes.contains_key(&mode) {
+                    modes.retain(|k, _| *k == mode);
+                }
+            }
+        }
+    }
+    c
 }
 
 /// Dotted paths where two JSON values differ; object keys are walked recursively, anything else
