@@ -62,7 +62,7 @@ NB["01_experiment1"] = notebook(
     "questions answered yes.",
     [
         code("let acc = study.experiment1()?;\nprintln!(\"{}\", pretty(&acc).digits(3).max_rows(60));"),
-        code("intro::figures::show(&study, \"exp1_tiers\", &intro::figures::fig_tiers(\"Experiment 1: trained on random vectors\", &interp_kit::tables::from_df::<intro::TierRow>(&acc)?)?)?;"),
+        code("intro::figures::show(&study, \"exp1_tiers\", &intro::figures::fig_tiers(\"Experiment 1: trained on random vectors\", &intro::tier_accuracy(&study.experiment_rows(\"exp1\")?))?)?;"),
         md("## Training logs"),
         code("for v in study.variants() {\n    let log = study.train_log(\"exp1\", &v.name)?;\n"
              "    let first = log.steps.first().map(|s| s.loss).unwrap_or(f64::NAN);\n    let last = log.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);\n"
@@ -79,7 +79,7 @@ NB["02_experiment2"] = notebook(
     "vectors of its kind, and on the other kind side by side.",
     [
         code("let acc = study.experiment2()?;\nprintln!(\"{}\", pretty(&acc).digits(3));"),
-        code("intro::figures::show(&study, \"exp2_tiers\", &intro::figures::fig_tiers(\"Experiment 2: trained on concept vectors\", &interp_kit::tables::from_df::<intro::TierRow>(&acc)?)?)?;"),
+        code("intro::figures::show(&study, \"exp2_tiers\", &intro::figures::fig_tiers(\"Experiment 2: trained on concept vectors\", &intro::tier_accuracy(&study.experiment_rows(\"exp2\")?))?)?;"),
         code("let g = study.generalisation()?;\nprintln!(\"{}\", pretty(&g).digits(3));"),
     ],
 )
