@@ -22,6 +22,29 @@ fn root() -> PathBuf {
 }
 
 #[test]
+fn quant_deltas_say_each_effect_and_its_coherence() {
+    let row = |p: &str, d: Option<f64>, c: Option<f64>, ok: Option<bool>| QuantSteer {
+        precision: p.into(),
+        layer: Some(3),
+        coef: Some(2.0),
+        baseline: Some(1.0),
+        steered: d.map(|d| 1.0 + d),
+        delta: d,
+        coherence: c,
+        coherent: ok,
+        cosine: None,
+        note: String::new(),
+    };
+    let t = [row("q8_0", Some(1.11), Some(53.21), Some(true)), row("q4_0", Some(3.645), Some(49.72), Some(false)), row("q4_k", None, None, None)];
+    assert_eq!(
+        quant_deltas(&t, &["q8_0", "q4_0", "q4_k", "q2_k"]),
+        "q8_0 Δ +1.110 (coherence 53.2), q4_0 Δ +3.645 (coherence 49.7: INCOHERENT), q4_k Δ null, q2_k Δ null"
+    );
+    assert!((delta_ratio(&t, "q8_0", "q4_0").unwrap() - 1.11 / 3.645).abs() < 1e-12);
+    assert_eq!(delta_ratio(&t, "q8_0", "q4_k"), None);
+}
+
+#[test]
 fn committed_dataset_loads_with_both_splits() {
     let d = TraitData::load(root().join("datasets/trait_monitoring")).unwrap();
     assert!(d.traits.len() >= 4);
@@ -291,6 +314,7 @@ fn tiny_qwen2_pipeline_end_to_end_and_resumes() {
     assert_eq!(jd.measured, cell.cohens_d);
     let int4 = rep.findings.iter().find(|f| f.name == "int4_15x_smaller").unwrap();
     assert_eq!(int4.measured, delta_ratio(&qt, "q8_0", "q4_0"));
+    assert!(int4.detail.contains(&quant_deltas(&qt, &["q8_0", "q4_0"])), "{}", int4.detail);
     let json = std::fs::read_to_string(study.run.path().join("report.json")).unwrap();
     for f in &rep.findings {
         if f.measured.is_none() {

@@ -725,6 +725,21 @@ pub fn quant_table(steer: &[QuantSteer], cos: &[QuantCos], method: Method) -> Ve
         .collect()
 }
 
+/// `"q8_0 Δ +1.110 (coherence 53.2), q4_0 Δ +3.645 (coherence 49.7: INCOHERENT)"` for the
+/// report: each precision's effect and whether its steered answers passed the threshold.
+pub fn quant_deltas(table: &[QuantSteer], precisions: &[&str]) -> String {
+    precisions
+        .iter()
+        .map(|p| match table.iter().find(|s| s.precision == *p) {
+            Some(QuantSteer { delta: Some(d), coherence: Some(c), coherent, .. }) => {
+                format!("{p} Δ {d:+.3} (coherence {c:.1}{})", if *coherent == Some(false) { ": INCOHERENT" } else { "" })
+            }
+            _ => format!("{p} Δ null"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `Δ(a) / Δ(b)` of the quantization table, null unless both are measured and `Δ(b) > 0`.
 pub fn delta_ratio(table: &[QuantSteer], a: &str, b: &str) -> Option<f64> {
     let d = |p: &str| table.iter().find(|s| s.precision == p).and_then(|s| s.delta);
@@ -1423,7 +1438,11 @@ impl TraitStudy {
             plan: "INT4 steering effect 15x smaller than INT8 (+2.2 vs +33.5)".into(),
             plan_value: Some(15.0),
             measured: r48,
-            detail: format!("Δ(q8_0) / Δ({}) at the f32 best layer and coefficient", int4.as_deref().unwrap_or("no 4-bit precision measured")),
+            detail: format!(
+                "Δ(q8_0) / Δ({}) at the f32 best layer and coefficient (effect sizes, coherent or not): {}",
+                int4.as_deref().unwrap_or("no 4-bit precision measured"),
+                qt.as_deref().map(|t| quant_deltas(t, &["q8_0", int4.as_deref().unwrap_or("q4_0")])).unwrap_or_default()
+            ),
         });
         let r8 = qt.as_ref().and_then(|t| delta_ratio(t, "q8_0", "f32"));
         findings.push(Finding {
@@ -1431,7 +1450,10 @@ impl TraitStudy {
             plan: "INT8 keeps the steering effect (+33.5, the full-precision value)".into(),
             plan_value: Some(1.0),
             measured: r8,
-            detail: "Δ(q8_0) / Δ(f32) at the f32 best layer and coefficient".into(),
+            detail: format!(
+                "Δ(q8_0) / Δ(f32) at the f32 best layer and coefficient: {}",
+                qt.as_deref().map(|t| quant_deltas(t, &["f32", "q8_0"])).unwrap_or_default()
+            ),
         });
         let rep = Report { mode: self.cfg.mode.name().into(), model: self.cfg.model.name.clone(), findings };
         self.run.write_json("report.json", &rep)?;
