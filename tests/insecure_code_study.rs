@@ -293,6 +293,23 @@ fn tiny_pipeline_end_to_end_resumes_and_reports() {
         assert!(cos > 0.3, "cos {cos}");
     }
     assert!(study.extract_cross_directions().unwrap().is_some());
+    // A second run reads the directions back instead of recomputing them (files untouched).
+    let files = ["directions/summary.csv", "directions/layer_2.safetensors", "directions_caps/layer_2.safetensors"];
+    let mtime = |f: &str| std::fs::metadata(study.run.join(f).unwrap()).unwrap().modified().unwrap();
+    let before: Vec<_> = files.iter().map(|f| mtime(f)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let back = study.extract_directions().unwrap();
+    for c in ["layer", "norm", "split_half_cos"] {
+        let (a, b) = (column_f64(&back, c).unwrap(), column_f64(&dsum, c).unwrap());
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-9 * y.abs().max(1.0) || (x.is_nan() && y.is_nan())), "{c}: {a:?} vs {b:?}");
+    }
+    let caps = study.extract_cross_directions().unwrap().unwrap();
+    assert_eq!(caps.len(), 2);
+    assert_eq!(files.iter().map(|f| mtime(f)).collect::<Vec<_>>(), before, "finished directions are not recomputed");
+    // One lost layer file: both are recomputed.
+    std::fs::remove_file(study.run.join("directions/layer_0.safetensors").unwrap()).unwrap();
+    study.extract_directions().unwrap();
+    assert!(study.run.exists("directions/layer_0.safetensors") && mtime(files[0]) != before[0]);
     let al = study.alignment().unwrap();
     let sz = study.sizes().clone();
     let n_pos = 1 + sz.k_assistant;

@@ -323,8 +323,12 @@ impl InsecureStudy {
 
     /// `v_insecure(l)`: mean over the first `n_direction` pairs of the residual averaged over the
     /// assistant span, insecure minus secure (no system prompt), saved raw per layer (unit-normed
-    /// wherever it is used). Summary per layer in `directions/summary.csv`.
+    /// wherever it is used). Summary per layer in `directions/summary.csv`. Resumes: once the
+    /// summary (written after every layer's file) exists, it is read back instead of recomputed.
     pub fn extract_directions(&self) -> Result<DataFrame> {
+        if self.run.exists("directions/summary.csv") && self.layers.iter().all(|l| self.run.exists(format!("directions/layer_{l}.safetensors"))) {
+            return self.run.read_csv("directions/summary.csv");
+        }
         let n = self.sizes().n_direction;
         let bad = readout(&self.model, &self.span_rows(&self.data.insecure[..n], "insecure")?, &self.points(), self.sizes().batch_size)?;
         let good = readout(&self.model, &self.span_rows(&self.data.secure[..n], "secure")?, &self.points(), self.sizes().batch_size)?;
@@ -372,10 +376,14 @@ impl InsecureStudy {
 
     /// Cross-trait direction (ALL-CAPS): `pre_assistant` residual under `cross_promote` minus
     /// under `cross_suppress`, over the first `n_cross` training prompts. `None` when `n_cross = 0`.
+    /// Resumes: when every layer's file exists (each written atomically), they are loaded.
     pub fn extract_cross_directions(&self) -> Result<Option<Vec<Direction>>> {
         let n = self.sizes().n_cross;
         if n == 0 {
             return Ok(None);
+        }
+        if self.layers.iter().all(|l| self.run.exists(format!("directions_caps/layer_{l}.safetensors"))) {
+            return self.cross_directions();
         }
         let texts: Vec<String> = (0..n.min(self.data.insecure.len())).map(|i| Ok(self.data.insecure[i].user_prompt()?.to_string())).collect::<Result<_>>()?;
         let acts = |sys: &str| -> Result<BTreeMap<HookPoint, candle_core::Tensor>> {
