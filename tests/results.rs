@@ -103,6 +103,21 @@ fn manifest_records_identity_and_provenance() {
     assert_eq!(m.kit_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(m.host.device, "cpu");
     assert_eq!(m.host.cores, std::thread::available_parallelism().unwrap().get());
+    // The kernel level this process uses, and the CPU by Linux's name where /proc/cpuinfo exists.
+    assert_eq!(m.host.cpu_kernels, interp_kit::base::cpu::level().name());
+    if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
+        let name = info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
+        if let Some(name) = name {
+            assert!(m.host.cpu.starts_with(&name) && m.host.cpu.contains("family"), "{}", m.host.cpu);
+        }
+    }
+    // A manifest written before these fields existed still reads (empty strings).
+    let mut old = serde_json::to_value(&m).unwrap();
+    for k in ["cpu", "cpu_kernels"] {
+        old["host"].as_object_mut().unwrap().remove(k);
+    }
+    let back: Manifest = serde_json::from_value(old).unwrap();
+    assert_eq!((back.host.cpu.as_str(), back.host.cpu_kernels.as_str()), ("", ""));
     assert!(chrono::DateTime::parse_from_rfc3339(&m.started_at).is_ok(), "{}", m.started_at);
     assert_eq!(m.sessions.len(), 1);
     // The commit must be what git itself says for the kit's repository (when git is installed).

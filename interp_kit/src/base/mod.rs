@@ -1,5 +1,6 @@
-//! The bottom layer: atomic file IO, the checked GGUF reader, the seeded RNG, device choice, malloc
+//! The bottom layer: atomic file IO, the checked GGUF reader, the seeded RNG, device choice, CPU kernel levels, malloc
 //! tuning and the kit's paths (cache directory, embedded model). It imports nothing from the rest of the kit.
+pub mod cpu;
 pub mod device;
 pub mod fault;
 pub mod gguf;

@@ -19,6 +19,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DeviceLocation, Layout, Shape};
 use half::f16;
 use rayon::prelude::*;
+use crate::base::cpu::SimdLevel;
 use std::sync::Arc;
 
 /// Bytes and values of one Q8_0 block: an f16 scale and 32 signed bytes.
@@ -122,21 +123,35 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> Vec<u8> {
 /// block, `acc += (d_w d_x) * dot` in eight lanes, then the same horizontal sum. A row's result
 /// is therefore bit-identical to candle's quantized matmul on that row alone.
 fn dot_rows(xq: &[u8], rows: usize, w: &[u8], out: &mut [f32]) {
+    dot_rows_at(level(), xq, rows, w, out)
+}
+
+/// [`dot_rows`] with the kernel of `level` (at most [`crate::base::cpu::detected`]): every level
+/// gives the same bits, since the block dot products are exact integers and the f32 steps are
+/// the same at every level.
+fn dot_rows_at(level: SimdLevel, xq: &[u8], rows: usize, w: &[u8], out: &mut [f32]) {
+    debug_assert!(level <= crate::base::cpu::detected());
+    macro_rules! by_rows {
+        ($m:ident :: $f:ident) => {
+            match rows {
+                1 => $m::$f::<1>(xq, w, out),
+                2 => $m::$f::<2>(xq, w, out),
+                3 => $m::$f::<3>(xq, w, out),
+                4 => $m::$f::<4>(xq, w, out),
+                5 => $m::$f::<5>(xq, w, out),
+                6 => $m::$f::<6>(xq, w, out),
+                7 => $m::$f::<7>(xq, w, out),
+                _ => $m::$f::<8>(xq, w, out),
+            }
+        };
+    }
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the features are present; xq holds rows x w.len() bytes of whole blocks.
-        unsafe {
-            return match rows {
-                1 => avx::dot_rows::<1>(xq, w, out),
-                2 => avx::dot_rows::<2>(xq, w, out),
-                3 => avx::dot_rows::<3>(xq, w, out),
-                4 => avx::dot_rows::<4>(xq, w, out),
-                5 => avx::dot_rows::<5>(xq, w, out),
-                6 => avx::dot_rows::<6>(xq, w, out),
-                7 => avx::dot_rows::<7>(xq, w, out),
-                _ => avx::dot_rows::<8>(xq, w, out),
-            };
-        }
+    match level {
+        // SAFETY: the level's features are present (it is at most the detected level); xq holds
+        // rows x w.len() bytes of whole blocks.
+        SimdLevel::Avx512Vnni => return unsafe { by_rows!(avx::dot_rows_vnni) },
+        SimdLevel::Avx2 => return unsafe { by_rows!(avx::dot_rows) },
+        SimdLevel::Portable => {}
     }
     dot_rows_portable(xq, rows, w, out)
 }
@@ -160,7 +175,7 @@ fn dot_rows_portable(xq: &[u8], rows: usize, w: &[u8], out: &mut [f32]) {
 
 fn dequant_blocks(b: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if level() >= SimdLevel::Avx2 {
         // SAFETY: the features are present; out holds 32 values per 34-byte block.
         unsafe { return avx::dequant_blocks(b, out) };
     }
@@ -176,11 +191,9 @@ fn dequant_blocks_portable(b: &[u8], out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+/// The kernel level ([`crate::base::cpu::level`]: detected, capped by `INTERP_KIT_SIMD`).
+fn level() -> SimdLevel {
+    crate::base::cpu::level()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -202,6 +215,19 @@ mod avx {
     /// `R` quantized input rows against one Q8_0 weight row; see [`super::dot_rows`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_rows<const R: usize>(xq: &[u8], w: &[u8], out: &mut [f32]) {
+        dot_rows_body::<R, false>(xq, w, out)
+    }
+
+    /// [`dot_rows`] with AVX-512 VNNI: one `vpdpbusd` per block and row instead of `vpmaddubsw` +
+    /// `vpmaddwd`. The same integers (|x| <= 127 for Q8_0, so `vpmaddubsw`'s 16-bit pair sums
+    /// never saturate), hence the same bits.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn dot_rows_vnni<const R: usize>(xq: &[u8], w: &[u8], out: &mut [f32]) {
+        dot_rows_body::<R, true>(xq, w, out)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_rows_body<const R: usize, const VNNI: bool>(xq: &[u8], w: &[u8], out: &mut [f32]) {
         let len = w.len();
         debug_assert!(xq.len() >= R * len && len % BLOCK_BYTES == 0 && out.len() >= R);
         let ones = _mm256_set1_epi16(1);
@@ -216,7 +242,11 @@ mod avx {
                 let xb = xp.add(r * len + off);
                 let d = _mm256_set1_ps(dw * scale(std::slice::from_raw_parts(xb, 2)));
                 let sx = _mm256_sign_epi8(_mm256_loadu_si256(xb.add(2) as *const __m256i), wq);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(aw, sx)));
+                let q = if VNNI {
+                    _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx))
+                } else {
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(aw, sx)))
+                };
                 *a = _mm256_fmadd_ps(d, q, *a);
             }
             off += BLOCK_BYTES;
@@ -306,7 +336,7 @@ mod tests {
             BlockQ8_0::from_float(v, &mut b);
             b
         };
-        let exact = cfg!(target_arch = "x86_64") && avx2();
+        let exact = cfg!(target_arch = "x86_64") && level() >= SimdLevel::Avx2;
         for (m, n, k) in SHAPES {
             let seed = (n * 1000 + k) as u64;
             let w: Vec<f32> = normal(n, k, seed).flatten_all().unwrap().to_vec1().unwrap();
@@ -380,6 +410,35 @@ mod tests {
         let q = q8(300, 96); // more blocks than one task takes, and a partial last task
         let want: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(dequantize(&q).unwrap(), want);
+    }
+
+    /// Every kernel level this machine has against the portable loops, bit for bit, on rows with
+    /// the extreme quantized values (±127 in every block) and on ordinary ones, 1 to 8 rows.
+    #[test]
+    fn every_level_matches_portable() {
+        let k = 160;
+        for seed in 0..3u64 {
+            let mut w = normal(1, k, 40 + seed).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut x = normal(8, k, 50 + seed).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            if seed == 0 {
+                // every value ±max of its block: all quantized values are ±127
+                for v in w.iter_mut().chain(x.iter_mut()) {
+                    *v = if *v >= 0.0 { 3.0 } else { -3.0 };
+                }
+            }
+            let q = QTensor::quantize(&Tensor::from_vec(w, (1, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+            let data = q.data().unwrap();
+            let xq = quantize_rows(&x, 8, k);
+            for rows in 1..=8 {
+                let mut want = [0f32; 8];
+                dot_rows_portable(&xq, rows, &data, &mut want[..rows]);
+                for lvl in crate::base::cpu::detected().up_to() {
+                    let mut got = [0f32; 8];
+                    dot_rows_at(lvl, &xq, rows, &data, &mut got[..rows]);
+                    assert_eq!(got[..rows], want[..rows], "level {lvl}, {rows} rows, seed {seed}");
+                }
+            }
+        }
     }
 
     /// The SIMD kernels (where the machine has them) against the portable loops, bit for bit.

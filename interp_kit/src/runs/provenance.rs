@@ -122,6 +122,13 @@ pub struct HostInfo {
     /// The compute device the run's model used: `cpu`, `cuda:0`, `metal:0`, or `unknown` if the
     /// caller did not say.
     pub device: String,
+    /// The CPU as Linux names it (`/proc/cpuinfo`: model name, family and model), or `unknown`.
+    #[serde(default)]
+    pub cpu: String,
+    /// The level of the kit's own CPU kernels in this process ([`crate::base::cpu::level`]:
+    /// `portable`, `avx2`, `avx512vnni`); empty in manifests written before it was recorded.
+    #[serde(default)]
+    pub cpu_kernels: String,
 }
 
 impl HostInfo {
@@ -139,7 +146,25 @@ impl HostInfo {
             arch: std::env::consts::ARCH.into(),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             device: device.into(),
+            cpu: cpu_name(),
+            cpu_kernels: crate::base::cpu::level().name().into(),
         }
+    }
+}
+
+/// `"<model name> (family F model M)"` from `/proc/cpuinfo`'s first processor, or `unknown`.
+fn cpu_name() -> String {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return "unknown".into() };
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|n| n.trim() == k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    match (field("model name"), field("cpu family"), field("model")) {
+        (Some(n), Some(f), Some(m)) => format!("{n} (family {f} model {m})"),
+        (Some(n), _, _) => n,
+        _ => "unknown".into(),
     }
 }
 

@@ -1,0 +1,143 @@
+//! Which CPU instructions the kit's own kernels use (`model::qgemm`): detected once at run time,
+//! and capped by `INTERP_KIT_SIMD` so that every path can be run, and compared with the portable
+//! reference, on a machine that has the fastest one.
+//!
+//! | level | needs | used for |
+//! |---|---|---|
+//! | `portable` | nothing | plain Rust loops, the reference |
+//! | `avx2` | AVX2 + FMA | Q8_0 dot products (`vpmaddubsw` + `vpmaddwd`), dequantization |
+//! | `avx512vnni` | the above + AVX-512 VNNI and VL | Q8_0 dot products in one `vpdpbusd` per block |
+//!
+//! `INTERP_KIT_SIMD=portable|avx2|avx512vnni` lowers the level (it never raises it above what the
+//! CPU has); an unknown value is reported once on stderr and ignored. The integer kernels give
+//! bit-identical results at every level (the tests compare them).
+
+use anyhow::{bail, Result};
+use std::sync::OnceLock;
+
+/// A kernel level, ordered from the slowest to the fastest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    Portable,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl SimdLevel {
+    /// Every level, slowest first.
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512Vnni];
+
+    /// The name `INTERP_KIT_SIMD` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Portable => "portable",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// The levels this one includes (itself and every slower one), slowest first.
+    pub fn up_to(self) -> Vec<SimdLevel> {
+        SimdLevel::ALL.into_iter().filter(|l| *l <= self).collect()
+    }
+}
+
+impl std::str::FromStr for SimdLevel {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" | "scalar" => Ok(SimdLevel::Portable),
+            "avx2" => Ok(SimdLevel::Avx2),
+            "avx512vnni" | "avx512" | "vnni" => Ok(SimdLevel::Avx512Vnni),
+            other => bail!("INTERP_KIT_SIMD={other:?}: use portable, avx2 or avx512vnni"),
+        }
+    }
+}
+
+impl std::fmt::Display for SimdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The fastest level this CPU runs (detected once).
+pub fn detected() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> SimdLevel {
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    let vnni = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
+    match (avx2, vnni) {
+        (true, true) => SimdLevel::Avx512Vnni,
+        (true, false) => SimdLevel::Avx2,
+        _ => SimdLevel::Portable,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> SimdLevel {
+    SimdLevel::Portable
+}
+
+/// `detected` lowered to the level `request` names (never raised above it).
+pub fn capped(detected: SimdLevel, request: Option<&str>) -> Result<SimdLevel> {
+    Ok(match request {
+        None => detected,
+        Some(r) if r.trim().is_empty() => detected,
+        Some(r) => detected.min(r.parse::<SimdLevel>()?),
+    })
+}
+
+/// The level the kernels use: [`detected`] capped by `INTERP_KIT_SIMD` (read once).
+pub fn level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let request = std::env::var("INTERP_KIT_SIMD").ok();
+        capped(detected(), request.as_deref()).unwrap_or_else(|e| {
+            eprintln!("interp_kit: {e:#}; using {}", detected());
+            detected()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_lower_the_level_and_never_raise_it() {
+        use SimdLevel::*;
+        assert_eq!(capped(Avx512Vnni, None).unwrap(), Avx512Vnni);
+        assert_eq!(capped(Avx512Vnni, Some("")).unwrap(), Avx512Vnni);
+        assert_eq!(capped(Avx512Vnni, Some("avx2")).unwrap(), Avx2);
+        assert_eq!(capped(Avx512Vnni, Some(" Scalar ")).unwrap(), Portable);
+        assert_eq!(capped(Avx2, Some("avx512vnni")).unwrap(), Avx2);
+        assert_eq!(capped(Portable, Some("avx2")).unwrap(), Portable);
+        let e = capped(Avx2, Some("sse9")).unwrap_err().to_string();
+        assert!(e.contains("INTERP_KIT_SIMD") && e.contains("sse9") && e.contains("avx512vnni"), "{e}");
+        assert_eq!(Avx2.up_to(), [Portable, Avx2]);
+        for l in SimdLevel::ALL {
+            assert_eq!(l.name().parse::<SimdLevel>().unwrap(), l);
+        }
+        assert!(level() <= detected());
+    }
+
+    /// Detection agrees with the kernel's own list of flags where Linux shows it.
+    #[test]
+    fn detection_agrees_with_proc_cpuinfo() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return };
+        let Some(flags) = info.lines().find(|l| l.starts_with("flags")) else { return };
+        let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+        let want = if has("avx2") && has("fma") && has("avx512f") && has("avx512vl") && has("avx512_vnni") {
+            SimdLevel::Avx512Vnni
+        } else if has("avx2") && has("fma") {
+            SimdLevel::Avx2
+        } else {
+            SimdLevel::Portable
+        };
+        assert_eq!(detected(), want, "{flags}");
+    }
+}
