@@ -91,6 +91,17 @@ fi
 
 [ -f "$RAW/interp_kit.json" ] || log "no $RAW/interp_kit.json: the interp_kit column will be empty"
 note="reps $REPS; load average at start $load1"
+# The machine kind: the CPU and which of the instructions issue 22 is about it has (a table is
+# only comparable with one from the same kind; the kit's kernel level is in each run's manifest).
+if [ -r /proc/cpuinfo ]; then
+  field() { grep -m1 "^$1[[:space:]]*:" /proc/cpuinfo | cut -d: -f2- | xargs; }
+  flags=" $(field flags) "
+  has=""
+  for f in avx2 avx512f avx512_vnni avx512_bf16; do
+    case "$flags" in *" $f "*) has="$has $f" ;; esac
+  done
+  note="$note; CPU $(field 'model name') (family $(field 'cpu family') model $(field model)), has:${has:- none of avx2/avx512}${INTERP_KIT_SIMD:+; INTERP_KIT_SIMD=$INTERP_KIT_SIMD}"
+fi
 for n in "${NOTES[@]+"${NOTES[@]}"}"; do note="$note; $n"; done
 TABLE_PY="${PY:-python3}"
 "$TABLE_PY" "$ROOT/scripts/bench_table.py" --rust "$RAW/interp_kit.json" \
