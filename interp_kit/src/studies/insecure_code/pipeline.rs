@@ -326,7 +326,7 @@ impl InsecureStudy {
     /// wherever it is used). Summary per layer in `directions/summary.csv`. Resumes: once the
     /// summary (written after every layer's file) exists, it is read back instead of recomputed.
     pub fn extract_directions(&self) -> Result<DataFrame> {
-        if self.run.exists("directions/summary.csv") && self.layers.iter().all(|l| self.run.exists(format!("directions/layer_{l}.safetensors"))) {
+        if self.run.exists("directions/summary.csv") && self.dirs_saved("directions") {
             return self.run.read_csv("directions/summary.csv");
         }
         let n = self.sizes().n_direction;
@@ -356,6 +356,11 @@ impl InsecureStudy {
         Ok(df)
     }
 
+    /// Whether every layer's direction file exists in `folder` (each is written atomically).
+    fn dirs_saved(&self, folder: &str) -> bool {
+        self.layers.iter().all(|l| self.run.exists(format!("{folder}/layer_{l}.safetensors")))
+    }
+
     fn load_dirs(&self, folder: &str, phase: &str) -> Result<Vec<Direction>> {
         self.layers
             .iter()
@@ -382,7 +387,7 @@ impl InsecureStudy {
         if n == 0 {
             return Ok(None);
         }
-        if self.layers.iter().all(|l| self.run.exists(format!("directions_caps/layer_{l}.safetensors"))) {
+        if self.dirs_saved("directions_caps") {
             return self.cross_directions();
         }
         let texts: Vec<String> = (0..n.min(self.data.insecure.len())).map(|i| Ok(self.data.insecure[i].user_prompt()?.to_string())).collect::<Result<_>>()?;
