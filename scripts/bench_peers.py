@@ -60,6 +60,10 @@ FWD = "forward, {n} tokens"
 DEC = "decode, batch {b} (aggregate)"
 GRAD = "forward+backward, 100 tokens, dL/dh at 3 layers"
 LORA = "LoRA step, r=16 q_proj+v_proj, batch 4 x 64 tokens, AdamW"
+# The same two workloads under torch's CPU autocast to bf16 (matmuls in bf16 with this CPU's
+# bf16 instructions where oneDNN has them; weights stay f32; backward outside the autocast scope).
+GRAD_BF16 = GRAD + ", bf16 autocast"
+LORA_BF16 = LORA + ", bf16 autocast"
 STUDY = "generate, steering study prompts (batch 8, 80 new tokens, sampled), aggregate"
 STUDY_NEW_TOKENS = 80
 RSS_INF = "peak RSS, inference path"
@@ -151,7 +155,7 @@ def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
     x = torch.tensor([ids(100, 3)])
     start = 80
 
-    def grad_once():
+    def grad_once(bf16=False):
         taps = {}
 
         def hook(i):
@@ -166,8 +170,9 @@ def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
 
         handles = [layers[i].register_forward_hook(hook(i)) for i in points]
         try:
-            hs = model.model(input_ids=x, use_cache=False).last_hidden_state  # after the final norm
-            logits = model.lm_head(hs[0, start - 1 : x.shape[1] - 1]).float()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                hs = model.model(input_ids=x, use_cache=False).last_hidden_state  # after the final norm
+                logits = model.lm_head(hs[0, start - 1 : x.shape[1] - 1]).float()
             nll = -torch.log_softmax(logits, -1).gather(1, x[0, start:, None]).squeeze(1)
             loss = nll.mean()
             grads = torch.autograd.grad(loss, [taps[i] for i in points])
@@ -185,6 +190,13 @@ def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
             grad_once()
             ts.append(time.perf_counter() - t)
         r.add(GRAD, median(ts), "s")
+        grad_once(bf16=True)  # warm-up
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            grad_once(bf16=True)
+            ts.append(time.perf_counter() - t)
+        r.add(GRAD_BF16, median(ts), "s")
     if want("forward") or want("decode"):
         r.add(RSS_INF, infer_rss, "MiB")
     if want("grad"):
@@ -201,8 +213,9 @@ def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-4)
         batch = torch.tensor([ids(64, row) for row in range(4)])
 
-        def step():
-            out = pm(input_ids=batch, labels=batch, use_cache=False)
+        def step(bf16=False):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = pm(input_ids=batch, labels=batch, use_cache=False)
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -215,6 +228,13 @@ def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
             step()
             ts.append(time.perf_counter() - t)
         r.add(LORA, median(ts), "s")
+        step(bf16=True)  # warm-up
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            step(bf16=True)
+            ts.append(time.perf_counter() - t)
+        r.add(LORA_BF16, median(ts), "s")
         r.add(RSS_LORA, peak_rss_mib(), "MiB")
     return r, versions
 

@@ -58,6 +58,16 @@ fn embedded_quantized_matches_transformers_greedy() {
     check_against_reference(&model, &reference(), 5e-2, 2e-2);
 }
 
+/// Int8 prefill (`Model::int8_prefill`: the Q8_0 layers' activations quantized per 32-value block
+/// in prefill too, on VNNI CPUs; elsewhere a no-op): within the quantized path's tolerances of HF,
+/// and the same greedy tokens.
+#[test]
+fn embedded_int8_prefill_matches_transformers_greedy() {
+    let Some(mut model) = common::embedded() else { return };
+    model.int8_prefill = true;
+    check_against_reference(&model, &reference(), 5e-2, 2e-2);
+}
+
 /// The kit's own chat rendering gives the prompt ids transformers used (default system prompt
 /// inserted by the Qwen2.5 template).
 #[test]

@@ -67,10 +67,32 @@ fn main() -> Result<()> {
         }
         row(format!("forward, {n} tokens"), median(ts), "s");
     }
+    // The same with int8 activations for the Q8_0 layers (`Model::int8_prefill`; VNNI CPUs only).
+    if want("forward") && interp_kit::base::cpu::level() >= interp_kit::base::cpu::SimdLevel::Avx512Vnni {
+        let mut m8 = model.clone();
+        m8.int8_prefill = true;
+        for n in [64usize, 256] {
+            let p = vec![ids(n, 1)];
+            m8.forward_at(&p, &Hooks::new(), LogitsAt::Last)?; // warm-up: repacks the Q8_0 weights once
+            let mut ts = vec![];
+            for _ in 0..reps {
+                let t = Instant::now();
+                m8.forward_at(&p, &Hooks::new(), LogitsAt::Last)?;
+                ts.push(t.elapsed().as_secs_f64());
+            }
+            row(format!("forward, {n} tokens, int8 prefill"), median(ts), "s");
+        }
+    }
     let infer_rss = peak_rss_mib();
     for b in [1usize, 8].into_iter().filter(|_| want("decode")) {
         let prompts: Vec<Vec<u32>> = (0..b).map(|r| ids(16, r as u32)).collect();
         let steps = 32;
+        {
+            // warm-up: the first decode step repacks the Q8_0 weights on VNNI CPUs (once per model)
+            let mut cache = KvCache::new(&model);
+            model.prefill(&prompts, &mut cache, &Hooks::new(), LogitsAt::Last)?;
+            model.decode(&vec![2000; b], &mut cache, &Hooks::new())?;
+        }
         let mut ts = vec![];
         for _ in 0..reps.min(2) {
             let mut cache = KvCache::new(&model);

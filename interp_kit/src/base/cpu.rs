@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `portable` | nothing | plain Rust loops, the reference |
 //! | `avx2` | AVX2 + FMA | Q8_0 dot products (`vpmaddubsw` + `vpmaddwd`), dequantization |
-//! | `avx512vnni` | the above + AVX-512 VNNI and VL | Q8_0 dot products in one `vpdpbusd` per block |
+//! | `avx512vnni` | the above + AVX-512 VNNI and VL, F16C | Q8_0 dot products in one `vpdpbusd` per block; the packed int8 kernel (`model::q8_packed`) |
 //!
 //! `INTERP_KIT_SIMD=portable|avx2|avx512vnni` lowers the level (it never raises it above what the
 //! CPU has); an unknown value is reported once on stderr and ignored. The integer kernels give
@@ -69,7 +69,10 @@ pub fn detected() -> SimdLevel {
 #[cfg(target_arch = "x86_64")]
 fn detect() -> SimdLevel {
     let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-    let vnni = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
+    let vnni = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("f16c");
     match (avx2, vnni) {
         (true, true) => SimdLevel::Avx512Vnni,
         (true, false) => SimdLevel::Avx2,
@@ -131,7 +134,7 @@ mod tests {
         let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return };
         let Some(flags) = info.lines().find(|l| l.starts_with("flags")) else { return };
         let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-        let want = if has("avx2") && has("fma") && has("avx512f") && has("avx512vl") && has("avx512_vnni") {
+        let want = if has("avx2") && has("fma") && has("avx512f") && has("avx512vl") && has("avx512_vnni") && has("f16c") {
             SimdLevel::Avx512Vnni
         } else if has("avx2") && has("fma") {
             SimdLevel::Avx2

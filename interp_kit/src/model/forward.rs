@@ -12,6 +12,8 @@ pub struct FwdCtx<'a> {
     pub grad: bool,
     /// Use dense weights on the inference path (exact f32 instead of quantized matmuls).
     pub dense: bool,
+    /// Prefill multiplies by Q8_0 weights with int8 activations on VNNI CPUs (`Model::int8_prefill`).
+    pub int8_prefill: bool,
     pub keep_kv: bool,
     pub phase: Phase,
     /// The model's rotary tables (`None` for learned absolute positions, GPT-2).
@@ -71,6 +73,8 @@ pub struct CallSpec<'a, 'p> {
     pub pass: Pass<'p>,
     /// Dense weights on the inference path (exact f32 instead of quantized matmuls).
     pub dense: bool,
+    /// Int8 activations for Q8_0 prefill on VNNI CPUs (`Model::int8_prefill`).
+    pub int8_prefill: bool,
     /// Append this call's K/V to a cache the caller holds.
     pub keep_kv: bool,
     /// Left padding per row (in cache columns).
@@ -84,7 +88,7 @@ pub struct CallSpec<'a, 'p> {
 
 impl<'a> FwdCtx<'a> {
     pub fn new(spec: CallSpec<'a, '_>) -> Result<Self> {
-        let CallSpec { rope, hooks, pass, dense, keep_kv, pad, past_cols, new_cols, device, dtype } = spec;
+        let CallSpec { rope, hooks, pass, dense, int8_prefill, keep_kv, pad, past_cols, new_cols, device, dtype } = spec;
         let grad = pass.is_gradient();
         let grad_points = pass.taps();
         let phase = if past_cols == 0 { Phase::Prefill } else { Phase::Decode };
@@ -117,6 +121,7 @@ impl<'a> FwdCtx<'a> {
         Ok(Self {
             grad,
             dense,
+            int8_prefill,
             keep_kv,
             phase,
             rope,

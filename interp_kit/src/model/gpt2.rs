@@ -142,7 +142,7 @@ impl Config {
         let norm = layer_norm(w, &format!("{p}ln_f"), eps)?;
         let head = lm_head(w, &["lm_head"], self.tie_word_embeddings, &embed, v, d)?;
         Ok(Parts {
-            embed: Embedding { weight: embed, scale: None },
+            embed: Embedding::dense(embed, None),
             pos_embed: Some(wpe),
             blocks,
             norm,

@@ -167,7 +167,7 @@ impl Config {
         let head = lm_head(w, &["embed_out", "lm_head"], self.tie_word_embeddings, &embed, v, d)?;
         let rope_max = self.max_position_embeddings.min(ROPE_MAX_POSITIONS);
         Ok(Parts {
-            embed: Embedding { weight: embed, scale: None },
+            embed: Embedding::dense(embed, None),
             pos_embed: None,
             blocks,
             norm,

@@ -6,10 +6,11 @@
 //!   backward passes the gradient to the input only (plain matmul backward would also compute
 //!   the weight gradient: ~4x the time, 2x the memory).
 use super::forward::FwdCtx;
-use super::qgemm;
+use super::{q8_packed, qgemm};
 use anyhow::{Context, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{QMatMul, QTensor};
+use crate::base::cpu::SimdLevel;
 use candle_core::{
     op::BackpropOp, CpuStorage, CustomOp1, DType, Device, DeviceLocation, Layout, Module, Shape, Storage, Tensor, D,
 };
@@ -113,13 +114,16 @@ pub enum Weight {
         q: Arc<QTensor>,
         /// f32 (or the model dtype) copy, made on first use by the gradient path.
         dense: OnceLock<Tensor>,
+        /// The Q8_0 weight repacked for the VNNI kernel ([`q8_packed`]), made on first use by
+        /// [`QuantPath::Q8_0Packed`] and shared by clones.
+        packed: Arc<OnceLock<q8_packed::PackedQ8>>,
         dtype: DType,
     },
 }
 
 impl Weight {
     pub fn quant(q: Arc<QTensor>, dtype: DType) -> Result<Self> {
-        Ok(Weight::Quant { qmm: QMatMul::from_arc(q.clone())?, q, dense: OnceLock::new(), dtype })
+        Ok(Weight::Quant { qmm: QMatMul::from_arc(q.clone())?, q, dense: OnceLock::new(), packed: Arc::default(), dtype })
     }
     /// The dense `[out, in]` matrix (dequantized once and kept, for quantized weights).
     pub fn dense(&self) -> Result<&Tensor> {
@@ -143,10 +147,11 @@ impl Weight {
 }
 
 /// From this many rows (tokens x batch) on, a quantized linear layer multiplies with a
-/// transient dequantized copy of its weight (gemm) instead of quantized dot products.
+/// transient dequantized copy of its weight (gemm) instead of quantized dot products, unless
+/// `Model::int8_prefill` sends a Q8_0 layer to the packed int8 kernel (VNNI CPUs).
 pub const DENSE_MIN_ROWS: usize = 16;
 
-/// From this many rows on (below [`DENSE_MIN_ROWS`]), a Q8_0 linear layer uses
+/// Without AVX-512 VNNI: from this many rows on (below [`DENSE_MIN_ROWS`]), a Q8_0 linear layer uses
 /// [`qgemm::matmul_xwt`]: candle's integer arithmetic, each weight block loaded once for up to
 /// 8 rows (batch-8 decode of the embedded model: 38 tok/s through candle, 74 through it). A
 /// single row stays on candle, which is as exact and a little faster there (BENCHMARKS.md).
@@ -229,6 +234,10 @@ pub enum QuantPath {
     /// [`qgemm::Q8_0MatMul`]: the kit's CPU Q8_0 kernel, for [`Q8_0_MIN_ROWS`] up to
     /// [`DENSE_MIN_ROWS`] f32 rows (batched decode).
     Q8_0Kernel,
+    /// [`q8_packed`]: the repacked Q8_0 weight and the tiled VNNI kernel, on CPUs with AVX-512
+    /// VNNI: every decode batch below [`DENSE_MIN_ROWS`] rows, and prefill too with
+    /// `Model::int8_prefill` (activations quantized to 8 bits per 32-value block).
+    Q8_0Packed,
     /// A transient dequantized copy ([`dequantize_par`], on the weight's device) and a gemm:
     /// [`DENSE_MIN_ROWS`] rows or more (prefill).
     DequantGemm,
@@ -238,9 +247,10 @@ pub enum QuantPath {
 }
 
 /// The dispatch decision of [`Linear::forward`] for a quantized weight of GGML type `w` (rank
-/// `w_rank`) on `loc`, given the input dtype, its number of rows and whether exact dense inference
-/// was asked for. On a GPU the kit's Q8_0 CPU kernel never applies ([`qgemm::kernel_applies`]); the
-/// other paths run candle's kernels for that device.
+/// `w_rank`) on `loc`, given the input dtype, its number of rows, whether exact dense inference
+/// was asked for, whether prefill may quantize its activations to int8 (`Model::int8_prefill`)
+/// and the CPU's kernel level ([`crate::base::cpu::level`]). On a GPU the kit's Q8_0 CPU kernels
+/// never apply ([`qgemm::kernel_applies`]); the other paths run candle's kernels for that device.
 pub fn quant_path(
     loc: DeviceLocation,
     w: candle_core::quantized::GgmlDType,
@@ -248,10 +258,15 @@ pub fn quant_path(
     x: DType,
     rows: usize,
     dense: bool,
+    int8_prefill: bool,
+    level: SimdLevel,
 ) -> QuantPath {
+    let q8_cpu = x == DType::F32 && qgemm::kernel_applies(loc, w, w_rank);
     if dense {
         QuantPath::Dense
-    } else if x == DType::F32 && qgemm::kernel_applies(loc, w, w_rank) && (Q8_0_MIN_ROWS..DENSE_MIN_ROWS).contains(&rows) {
+    } else if q8_cpu && level >= SimdLevel::Avx512Vnni && (rows < DENSE_MIN_ROWS || int8_prefill) {
+        QuantPath::Q8_0Packed
+    } else if q8_cpu && (Q8_0_MIN_ROWS..DENSE_MIN_ROWS).contains(&rows) {
         QuantPath::Q8_0Kernel
     } else if rows >= DENSE_MIN_ROWS {
         QuantPath::DequantGemm
@@ -318,14 +333,28 @@ impl Linear {
     /// `grad`: differentiable (frozen-weight) path; `dense`: use dense weights even when a
     /// quantized copy exists (exact f32 inference).
     pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
+        self.forward_with(x, grad, dense, false)
+    }
+
+    /// [`Linear::forward`]; `int8_prefill`: on a CPU with AVX-512 VNNI, prefill multiplies by a
+    /// Q8_0 weight with int8 activations too (see [`quant_path`]).
+    pub fn forward_with(&self, x: &Tensor, grad: bool, dense: bool, int8_prefill: bool) -> Result<Tensor> {
         let run = || -> Result<Tensor> {
             Ok(match (&self.weight, grad) {
-            (Weight::Quant { qmm, q, dense: cached, dtype }, false) => {
+            (Weight::Quant { qmm, q, dense: cached, packed, dtype }, false) => {
                 let rows = x.elem_count() / self.in_dim().max(1);
-                match quant_path(q.device().location(), q.dtype(), q.shape().rank(), x.dtype(), rows, dense) {
+                let level = crate::base::cpu::level();
+                match quant_path(q.device().location(), q.dtype(), q.shape().rank(), x.dtype(), rows, dense, int8_prefill, level) {
                     QuantPath::Dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
                     // Batched decode: each Q8_0 weight block loaded once for up to 8 rows.
                     QuantPath::Q8_0Kernel => x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?,
+                    QuantPath::Q8_0Packed => {
+                        if packed.get().is_none() {
+                            let _ = packed.set(q8_packed::PackedQ8::from_qtensor(q)?);
+                        }
+                        let p = packed.get().expect("set above");
+                        x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedMatMul(p))?
+                    }
                     QuantPath::DequantGemm => {
                         // Prefill: candle's quantized matmul re-reads every weight row per token;
                         // a transient f32 copy and a tiled gemm are several times faster.
@@ -355,7 +384,7 @@ impl Linear {
     /// The layer inside a forward call: the base output plus the deltas of the call's LoRA
     /// adapters that target this module (see [`FwdCtx::lora_delta`]).
     pub fn forward_ctx(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
-        let y = self.forward(x, ctx.grad, ctx.dense)?;
+        let y = self.forward_with(x, ctx.grad, ctx.dense, ctx.int8_prefill)?;
         ctx.lora_delta(&self.name, x, y).with_context(|| format!("LoRA on {}", self.name))
     }
 }
@@ -689,20 +718,39 @@ mod tests {
     #[test]
     fn quant_path_by_device_and_rows() {
         use QuantPath::*;
+        use SimdLevel::{Avx2, Avx512Vnni};
         let cpu = DeviceLocation::Cpu;
         let q8 = GgmlDType::Q8_0;
-        assert_eq!(quant_path(cpu, q8, 2, DType::F32, 1, false), CandleQMatMul);
-        assert_eq!(quant_path(cpu, q8, 2, DType::F32, Q8_0_MIN_ROWS, false), Q8_0Kernel);
-        assert_eq!(quant_path(cpu, q8, 2, DType::F32, DENSE_MIN_ROWS - 1, false), Q8_0Kernel);
-        assert_eq!(quant_path(cpu, q8, 2, DType::F32, DENSE_MIN_ROWS, false), DequantGemm);
-        assert_eq!(quant_path(cpu, q8, 2, DType::BF16, 4, false), CandleQMatMul, "the Q8_0 kernel takes f32 rows only");
-        assert_eq!(quant_path(cpu, GgmlDType::Q4K, 2, DType::F32, 4, false), CandleQMatMul);
-        assert_eq!(quant_path(cpu, q8, 2, DType::F32, 4, true), Dense);
+        // Without VNNI (and with it where only the old paths apply): candle at one row, the
+        // 8-row Q8_0 kernel for batched decode, a dequantized copy and gemm for prefill.
+        for int8 in [false, true] {
+            let path = |loc, w, x, rows, dense| quant_path(loc, w, 2, x, rows, dense, int8, Avx2);
+            assert_eq!(path(cpu, q8, DType::F32, 1, false), CandleQMatMul);
+            assert_eq!(path(cpu, q8, DType::F32, Q8_0_MIN_ROWS, false), Q8_0Kernel);
+            assert_eq!(path(cpu, q8, DType::F32, DENSE_MIN_ROWS - 1, false), Q8_0Kernel);
+            assert_eq!(path(cpu, q8, DType::F32, DENSE_MIN_ROWS, false), DequantGemm, "int8 prefill needs VNNI");
+            assert_eq!(path(cpu, q8, DType::BF16, 4, false), CandleQMatMul, "the Q8_0 kernel takes f32 rows only");
+            assert_eq!(path(cpu, GgmlDType::Q4K, DType::F32, 4, false), CandleQMatMul);
+            assert_eq!(path(cpu, q8, DType::F32, 4, true), Dense);
+        }
+        // With VNNI: the packed kernel for every decode batch, and for prefill when asked.
+        let vnni = |w, x, rows, dense, int8| quant_path(cpu, w, 2, x, rows, dense, int8, Avx512Vnni);
+        for rows in [1, Q8_0_MIN_ROWS, DENSE_MIN_ROWS - 1] {
+            assert_eq!(vnni(q8, DType::F32, rows, false, false), Q8_0Packed, "{rows} rows");
+        }
+        assert_eq!(vnni(q8, DType::F32, DENSE_MIN_ROWS, false, false), DequantGemm, "f32 prefill is the default");
+        assert_eq!(vnni(q8, DType::F32, DENSE_MIN_ROWS, false, true), Q8_0Packed);
+        assert_eq!(vnni(q8, DType::F32, 512, true, true), Dense, "dense inference wins");
+        assert_eq!(vnni(q8, DType::BF16, 4, false, true), CandleQMatMul);
+        assert_eq!(vnni(GgmlDType::Q4K, DType::F32, 64, false, true), DequantGemm, "K-quants keep f32 prefill");
         for x in [DType::F32, DType::BF16] {
-            assert_eq!(quant_path(CUDA, q8, 2, x, 1, false), CandleQMatMul);
-            assert_eq!(quant_path(CUDA, q8, 2, x, 4, false), CandleQMatMul, "{x:?}: no host kernel on a GPU weight");
-            assert_eq!(quant_path(CUDA, q8, 2, x, DENSE_MIN_ROWS, false), DequantGemm);
-            assert_eq!(quant_path(CUDA, q8, 2, x, 4, true), Dense);
+            for (int8, level) in [(false, Avx2), (true, Avx512Vnni)] {
+                let path = |rows, dense| quant_path(CUDA, q8, 2, x, rows, dense, int8, level);
+                assert_eq!(path(1, false), CandleQMatMul);
+                assert_eq!(path(4, false), CandleQMatMul, "{x:?}: no host kernel on a GPU weight");
+                assert_eq!(path(DENSE_MIN_ROWS, false), DequantGemm);
+                assert_eq!(path(4, true), Dense);
+            }
         }
     }
 

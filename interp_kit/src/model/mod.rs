@@ -19,6 +19,7 @@ pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
 pub mod load;
+pub mod q8_packed;
 pub mod qgemm;
 pub mod quantize;
 pub mod qwen2;
@@ -58,8 +59,31 @@ pub struct ModelInfo {
 /// model dtype before multiplying, as HF does).
 #[derive(Clone)]
 pub struct Embedding {
-    pub weight: Tensor,
+    /// `[vocab, d]`: dense, or kept quantized (a GGUF file's table when the output head is its
+    /// own matrix and the model is on the CPU: Q8_0, dequantized row by row on lookup, the same
+    /// values as the dense table at a quarter of its memory).
+    pub table: Weight,
     pub scale: Option<f64>,
+}
+
+impl Embedding {
+    pub fn dense(weight: Tensor, scale: Option<f64>) -> Self {
+        Self { table: Weight::Dense(weight), scale }
+    }
+
+    /// The rows of `ids` (u32, 1-d) as `[len, d]` in the model dtype.
+    pub fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        match &self.table {
+            Weight::Dense(t) => Ok(t.index_select(ids, 0)?),
+            Weight::Quant { q, dtype, .. } if qgemm::supports(q) => {
+                let ids: Vec<u32> = ids.to_vec1()?;
+                let d = q.shape().dims2()?.1;
+                let rows = qgemm::dequantize_rows(q, &ids).context("token embedding")?;
+                Ok(Tensor::from_vec(rows, (ids.len(), d), &Device::Cpu)?.to_dtype(*dtype)?)
+            }
+            w => Ok(w.dense()?.index_select(ids, 0)?),
+        }
+    }
 }
 
 /// Which logits a call computes (the vocabulary projection is costly).
@@ -83,6 +107,12 @@ pub struct Model {
     /// Inference with the GGUF's quantized matmuls (fast, default) or with dequantized f32
     /// weights (exact, slower; the gradient path always uses dense weights).
     pub quantized_inference: bool,
+    /// Prefill (16 rows or more) multiplies by the Q8_0 weights with activations quantized to
+    /// int8 per 32-value block, as decode and llama.cpp do, in the tiled VNNI kernel
+    /// (`model::q8_packed`); K-quant weights keep f32 activations. Only on CPUs with AVX-512 VNNI
+    /// (elsewhere it changes nothing). Default false: prefill keeps f32 activations (a transient
+    /// dequantized copy and gemm). The error it adds is measured in BENCHMARKS.md.
+    pub int8_prefill: bool,
     pub(crate) embed: Embedding,
     /// Learned absolute position embeddings `[n_positions, d]` (GPT-2).
     pub(crate) pos_embed: Option<Tensor>,
@@ -106,6 +136,7 @@ impl Clone for Model {
             device: self.device.clone(),
             dtype: self.dtype,
             quantized_inference: self.quantized_inference,
+            int8_prefill: self.int8_prefill,
             embed: self.embed.clone(),
             pos_embed: self.pos_embed.clone(),
             blocks: self.blocks.iter().map(|b| b.box_clone()).collect(),
@@ -285,6 +316,21 @@ pub(crate) fn dense_checked(w: &dyn Weights, name: &str, rows: usize, cols: usiz
     Ok(t)
 }
 
+/// The token embedding `{prefix}.weight` (`[vocab, d]`): kept quantized when it comes from a GGUF
+/// file, the model is on the CPU and the output head is a matrix of its own (a tied head needs
+/// the dense table anyway); dense otherwise.
+pub(crate) fn embed_table(w: &dyn Weights, prefix: &str, vocab: usize, d: usize, tied: bool, device: &Device) -> Result<Weight> {
+    if !tied && device.is_cpu() && w.layout() == Layout::LlamaCpp && w.contains("lm_head.weight") {
+        let t = w.linear(prefix, false, (vocab, d))?.weight;
+        if let Weight::Quant { q, .. } = &t {
+            if qgemm::supports(q) {
+                return Ok(t);
+            }
+        }
+    }
+    Ok(Weight::Dense(dense_checked(w, &format!("{prefix}.weight"), vocab, d, "vocab_size, hidden_size")?))
+}
+
 /// The output head: the first of `names` present, or the token embedding when `tied`.
 /// An untied config whose checkpoint has no head is an error naming what was looked for.
 pub(crate) fn lm_head(w: &dyn Weights, names: &[&str], tied: bool, embed: &Tensor, vocab: usize, d: usize) -> Result<Linear> {
@@ -312,10 +358,13 @@ fn llama_parts(
     dtype: DType,
 ) -> Result<Parts> {
     let (vocab_size, max_pos, tied) = (spec.vocab_size, spec.max_position_embeddings, spec.tie_word_embeddings);
-    let embed = dense_checked(w, "model.embed_tokens.weight", vocab_size, spec.hidden_size, "vocab_size, hidden_size")?;
+    let embed = embed_table(w, "model.embed_tokens", vocab_size, spec.hidden_size, tied, device)?;
     let blocks = decoder::build_blocks(spec, w)?;
     let norm = decoder::final_norm(spec, w)?;
-    let lm_head = lm_head(w, &["lm_head"], tied, &embed, vocab_size, spec.hidden_size)?;
+    let lm_head = match &embed {
+        Weight::Dense(e) => lm_head(w, &["lm_head"], tied, e, vocab_size, spec.hidden_size)?,
+        Weight::Quant { .. } => w.linear("lm_head", false, (vocab_size, spec.hidden_size))?,
+    };
     let rope_max = max_pos.min(ROPE_MAX_POSITIONS);
     ensure!(
         spec.rope_inv_freq.len() * 2 == spec.head_dim,
@@ -325,7 +374,7 @@ fn llama_parts(
     );
     let rope = Rope::new(&spec.rope_inv_freq, rope_max, device, dtype)?;
     Ok(Parts {
-        embed: Embedding { weight: embed, scale: spec.embed_scale },
+        embed: Embedding { table: embed, scale: spec.embed_scale },
         pos_embed: None,
         blocks,
         norm,
@@ -499,6 +548,7 @@ impl Model {
             device: device.clone(),
             dtype,
             quantized_inference: true,
+            int8_prefill: false,
             embed: p.embed,
             pos_embed: p.pos_embed,
             blocks: p.blocks,
@@ -621,6 +671,7 @@ impl Model {
             hooks,
             pass,
             dense: !self.quantized_inference,
+            int8_prefill: self.int8_prefill,
             keep_kv: keep,
             pad,
             past_cols: past,
@@ -628,7 +679,7 @@ impl Model {
             device: &self.device,
             dtype: self.dtype,
         })?;
-        let mut x = self.embed.weight.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let mut x = self.embed.lookup(&ids.flatten_all()?)?.reshape((b, t, ()))?;
         if let Some(s) = self.embed.scale {
             // HF: the scale is a tensor cast to the weight dtype before the product.
             let s = Tensor::new(s as f32, &self.device)?.to_dtype(x.dtype())?;
@@ -659,7 +710,7 @@ impl Model {
 
     /// Vocabulary logits from final normed hidden states `[.., d]`.
     pub(crate) fn logits(&self, h: &Tensor, grad: bool) -> Result<Tensor> {
-        let l = self.lm_head.forward(h, grad, !self.quantized_inference)?;
+        let l = self.lm_head.forward_with(h, grad, !self.quantized_inference, self.int8_prefill)?;
         Ok(match self.final_softcap {
             Some(c) => ((l / c)?.tanh()? * c)?,
             None => l,

@@ -11,6 +11,10 @@
 //! elsewhere). Each row's result is that of candle's `vec_dot` on the row alone, bit for bit on
 //! AVX2, so a row's decode output does not depend on how many rows share its batch.
 //!
+//! On CPUs with AVX-512 VNNI the inference path uses [`super::q8_packed`] instead (a repacked
+//! weight and a tiled int8 kernel, every decode batch and, with `Model::int8_prefill`, prefill);
+//! [`matmul_xwt`] serves AVX2 machines, and [`dequantize`] the f32 prefill and the gradient path.
+//!
 //! An earlier version kept the activations in f32 and converted each weight block to f32 in
 //! registers; converting every block on every call made it slower at 2-5 rows (a 4864 x 896
 //! layer: 0.46 vs 0.32 ms at 2 rows) and no faster at 8 (BENCHMARKS.md).
@@ -93,6 +97,20 @@ pub fn dequantize(w: &QTensor) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The rows `ids` of a Q8_0 matrix dequantized to f32 (`ids.len() x k`, row-major): a token
+/// embedding lookup on a table kept quantized. Bit-identical to the same rows of [`dequantize`].
+pub fn dequantize_rows(w: &QTensor, ids: &[u32]) -> Result<Vec<f32>> {
+    let (n, k, data) = q8_0_rows(w)?;
+    let row_bytes = k / BLOCK * BLOCK_BYTES;
+    let mut out = vec![0f32; ids.len() * k];
+    for (o, &id) in out.chunks_exact_mut(k).zip(ids) {
+        let id = id as usize;
+        ensure!(id < n, "token id {id} is outside the table's {n} rows (the vocabulary)");
+        dequant_blocks(&data[id * row_bytes..(id + 1) * row_bytes], o);
+    }
+    Ok(out)
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to write disjoint parts of one output from the tasks of one parallel loop.
@@ -105,7 +123,7 @@ fn scale(b: &[u8]) -> f32 {
 
 /// The rows of `x` (`m x k`) quantized as candle quantizes a matmul's activations for Q8_0
 /// weights (`BlockQ8_0::from_float`: per 32 values, scale `max|x| / 127`), as raw 34-byte blocks.
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> Vec<u8> {
+pub(super) fn quantize_rows(x: &[f32], m: usize, k: usize) -> Vec<u8> {
     use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
     let nb = k / BLOCK;
     let mut blocks = vec![BlockQ8_0::zeros(); m * nb];
@@ -397,6 +415,22 @@ mod tests {
             matmul_xwt(&x[i * k..(i + 1) * k], 1, &q, &mut one).unwrap();
             assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
         }
+    }
+
+    /// Row lookups equal the same rows of the whole dequantized matrix; an id past the table is
+    /// an error that names it.
+    #[test]
+    fn dequantize_rows_equals_rows_of_dequantize() {
+        let (n, k) = (37, 96);
+        let q = q8(n, k);
+        let all = dequantize(&q).unwrap();
+        let ids = [0u32, 36, 5, 5, 17];
+        let got = dequantize_rows(&q, &ids).unwrap();
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(got[i * k..(i + 1) * k], all[id as usize * k..(id as usize + 1) * k], "id {id}");
+        }
+        let e = dequantize_rows(&q, &[3, 37]).unwrap_err().to_string();
+        assert!(e.contains("37") && e.contains("37 rows"), "{e}");
     }
 
     /// Bit-identical to candle's dequantizer (the same products `q * d` in f32).

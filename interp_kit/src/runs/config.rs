@@ -178,6 +178,16 @@ pub struct ModelCfg {
     /// Optional system message for chat prompts.
     #[serde(default)]
     pub system_prompt: Option<String>,
+    /// Prefill with int8 activations on the Q8_0 matrices (`Model::int8_prefill`: faster on CPUs
+    /// with AVX-512 VNNI, a no-op elsewhere; the error it adds is in BENCHMARKS.md). Default
+    /// false: f32 activations, the reference. Left out of the manifest when false, so the
+    /// identity of runs made before it existed does not change.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub int8_prefill: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ModelCfg {
@@ -206,16 +216,18 @@ impl ModelCfg {
             "bf16" => candle_core::DType::BF16,
             _ => crate::base::device::default_dtype(&device),
         };
-        if self.name == "embedded" {
-            let p = crate::base::embedded_model_path()?;
-            return Model::from_gguf(&p, &device, dtype);
-        }
-        let p = base_dir.join(&self.name);
-        if p.is_dir() {
-            Model::from_hf_dir(&p, &device, dtype)
+        let mut model = if self.name == "embedded" {
+            Model::from_gguf(&crate::base::embedded_model_path()?, &device, dtype)?
         } else {
-            Model::from_gguf(&p, &device, dtype)
-        }
+            let p = base_dir.join(&self.name);
+            if p.is_dir() {
+                Model::from_hf_dir(&p, &device, dtype)?
+            } else {
+                Model::from_gguf(&p, &device, dtype)?
+            }
+        };
+        model.int8_prefill = self.int8_prefill;
+        Ok(model)
     }
 }
 
@@ -280,4 +292,24 @@ fn default_auto() -> String {
 }
 fn default_true() -> bool {
     true
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[model] int8_prefill`: false by default and then absent from the serialised config (the
+    /// manifest identity of older runs is unchanged); true reaches the loaded model.
+    #[test]
+    fn int8_prefill_is_read_recorded_only_when_set_and_applied() {
+        let base: ModelCfg = toml::from_str("name = \"embedded\"").unwrap();
+        assert!(!base.int8_prefill);
+        assert!(!serde_json::to_string(&base).unwrap().contains("int8_prefill"));
+        let on: ModelCfg = toml::from_str("name = \"embedded\"\nint8_prefill = true").unwrap();
+        assert!(serde_json::to_string(&on).unwrap().contains("\"int8_prefill\":true"));
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity");
+        for flag in [false, true] {
+            let cfg = ModelCfg { name: "gpt_neox".into(), device: "cpu".into(), dtype: "f32".into(), int8_prefill: flag, ..on.clone() };
+            assert_eq!(cfg.load(&dir).unwrap().int8_prefill, flag);
+        }
+    }
 }

@@ -1,0 +1,492 @@
+//! Q8_0 weights repacked for a tiled int8 matmul on AVX-512 VNNI (`vpdpbusd`): the inference
+//! path's quantized prefill and batched decode on CPUs that have it (Zen 4, Ice Lake and later).
+//!
+//! **Layout.** A GGUF Q8_0 row is a run of 34-byte blocks (an f16 scale, 32 signed bytes). Here a
+//! row's blocks are split into groups of eight (the last group of a row may hold four), and within
+//! a group the bytes are interleaved four at a time: 32-bit lane `j` of the `t`-th 256-bit vector
+//! of a group holds bytes `4t..4t+4` of block `j`. Eight `vpdpbusd` over a group therefore leave
+//! block `j`'s whole integer dot product in lane `j`, with no horizontal sums; one convert, one
+//! multiply by the eight blocks' scale products and one FMA finish eight blocks. A row's block
+//! count is rounded up to a multiple of four with zero blocks (scale 0), which add exactly
+//! nothing. The packed weight takes the bytes of the GGUF one (32 quants and an f16 scale per
+//! block), so the decode path streams no more memory than before.
+//!
+//! **Signs.** `vpdpbusd` multiplies unsigned by signed bytes. Weights are stored offset by 128
+//! (`q ^ 0x80`, in 0..=255), activations as they are, and each activation block carries
+//! `-128 * sum(q_x)`, the accumulator's starting value, so the integer result is exactly
+//! `sum(q_x q_w)` (at most 32 x 128 x 255 in magnitude before the correction: no overflow).
+//!
+//! **Numerics.** Activations are quantized as candle (and llama.cpp) quantize them for a Q8_0
+//! matmul (`BlockQ8_0::from_float`: per 32 values, scale `max|x| / 127`), and every block's
+//! integer dot product is exact, as in candle's `vec_dot_q8_0_q8_0`. Only the f32 sum over blocks
+//! is grouped differently (a block's whole product goes to one of eight lanes; candle spreads
+//! each block over all eight), so results agree with candle's to f32 rounding, not bit for bit.
+//! [`tile_portable`] is the same arithmetic in plain Rust, lane for lane; the VNNI kernel equals it
+//! bit for bit. A row's output does not depend on the other rows of the call.
+use anyhow::{ensure, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+
+use crate::base::cpu::SimdLevel;
+
+const BLOCK: usize = 32;
+const BLOCK_BYTES: usize = 34;
+/// Blocks per interleaved group (one 32-bit lane of a 256-bit vector each).
+const GROUP: usize = 8;
+/// Input rows and weight rows of one register tile.
+const TILE_ROWS: usize = 4;
+const TILE_COLS: usize = 3;
+/// Weight rows per parallel task (a multiple of [`TILE_COLS`]).
+const ROWS_PER_TASK: usize = 8 * TILE_COLS;
+
+/// A Q8_0 matrix (`rows x k`) in the interleaved layout of the module doc: weights (quants
+/// offset by 128, f16 scales) or a call's activations (signed quants, f32 scales, corrections).
+pub struct PackedQ8 {
+    rows: usize,
+    k: usize,
+    /// Blocks per row, rounded up to a multiple of four.
+    nbp: usize,
+    /// `rows x nbp x 32` bytes.
+    quants: Vec<u8>,
+    /// Weights: `rows x nbp` f16 block scales (bits), and 8 more so that a group of four can be
+    /// read as eight.
+    scales_f16: Vec<u16>,
+    /// Activations: `rows x nbp` f32 block scales.
+    scales: Vec<f32>,
+    /// Activations: `rows x nbp` values `-128 * sum(q)` per block.
+    corr: Vec<i32>,
+}
+
+impl PackedQ8 {
+    /// Repacks a 2-d Q8_0 weight (on the CPU).
+    pub fn from_qtensor(w: &QTensor) -> Result<Self> {
+        ensure!(
+            w.dtype() == GgmlDType::Q8_0 && w.shape().rank() == 2 && w.device().is_cpu(),
+            "Q8_0 repack: weight is {:?} {:?} on {:?}",
+            w.dtype(),
+            w.shape(),
+            w.device().location()
+        );
+        let (n, k) = w.shape().dims2()?;
+        ensure!(k % BLOCK == 0, "Q8_0 repack: in-dim {k} is not a whole number of {BLOCK}-value blocks");
+        let data = w.data()?;
+        ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q8_0 repack: {} bytes for {n} x {k}", data.len());
+        let nb = k / BLOCK;
+        let nbp = nb.div_ceil(4) * 4;
+        let mut quants = vec![0x80u8; n * nbp * BLOCK];
+        let mut scales_f16 = vec![0u16; n * nbp + GROUP];
+        for r in 0..n {
+            let src = &data[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
+            let dst = &mut quants[r * nbp * BLOCK..(r + 1) * nbp * BLOCK];
+            for (b, blk) in src.chunks_exact(BLOCK_BYTES).enumerate() {
+                interleave(blk, b, nbp, 0x80, dst);
+                scales_f16[r * nbp + b] = u16::from_le_bytes([blk[0], blk[1]]);
+            }
+        }
+        Ok(Self { rows: n, k, nbp, quants, scales_f16, scales: Vec::new(), corr: Vec::new() })
+    }
+
+    /// `rows x k` f32 activations quantized as candle quantizes a Q8_0 matmul's input. Rows are
+    /// quantized in parallel from 8 rows on (candle's quantizer is scalar).
+    pub fn activations(x: &[f32], rows: usize, k: usize) -> Result<Self> {
+        use rayon::prelude::*;
+        ensure!(k % BLOCK == 0, "Q8_0 activations: width {k} is not a whole number of {BLOCK}-value blocks");
+        ensure!(x.len() == rows * k, "Q8_0 activations: {} values, not {rows} x {k}", x.len());
+        let nbp = (k / BLOCK).div_ceil(4) * 4;
+        let mut quants = vec![0u8; rows * nbp * BLOCK];
+        let mut scales = vec![0f32; rows * nbp];
+        let mut corr = vec![0i32; rows * nbp];
+        let one = |(r, ((q, s), c)): (usize, ((&mut [u8], &mut [f32]), &mut [i32]))| {
+            let raw = super::qgemm::quantize_rows(&x[r * k..(r + 1) * k], 1, k);
+            for (b, blk) in raw.chunks_exact(BLOCK_BYTES).enumerate() {
+                interleave(blk, b, nbp, 0, q);
+                s[b] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                c[b] = -128 * blk[2..].iter().map(|&v| v as i8 as i32).sum::<i32>();
+            }
+        };
+        let (rq, rs) = (nbp * BLOCK, nbp);
+        if rows >= 8 {
+            quants.par_chunks_mut(rq).zip(scales.par_chunks_mut(rs)).zip(corr.par_chunks_mut(rs)).enumerate().for_each(one);
+        } else {
+            quants.chunks_mut(rq).zip(scales.chunks_mut(rs)).zip(corr.chunks_mut(rs)).enumerate().for_each(one);
+        }
+        Ok(Self { rows, k, nbp, quants, scales_f16: Vec::new(), scales, corr })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Bytes held (quants, scales and correction terms).
+    pub fn bytes(&self) -> usize {
+        self.quants.len() + 2 * self.scales_f16.len() + 4 * (self.scales.len() + self.corr.len())
+    }
+
+    fn row_quants(&self, r: usize) -> *const u8 {
+        self.quants[r * self.nbp * BLOCK..].as_ptr()
+    }
+    fn row_scales(&self, r: usize) -> *const f32 {
+        self.scales[r * self.nbp..].as_ptr()
+    }
+    fn row_scales_f16(&self, r: usize) -> *const u16 {
+        self.scales_f16[r * self.nbp..].as_ptr()
+    }
+    fn row_corr(&self, r: usize) -> *const i32 {
+        self.corr[r * self.nbp..].as_ptr()
+    }
+}
+
+/// `y[m, n] = x[m, k] · W[n, k]^T` for a packed Q8_0 `W`; `x`, `y` row-major f32. Uses the VNNI
+/// kernel when [`crate::base::cpu::level`] allows it, else [`tile_portable`] (slow: the reference).
+pub fn matmul(x: &[f32], m: usize, w: &PackedQ8, y: &mut [f32]) -> Result<()> {
+    matmul_at(crate::base::cpu::level(), x, m, w, y)
+}
+
+/// [`matmul`] with the kernel of `level` (at most [`crate::base::cpu::detected`]).
+pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f32]) -> Result<()> {
+    ensure!(level <= crate::base::cpu::detected(), "Q8_0 packed kernel: level {level} is above this CPU's");
+    let (n, k) = (w.rows, w.k);
+    ensure!(y.len() == m * n, "Q8_0 packed kernel: output has {} values, not {m} x {n}", y.len());
+    let xq = PackedQ8::activations(x, m, k)?;
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
+    // candle's worker pool, as in `qgemm::matmul_xwt` (its workers spin between candle's ops).
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
+        let y = y_ptr;
+        let end = n.min(tasks.end * ROWS_PER_TASK);
+        let mut c0 = tasks.start * ROWS_PER_TASK;
+        while c0 < end {
+            let cols = TILE_COLS.min(end - c0);
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = TILE_ROWS.min(m - r0);
+                // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values and
+                // the tile's rows and columns are in range.
+                unsafe { tile(vnni, &xq, r0, rows, w, c0, cols, y.0.add(r0 * n + c0), n) };
+                r0 += rows;
+            }
+            c0 += cols;
+        }
+    });
+    Ok(())
+}
+
+/// [`matmul`] as a candle op on an f32 input `[.., k]` (inference only: no backward; CPU only,
+/// like [`super::qgemm::Q8_0MatMul`]).
+pub struct PackedMatMul<'a>(pub &'a PackedQ8);
+
+impl candle_core::CustomOp1 for PackedMatMul<'_> {
+    fn name(&self) -> &'static str {
+        "q8_0-packed-matmul-f32"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (n, k) = (self.0.rows, self.0.k);
+        let dims = l.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("q8_0 packed matmul: input {dims:?} does not end in the weight's in-dim {k}")
+        }
+        let candle_core::CpuStorage::F32(data) = s else { candle_core::bail!("q8_0 packed matmul: input must be f32") };
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("q8_0 packed matmul: input must be contiguous") };
+        let m = l.shape().elem_count() / k.max(1);
+        let mut y = vec![0f32; m * n];
+        matmul(&data[a..b], m, self.0, &mut y).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("checked above") = n;
+        Ok((candle_core::CpuStorage::F32(y), candle_core::Shape::from(out)))
+    }
+}
+
+/// Block `b` of a row (raw 34 bytes) into the row's interleaved quants, xor `flip`.
+fn interleave(blk: &[u8], b: usize, nbp: usize, flip: u8, dst: &mut [u8]) {
+    let (g0, j) = (b / GROUP * GROUP, b % GROUP);
+    let g = GROUP.min(nbp - g0);
+    for (i, &q) in blk[2..].iter().enumerate() {
+        dst[g0 * BLOCK + (i / 4) * 4 * g + j * 4 + i % 4] = q ^ flip;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint columns of one output from the tasks of one parallel loop.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// One `rows x cols` tile of outputs at `out` (row stride `ldo`).
+///
+/// # Safety
+/// `vnni` only where the CPU has AVX-512 VNNI and VL; the tile lies inside `x`, `w` and `out`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(vnni: bool, x: &PackedQ8, r0: usize, rows: usize, w: &PackedQ8, c0: usize, cols: usize, out: *mut f32, ldo: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni {
+        macro_rules! by_cols {
+            ($r:literal) => {
+                match cols {
+                    1 => vnni::tile::<$r, 1>(x, r0, w, c0, out, ldo),
+                    2 => vnni::tile::<$r, 2>(x, r0, w, c0, out, ldo),
+                    _ => vnni::tile::<$r, 3>(x, r0, w, c0, out, ldo),
+                }
+            };
+        }
+        return match rows {
+            1 => by_cols!(1),
+            2 => by_cols!(2),
+            3 => by_cols!(3),
+            _ => by_cols!(4),
+        };
+    }
+    let _ = vnni;
+    for r in 0..rows {
+        for c in 0..cols {
+            *out.add(r * ldo + c) = tile_portable(x, r0 + r, w, c0 + c);
+        }
+    }
+}
+
+/// One output, `x[r] · w[c]`, in the kernel's arithmetic: exact integer block dot products, then
+/// `acc[j] = fma(d_x d_w, dot, acc[j])` with block `j` of each group in lane `j`, summed as
+/// candle's `hsum_float_8` sums.
+pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
+    let nbp = w.nbp;
+    let (xq, wq) = (&x.quants[r * nbp * BLOCK..(r + 1) * nbp * BLOCK], &w.quants[c * nbp * BLOCK..(c + 1) * nbp * BLOCK]);
+    let mut acc = [0f32; GROUP];
+    for b in 0..nbp {
+        let (g0, j) = (b / GROUP * GROUP, b % GROUP);
+        let g = GROUP.min(nbp - g0);
+        let mut dot = x.corr[r * nbp + b];
+        for i in 0..BLOCK {
+            let o = g0 * BLOCK + (i / 4) * 4 * g + j * 4 + i % 4;
+            dot += wq[o] as i32 * xq[o] as i8 as i32;
+        }
+        let d = x.scales[r * nbp + b] * f16::from_bits(w.scales_f16[c * nbp + b]).to_f32();
+        acc[j] = d.mul_add(dot as f32, acc[j]);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{PackedQ8, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// Unaligned loads through `vlddqu`: `_mm256_loadu_si256` and friends go through
+    /// `ptr::read_unaligned`, whose debug-build checks (null, overlap) put two branches before
+    /// every load of the inner loop in the dev profile that tests and notebooks build with.
+    #[inline(always)]
+    unsafe fn ld256(p: *const __m256i) -> __m256i {
+        _mm256_lddqu_si256(p)
+    }
+    #[inline(always)]
+    unsafe fn ld128(p: *const __m128i) -> __m128i {
+        _mm_lddqu_si128(p)
+    }
+
+    /// An `R x C` tile: `R` activation rows from `r0` against `C` weight rows from `c0`.
+    ///
+    /// Pointer offsets use `wrapping_add`: the tile is in range (the caller's contract), and the
+    /// dev profile's debug assertions would otherwise check every `add` in the inner loop.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile<const R: usize, const C: usize>(x: &PackedQ8, r0: usize, w: &PackedQ8, c0: usize, out: *mut f32, ldo: usize) {
+        let nbp = w.nbp;
+        let xq: [*const u8; R] = std::array::from_fn(|r| x.row_quants(r0 + r));
+        let xs: [*const f32; R] = std::array::from_fn(|r| x.row_scales(r0 + r));
+        let xc: [*const i32; R] = std::array::from_fn(|r| x.row_corr(r0 + r));
+        let wq: [*const u8; C] = std::array::from_fn(|c| w.row_quants(c0 + c));
+        let ws: [*const u16; C] = std::array::from_fn(|c| w.row_scales_f16(c0 + c));
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut g0 = 0;
+        while g0 + 8 <= nbp {
+            let base = g0 * BLOCK;
+            let mut dot: [[__m256i; C]; R] = std::array::from_fn(|r| [ld256(xc[r].wrapping_add(g0) as *const __m256i); C]);
+            for t in 0..8 {
+                let wv: [__m256i; C] = std::array::from_fn(|c| ld256(wq[c].wrapping_add(base + 32 * t) as *const __m256i));
+                for r in 0..R {
+                    let xv = ld256(xq[r].wrapping_add(base + 32 * t) as *const __m256i);
+                    for c in 0..C {
+                        dot[r][c] = _mm256_dpbusd_epi32(dot[r][c], wv[c], xv);
+                    }
+                }
+            }
+            let sw: [__m256; C] = std::array::from_fn(|c| _mm256_cvtph_ps(ld128(ws[c].wrapping_add(g0) as *const __m128i)));
+            for r in 0..R {
+                let sx = _mm256_castsi256_ps(ld256(xs[r].wrapping_add(g0) as *const __m256i));
+                for c in 0..C {
+                    let d = _mm256_mul_ps(sx, sw[c]);
+                    acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot[r][c]), acc[r][c]);
+                }
+            }
+            g0 += 8;
+        }
+        if g0 < nbp {
+            // The row's last group holds four blocks: lanes 0..4, in 128-bit vectors.
+            let base = g0 * BLOCK;
+            let mut dot: [[__m128i; C]; R] = std::array::from_fn(|r| [ld128(xc[r].wrapping_add(g0) as *const __m128i); C]);
+            for t in 0..8 {
+                let wv: [__m128i; C] = std::array::from_fn(|c| ld128(wq[c].wrapping_add(base + 16 * t) as *const __m128i));
+                for r in 0..R {
+                    let xv = ld128(xq[r].wrapping_add(base + 16 * t) as *const __m128i);
+                    for c in 0..C {
+                        dot[r][c] = _mm_dpbusd_epi32(dot[r][c], wv[c], xv);
+                    }
+                }
+            }
+            // eight f16 scales read, four used (the scale array has eight spare entries at its end)
+            let sw: [__m128; C] = std::array::from_fn(|c| _mm_cvtph_ps(ld128(ws[c].wrapping_add(g0) as *const __m128i)));
+            for r in 0..R {
+                let sx = _mm_castsi128_ps(ld128(xs[r].wrapping_add(g0) as *const __m128i));
+                for c in 0..C {
+                    let d = _mm_mul_ps(sx, sw[c]);
+                    let lo = _mm_fmadd_ps(d, _mm_cvtepi32_ps(dot[r][c]), _mm256_castps256_ps128(acc[r][c]));
+                    acc[r][c] = _mm256_insertf128_ps::<0>(acc[r][c], lo);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                *out.add(r * ldo + c) = hsum(acc[r][c]);
+            }
+        }
+    }
+
+    /// candle's `hsum_float_8`: ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)).
+    #[inline(always)]
+    unsafe fn hsum(x: __m256) -> f32 {
+        let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        _mm_cvtss_f32(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn normal(n: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::base::rng::Rng::new(seed);
+        (0..n * k).map(|_| rng.normal() as f32).collect()
+    }
+
+    fn q8(w: &[f32], n: usize, k: usize) -> QTensor {
+        QTensor::quantize(&Tensor::from_vec(w.to_vec(), (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap()
+    }
+
+    /// (m, n, k): one and many rows, rows and columns off the tile grid, `n` off the task grid,
+    /// and block counts of whole groups (8, 16), a four-block tail (4, 28 = the embedded model's
+    /// 896) and a padded tail (1, 3, 5 blocks).
+    const SHAPES: [(usize, usize, usize); 9] =
+        [(1, 7, 32), (2, 30, 96), (3, 25, 160), (4, 3, 128), (5, 50, 256), (9, 4, 512), (17, 27, 896), (1, 49, 896), (6, 5, 136 * 4)];
+
+    /// Within f32 rounding of candle's `vec_dot` of the same quantized rows (the integers are the
+    /// same; only the f32 sum is grouped differently): |diff| <= 1e-6 x sum over blocks of |term|.
+    #[test]
+    fn matches_candle_vec_dot() {
+        use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+        let quant = |v: &[f32]| {
+            let mut b = vec![BlockQ8_0::zeros(); v.len() / BLOCK];
+            BlockQ8_0::from_float(v, &mut b);
+            b
+        };
+        for (m, n, k) in SHAPES {
+            let w = normal(n, k, (n * 1000 + k) as u64);
+            let x = normal(m, k, m as u64 + 7);
+            let p = PackedQ8::from_qtensor(&q8(&w, n, k)).unwrap();
+            let mut got = vec![0f32; m * n];
+            matmul(&x, m, &p, &mut got).unwrap();
+            for i in 0..m {
+                let xb = quant(&x[i * k..(i + 1) * k]);
+                for j in 0..n {
+                    let wb = quant(&w[j * k..(j + 1) * k]);
+                    let want = BlockQ8_0::vec_dot(k, &wb, &xb);
+                    // SAFETY: `BlockQ8_0` is `#[repr(C)]` {f16, [i8; 32]}: 34 bytes (candle asserts it).
+                    let raw = |b: &[BlockQ8_0]| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len() * BLOCK_BYTES) }.to_vec();
+                    let (wr, xr) = (raw(&wb), raw(&xb));
+                    let scale: f32 = wr.chunks(BLOCK_BYTES).zip(xr.chunks(BLOCK_BYTES)).map(|(a, b)| {
+                        let dot: i32 = a[2..].iter().zip(&b[2..]).map(|(&u, &v)| u as i8 as i32 * v as i8 as i32).sum();
+                        let d = |c: &[u8]| f16::from_le_bytes([c[0], c[1]]).to_f32();
+                        (d(a) * d(b) * dot as f32).abs()
+                    }).sum();
+                    let g = got[i * n + j];
+                    assert!((g - want).abs() <= 1e-6 * scale + 1e-30, "m={m} n={n} k={k} ({i}, {j}): {g} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// Every level this machine has gives the portable reference's bits, on ordinary values and on
+    /// blocks where every quantized value is ±127 (the largest integer sums).
+    #[test]
+    fn every_level_matches_portable() {
+        for (m, n, k) in SHAPES {
+            for extreme in [false, true] {
+                let mut w = normal(n, k, 3 + k as u64);
+                let mut x = normal(m, k, 4 + m as u64);
+                if extreme {
+                    for v in w.iter_mut().chain(x.iter_mut()) {
+                        *v = if *v >= 0.0 { 2.5 } else { -2.5 };
+                    }
+                }
+                let p = PackedQ8::from_qtensor(&q8(&w, n, k)).unwrap();
+                let xq = PackedQ8::activations(&x, m, k).unwrap();
+                let want: Vec<f32> = (0..m * n).map(|i| tile_portable(&xq, i / n, &p, i % n)).collect();
+                for lvl in crate::base::cpu::detected().up_to() {
+                    let mut got = vec![0f32; m * n];
+                    matmul_at(lvl, &x, m, &p, &mut got).unwrap();
+                    assert_eq!(got, want, "level {lvl}, m={m} n={n} k={k}, extreme {extreme}");
+                }
+            }
+        }
+    }
+
+    /// A row's output does not depend on the other rows of the call (batched decode law).
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        let (m, n, k) = (11, 26, 896);
+        let p = PackedQ8::from_qtensor(&q8(&normal(n, k, 1), n, k)).unwrap();
+        let x = normal(m, k, 2);
+        let mut all = vec![0f32; m * n];
+        matmul(&x, m, &p, &mut all).unwrap();
+        for i in 0..m {
+            let mut one = vec![0f32; n];
+            matmul(&x[i * k..(i + 1) * k], 1, &p, &mut one).unwrap();
+            assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
+        }
+    }
+
+    /// Unpacking the interleaved layout gives back the GGUF blocks (the repack is lossless), in
+    /// as many bytes (plus eight spare scales).
+    #[test]
+    fn repack_is_lossless() {
+        let (n, k) = (5, 896);
+        let q = q8(&normal(n, k, 9), n, k);
+        let p = PackedQ8::from_qtensor(&q).unwrap();
+        let data = q.data().unwrap();
+        let nb = k / BLOCK;
+        assert_eq!(p.nbp, 28);
+        assert_eq!(p.bytes(), data.len() + 2 * GROUP);
+        for r in 0..n {
+            for b in 0..nb {
+                let blk = &data[(r * nb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+                assert_eq!(p.scales_f16[r * p.nbp + b], u16::from_le_bytes([blk[0], blk[1]]));
+                let (g0, j) = (b / GROUP * GROUP, b % GROUP);
+                let g = GROUP.min(p.nbp - g0);
+                for i in 0..BLOCK {
+                    assert_eq!(p.quants[r * p.nbp * BLOCK + g0 * BLOCK + (i / 4) * 4 * g + j * 4 + i % 4] ^ 0x80, blk[2 + i], "row {r} block {b} byte {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let p = PackedQ8::from_qtensor(&q8(&normal(4, 64, 1), 4, 64)).unwrap();
+        let mut y = vec![0f32; 4];
+        assert!(format!("{}", matmul(&[0.0; 63], 1, &p, &mut y).unwrap_err()).contains("63 values"));
+        assert!(format!("{}", matmul(&[0.0; 64], 1, &p, &mut [0f32; 3]).unwrap_err()).contains("3 values"));
+        let q4 = QTensor::quantize(&Tensor::zeros((8, 256), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q4K).unwrap();
+        assert!(format!("{}", PackedQ8::from_qtensor(&q4).err().unwrap()).contains("Q4K"));
+    }
+}
