@@ -86,20 +86,39 @@ impl PackedQ8 {
         Ok(Self { rows: n, k, nbp, quants, scales_f16, scales: Vec::new(), corr: Vec::new() })
     }
 
-    /// `rows x k` f32 activations quantized as candle quantizes a Q8_0 matmul's input. Rows are
-    /// quantized in parallel from 8 rows on (candle's quantizer is scalar).
+    /// `rows x k` f32 activations quantized as candle quantizes a Q8_0 matmul's input
+    /// (`BlockQ8_0::from_float`), at the kernel level of [`crate::base::cpu::level`]. Rows are
+    /// quantized in parallel from 8 rows on.
     pub fn activations(x: &[f32], rows: usize, k: usize) -> Result<Self> {
+        Self::activations_at(crate::base::cpu::level(), x, rows, k)
+    }
+
+    /// [`PackedQ8::activations`] with the quantizer of `level`: AVX-512 (16 lanes, the same
+    /// arithmetic as candle's scalar loop, so the same bits; a block with a non-finite value
+    /// takes candle's loop) or candle's own.
+    pub fn activations_at(level: SimdLevel, x: &[f32], rows: usize, k: usize) -> Result<Self> {
         use rayon::prelude::*;
         ensure!(k % BLOCK == 0, "Q8_0 activations: width {k} is not a whole number of {BLOCK}-value blocks");
         ensure!(x.len() == rows * k, "Q8_0 activations: {} values, not {rows} x {k}", x.len());
+        ensure!(level <= crate::base::cpu::detected(), "Q8_0 activations: level {level} is above this CPU's");
         let nbp = (k / BLOCK).div_ceil(4) * 4;
         let mut quants = vec![0u8; rows * nbp * BLOCK];
         let mut scales = vec![0f32; rows * nbp];
         let mut corr = vec![0i32; rows * nbp];
+        let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
         let one = |(r, ((q, s), c)): (usize, ((&mut [u8], &mut [f32]), &mut [i32]))| {
-            let raw = super::qgemm::quantize_rows(&x[r * k..(r + 1) * k], 1, k);
-            for (b, blk) in raw.chunks_exact(BLOCK_BYTES).enumerate() {
-                interleave(blk, b, nbp, 0, q);
+            let xr = &x[r * k..(r + 1) * k];
+            for (b, xb) in xr.chunks_exact(BLOCK).enumerate() {
+                let mut blk = [0u8; BLOCK_BYTES];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F is present at this level; xb holds 32 values.
+                let done = simd && unsafe { vnni::quantize_block(xb, &mut blk) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let done = false;
+                if !done {
+                    blk.copy_from_slice(&super::qgemm::quantize_rows(xb, 1, BLOCK));
+                }
+                interleave(&blk, b, nbp, 0, q);
                 s[b] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                 c[b] = -128 * blk[2..].iter().map(|&v| v as i8 as i32).sum::<i32>();
             }
@@ -202,8 +221,12 @@ impl candle_core::CustomOp1 for PackedMatMul<'_> {
 fn interleave(blk: &[u8], b: usize, nbp: usize, flip: u8, dst: &mut [u8]) {
     let (g0, j) = (b / GROUP * GROUP, b % GROUP);
     let g = GROUP.min(nbp - g0);
-    for (i, &q) in blk[2..].iter().enumerate() {
-        dst[g0 * BLOCK + (i / 4) * 4 * g + j * 4 + i % 4] = q ^ flip;
+    for (t, q) in blk[2..].chunks_exact(4).enumerate() {
+        let o = g0 * BLOCK + t * 4 * g + j * 4;
+        let d = &mut dst[o..o + 4];
+        for (d, &q) in d.iter_mut().zip(q) {
+            *d = q ^ flip;
+        }
     }
 }
 
@@ -350,6 +373,44 @@ mod vnni {
         }
     }
 
+    /// One 32-value block quantized as candle's `BlockQ8_0::from_float` does it (scale
+    /// `d = max|x| / 127` stored as f16, `q = round(x * (1/d))` with halves away from zero) into a
+    /// raw 34-byte block. The same f32 operations in 16 lanes, so the same bits. Returns false,
+    /// writing nothing, for a block with a NaN or an infinity (candle's loop handles those).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn quantize_block(x: &[f32], out: &mut [u8; 34]) -> bool {
+        debug_assert!(x.len() >= BLOCK);
+        let a = _mm512_castsi512_ps(_mm512_loadu_epi32(x.as_ptr() as *const i32));
+        let b = _mm512_castsi512_ps(_mm512_loadu_epi32(x.as_ptr().wrapping_add(16) as *const i32));
+        // finite iff x - x == 0
+        let fin = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_sub_ps(a, a), _mm512_setzero_ps())
+            & _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_sub_ps(b, b), _mm512_setzero_ps());
+        if fin != 0xffff {
+            return false;
+        }
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        let d = amax / ((1 << 7) - 1) as f32;
+        let id = if d != 0f32 { 1. / d } else { 0. };
+        let vid = _mm512_set1_ps(id);
+        let half = _mm512_set1_ps(0.5);
+        let round = |v: __m512| {
+            let v = _mm512_mul_ps(v, vid);
+            // f32::round: truncate, then step away from zero where the dropped part is >= 1/2
+            // (v - trunc(v) is exact).
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(v, t)), half);
+            let one = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(v, _mm512_set1_ps(-0.0)));
+            _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, one))
+        };
+        let (qa, qb) = (round(a), round(b));
+        out[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        let lo: [u8; 16] = std::mem::transmute(_mm512_cvtepi32_epi8(qa));
+        let hi: [u8; 16] = std::mem::transmute(_mm512_cvtepi32_epi8(qb));
+        out[2..18].copy_from_slice(&lo);
+        out[18..].copy_from_slice(&hi);
+        true
+    }
+
     /// candle's `hsum_float_8`: ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)).
     #[inline(always)]
     unsafe fn hsum(x: __m256) -> f32 {
@@ -439,6 +500,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX-512 activation quantizer gives candle's bits: ordinary rows, halves that round
+    /// away from zero (a block whose scale is exactly 1), zeros, tiny and huge values, and blocks
+    /// with NaN or infinity (which fall back to candle's loop).
+    #[test]
+    fn activation_quantizer_matches_candle() {
+        let k = 32 * 9;
+        let mut x = normal(3, k, 77);
+        for (i, v) in x[..32].iter_mut().enumerate() {
+            *v = if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }; // d = 1: exact halves
+        }
+        x[32..64].fill(0.0);
+        for (i, v) in x[64..96].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 1e-30;
+        }
+        for (i, v) in x[96..128].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 1e30;
+        }
+        x[130] = f32::NAN;
+        x[170] = f32::INFINITY;
+        x[200] = f32::NEG_INFINITY;
+        let want = PackedQ8::activations_at(SimdLevel::Portable, &x, 3, k).unwrap();
+        for lvl in crate::base::cpu::detected().up_to() {
+            let got = PackedQ8::activations_at(lvl, &x, 3, k).unwrap();
+            assert_eq!(got.quants, want.quants, "level {lvl}");
+            assert_eq!(got.scales.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.scales.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "level {lvl}");
+            assert_eq!(got.corr, want.corr, "level {lvl}");
+        }
+        // and the portable path is candle's quantizer itself
+        let raw = crate::model::qgemm::quantize_rows(&x[..32], 1, 32);
+        assert_eq!(want.scales[0], f16::from_le_bytes([raw[0], raw[1]]).to_f32());
+        assert_eq!(want.scales[0], 1.0);
     }
 
     /// A row's output does not depend on the other rows of the call (batched decode law).
