@@ -80,6 +80,17 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def timed(f, reps):
+    """Median seconds of `reps` calls of `f` after one untimed warm-up call (as bench.rs)."""
+    f()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return median(ts)
+
+
 def median(v):
     # bench.rs takes v[len/2] of the sorted list (the upper median for even lengths).
     v = sorted(v)
@@ -183,20 +194,8 @@ def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
         return loss.item()
 
     if want("grad"):
-        grad_once()  # warm-up, as bench.rs
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            grad_once()
-            ts.append(time.perf_counter() - t)
-        r.add(GRAD, median(ts), "s")
-        grad_once(bf16=True)  # warm-up
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            grad_once(bf16=True)
-            ts.append(time.perf_counter() - t)
-        r.add(GRAD_BF16, median(ts), "s")
+        r.add(GRAD, timed(grad_once, reps), "s")
+        r.add(GRAD_BF16, timed(lambda: grad_once(bf16=True), reps), "s")
     if want("forward") or want("decode"):
         r.add(RSS_INF, infer_rss, "MiB")
     if want("grad"):
@@ -221,20 +220,8 @@ def bench_transformers(gguf, reps, lora, only=None, study_ids=None):
             opt.zero_grad(set_to_none=True)
             return out.loss.item()
 
-        step()  # warm-up
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            step()
-            ts.append(time.perf_counter() - t)
-        r.add(LORA, median(ts), "s")
-        step(bf16=True)  # warm-up
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            step(bf16=True)
-            ts.append(time.perf_counter() - t)
-        r.add(LORA_BF16, median(ts), "s")
+        r.add(LORA, timed(step, reps), "s")
+        r.add(LORA_BF16, timed(lambda: step(bf16=True), reps), "s")
         r.add(RSS_LORA, peak_rss_mib(), "MiB")
     return r, versions
 

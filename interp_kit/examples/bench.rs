@@ -57,30 +57,27 @@ fn main() -> Result<()> {
         rows.push((k, v, u.to_string()));
     };
     row("load".into(), load_s, "s");
-    for n in [64usize, 256].into_iter().filter(|_| want("forward")) {
+    // Median seconds of a forward over `n` tokens (last-position logits).
+    let forward = |m: &Model, n: usize| -> Result<f64> {
         let p = vec![ids(n, 1)];
         let mut ts = vec![];
         for _ in 0..reps {
             let t = Instant::now();
-            model.forward_at(&p, &Hooks::new(), LogitsAt::Last)?;
+            m.forward_at(&p, &Hooks::new(), LogitsAt::Last)?;
             ts.push(t.elapsed().as_secs_f64());
         }
-        row(format!("forward, {n} tokens"), median(ts), "s");
+        Ok(median(ts))
+    };
+    for n in [64usize, 256].into_iter().filter(|_| want("forward")) {
+        row(format!("forward, {n} tokens"), forward(&model, n)?, "s");
     }
     // The same with int8 activations for the Q8_0 layers (`Model::int8_prefill`; VNNI CPUs only).
     if want("forward") && interp_kit::base::cpu::level() >= interp_kit::base::cpu::SimdLevel::Avx512Vnni {
         let mut m8 = model.clone();
         m8.int8_prefill = true;
+        m8.forward_at(&[ids(64, 1)], &Hooks::new(), LogitsAt::Last)?; // warm-up: repacks the Q8_0 weights once
         for n in [64usize, 256] {
-            let p = vec![ids(n, 1)];
-            m8.forward_at(&p, &Hooks::new(), LogitsAt::Last)?; // warm-up: repacks the Q8_0 weights once
-            let mut ts = vec![];
-            for _ in 0..reps {
-                let t = Instant::now();
-                m8.forward_at(&p, &Hooks::new(), LogitsAt::Last)?;
-                ts.push(t.elapsed().as_secs_f64());
-            }
-            row(format!("forward, {n} tokens, int8 prefill"), median(ts), "s");
+            row(format!("forward, {n} tokens, int8 prefill"), forward(&m8, n)?, "s");
         }
     }
     let infer_rss = peak_rss_mib();
