@@ -36,6 +36,12 @@ const GROUP: usize = 8;
 /// Input rows and weight rows of one register tile.
 const TILE_ROWS: usize = 4;
 const TILE_COLS: usize = 3;
+/// Up to this many input rows (decode), a tile takes one weight row at a time: the weights then
+/// stream from memory as one sequential run per thread. Three rows at a time, with each row's
+/// 900 bytes read in step, halved the bandwidth (the 145 MiB output head at one row: 10.3 ms
+/// against candle's 6.4 ms; one row at a time 4.3 ms; BENCHMARKS.md). From 9 rows on the
+/// arithmetic dominates and the 4 x 3 tile wins.
+const SMALL_M: usize = 8;
 /// Weight rows per parallel task (a multiple of [`TILE_COLS`]).
 const ROWS_PER_TASK: usize = 8 * TILE_COLS;
 
@@ -171,13 +177,14 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     let xq = PackedQ8::activations(x, m, k)?;
     let y_ptr = SendPtr(y.as_mut_ptr());
     let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
+    let tile_cols = if m <= SMALL_M { 1 } else { TILE_COLS };
     // candle's worker pool, as in `qgemm::matmul_xwt` (its workers spin between candle's ops).
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
         let y = y_ptr;
         let end = n.min(tasks.end * ROWS_PER_TASK);
         let mut c0 = tasks.start * ROWS_PER_TASK;
         while c0 < end {
-            let cols = TILE_COLS.min(end - c0);
+            let cols = tile_cols.min(end - c0);
             let mut r0 = 0;
             while r0 < m {
                 let rows = TILE_ROWS.min(m - r0);
