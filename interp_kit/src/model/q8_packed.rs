@@ -27,6 +27,7 @@ use anyhow::{ensure, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
+use super::qgemm::SendPtr;
 use crate::base::cpu::SimdLevel;
 
 const BLOCK: usize = 32;
@@ -174,7 +175,7 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     ensure!(level <= crate::base::cpu::detected(), "Q8_0 packed kernel: level {level} is above this CPU's");
     let (n, k) = (w.rows, w.k);
     ensure!(y.len() == m * n, "Q8_0 packed kernel: output has {} values, not {m} x {n}", y.len());
-    let xq = PackedQ8::activations(x, m, k)?;
+    let xq = PackedQ8::activations_at(level, x, m, k)?;
     let y_ptr = SendPtr(y.as_mut_ptr());
     let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
     let tile_cols = if m <= SMALL_M { 1 } else { TILE_COLS };
@@ -208,19 +209,7 @@ impl candle_core::CustomOp1 for PackedMatMul<'_> {
         "q8_0-packed-matmul-f32"
     }
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (n, k) = (self.0.rows, self.0.k);
-        let dims = l.shape().dims();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("q8_0 packed matmul: input {dims:?} does not end in the weight's in-dim {k}")
-        }
-        let candle_core::CpuStorage::F32(data) = s else { candle_core::bail!("q8_0 packed matmul: input must be f32") };
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("q8_0 packed matmul: input must be contiguous") };
-        let m = l.shape().elem_count() / k.max(1);
-        let mut y = vec![0f32; m * n];
-        matmul(&data[a..b], m, self.0, &mut y).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
-        let mut out = dims.to_vec();
-        *out.last_mut().expect("checked above") = n;
-        Ok((candle_core::CpuStorage::F32(y), candle_core::Shape::from(out)))
+        super::qgemm::cpu_fwd_xwt("q8_0 packed matmul", s, l, self.0.rows, self.0.k, |x, m, y| matmul(x, m, self.0, y))
     }
 }
 
@@ -236,12 +225,6 @@ fn interleave(blk: &[u8], b: usize, nbp: usize, flip: u8, dst: &mut [u8]) {
         }
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint columns of one output from the tasks of one parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// One `rows x cols` tile of outputs at `out` (row stride `ldo`).
 ///
@@ -299,6 +282,7 @@ pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::{PackedQ8, BLOCK};
+    use crate::model::qgemm::avx::hsum;
     use std::arch::x86_64::*;
 
     /// Unaligned loads through `vlddqu`: `_mm256_loadu_si256` and friends go through
@@ -416,15 +400,6 @@ mod vnni {
         out[2..18].copy_from_slice(&lo);
         out[18..].copy_from_slice(&hi);
         true
-    }
-
-    /// candle's `hsum_float_8`: ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)).
-    #[inline(always)]
-    unsafe fn hsum(x: __m256) -> f32 {
-        let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-        let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-        _mm_cvtss_f32(r)
     }
 }
 

@@ -112,7 +112,7 @@ pub fn dequantize_rows(w: &QTensor, ids: &[u32]) -> Result<Vec<f32>> {
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: used only to write disjoint parts of one output from the tasks of one parallel loop.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -210,7 +210,7 @@ fn dequant_blocks_portable(b: &[u8], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx {
+pub(super) mod avx {
     use super::{scale, BLOCK, BLOCK_BYTES};
     use std::arch::x86_64::*;
 
@@ -271,7 +271,7 @@ mod avx {
 
     /// candle's `hsum_float_8`: ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)).
     #[inline(always)]
-    unsafe fn hsum(x: __m256) -> f32 {
+    pub(in crate::model) unsafe fn hsum(x: __m256) -> f32 {
         let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
         let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
         let r = _mm_add_ss(r, _mm_movehdup_ps(r));
@@ -303,19 +303,33 @@ impl CustomOp1 for Q8_0MatMul {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, k) = self.0.shape().dims2()?;
-        let dims = l.shape().dims();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("q8_0 matmul: input {dims:?} does not end in the weight's in-dim {k}")
-        }
-        let CpuStorage::F32(data) = s else { candle_core::bail!("q8_0 matmul: input must be f32") };
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("q8_0 matmul: input must be contiguous") };
-        let m = l.shape().elem_count() / k.max(1);
-        let mut y = vec![0f32; m * n];
-        matmul_xwt(&data[a..b], m, &self.0, &mut y).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
-        let mut out = dims.to_vec();
-        *out.last_mut().expect("checked above") = n;
-        Ok((CpuStorage::F32(y), Shape::from(out)))
+        cpu_fwd_xwt("q8_0 matmul", s, l, n, k, |x, m, y| matmul_xwt(x, m, &self.0, y))
     }
+}
+
+/// The CPU forward of a custom op `y = x W^T` (`W` `[n, k]`) on a contiguous f32 input `[.., k]`:
+/// checks the input, runs `f(x, m, y)` and gives `[.., n]`. Shared by [`Q8_0MatMul`] and
+/// [`super::q8_packed::PackedMatMul`].
+pub(super) fn cpu_fwd_xwt(
+    what: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    n: usize,
+    k: usize,
+    f: impl FnOnce(&[f32], usize, &mut [f32]) -> Result<()>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let dims = l.shape().dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("{what}: input {dims:?} does not end in the weight's in-dim {k}")
+    }
+    let CpuStorage::F32(data) = s else { candle_core::bail!("{what}: input must be f32") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{what}: input must be contiguous") };
+    let m = l.shape().elem_count() / k.max(1);
+    let mut y = vec![0f32; m * n];
+    f(&data[a..b], m, &mut y).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("checked above") = n;
+    Ok((CpuStorage::F32(y), Shape::from(out)))
 }
 
 #[cfg(test)]
