@@ -1,7 +1,8 @@
 //! Benchmark of the runtime on a model (default: the embedded GGUF), as in BENCHMARKS.md:
 //! load, forward over 64 and 256 tokens, decode tokens/s at batch 1 and 8,
 //! forward+backward to 3 residual hook points over ~100 tokens, one LoRA training step
-//! (r=16 on q_proj+v_proj, batch 4 x 64 tokens, loss on every next token, AdamW); peak RSS;
+//! (r=16 on q_proj+v_proj, batch 4 x 64 tokens, loss on every next token, AdamW), the last two
+//! in f32 and in bf16 compute (`Model::compute_dtype`); peak RSS;
 //! and `study`: sampled generation as the steering-reliability sweep runs it (the first 8 prompts
 //! of `datasets/steering_reliability/harm_test.jsonl` as chats, one batch of 8, 80 new tokens,
 //! temperature 0.7, top-p 0.9), aggregate generated tokens/s. `--study-ids FILE` writes the
@@ -109,14 +110,20 @@ fn main() -> Result<()> {
         let l = model.n_layers();
         let points = [HookPoint::resid_post(l / 4), HookPoint::resid_post(l / 2), HookPoint::resid_post(3 * l / 4)];
         let loss = Loss::From(vec![80]);
-        model.grad(&p, &loss, &points, Positions::Last, &Hooks::new())?; // warm-up: dequantizes weights once
-        let mut ts = vec![];
-        for _ in 0..reps {
-            let t = Instant::now();
-            model.grad(&p, &loss, &points, Positions::All, &Hooks::new())?;
-            ts.push(t.elapsed().as_secs_f64());
+        // f32 (the default), then bf16 compute (`Model::compute_dtype`) on a clone sharing the weights.
+        for compute in [ComputeDtype::F32, ComputeDtype::Bf16] {
+            let mut m = model.clone();
+            m.compute_dtype = compute;
+            m.grad(&p, &loss, &points, Positions::Last, &Hooks::new())?; // warm-up: dequantizes (and packs) weights once
+            let mut ts = vec![];
+            for _ in 0..reps {
+                let t = Instant::now();
+                m.grad(&p, &loss, &points, Positions::All, &Hooks::new())?;
+                ts.push(t.elapsed().as_secs_f64());
+            }
+            let suffix = if compute.is_f32() { "" } else { ", bf16 compute" };
+            row(format!("forward+backward, 100 tokens, dL/dh at 3 layers{suffix}"), median(ts), "s");
         }
-        row("forward+backward, 100 tokens, dL/dh at 3 layers".into(), median(ts), "s");
     }
     if want("forward") || want("decode") {
         row("peak RSS, inference path".into(), infer_rss, "MiB");
@@ -152,27 +159,32 @@ fn main() -> Result<()> {
         // 4 rows x 64 tokens, mean NLL of tokens 1..63 (each from the previous position);
         // AdamW(lr 1e-4, weight decay 0.01: torch's defaults), no clipping, constant lr;
         // forward + backward + update, median over --reps after one untimed warm-up step.
-        let adapter = LoraAdapter::new(&model, &LoraConfig::qv(16, 32.0))?;
         let batch: Vec<TrainExample> =
             (0..4u32).map(|r| TrainExample::new(ids(64, r), (1..64).collect())).collect::<Result<_>>()?;
         let refs: Vec<&TrainExample> = batch.iter().collect();
-        let cfg = TrainConfig {
-            lr: 1e-4,
-            weight_decay: 0.01,
-            schedule: Schedule::Constant,
-            batch_size: 4,
-            max_grad_norm: None,
-            ..Default::default()
-        };
-        let mut trainer = LoraTrainer::new(&adapter, cfg, reps + 1)?;
-        trainer.step(&model, &adapter, &refs)?; // warm-up
-        let mut ts = vec![];
-        for _ in 0..reps {
-            let t = Instant::now();
-            trainer.step(&model, &adapter, &refs)?;
-            ts.push(t.elapsed().as_secs_f64());
+        for compute in [ComputeDtype::F32, ComputeDtype::Bf16] {
+            let mut m = model.clone();
+            m.compute_dtype = compute;
+            let adapter = LoraAdapter::new(&m, &LoraConfig::qv(16, 32.0))?;
+            let cfg = TrainConfig {
+                lr: 1e-4,
+                weight_decay: 0.01,
+                schedule: Schedule::Constant,
+                batch_size: 4,
+                max_grad_norm: None,
+                ..Default::default()
+            };
+            let mut trainer = LoraTrainer::new(&adapter, cfg, reps + 1)?;
+            trainer.step(&m, &adapter, &refs)?; // warm-up
+            let mut ts = vec![];
+            for _ in 0..reps {
+                let t = Instant::now();
+                trainer.step(&m, &adapter, &refs)?;
+                ts.push(t.elapsed().as_secs_f64());
+            }
+            let suffix = if compute.is_f32() { "" } else { ", bf16 compute" };
+            row(format!("LoRA step, r=16 q_proj+v_proj, batch 4 x 64 tokens, AdamW{suffix}"), median(ts), "s");
         }
-        row("LoRA step, r=16 q_proj+v_proj, batch 4 x 64 tokens, AdamW".into(), median(ts), "s");
         row("peak RSS, after LoRA steps".into(), peak_rss_mib(), "MiB");
     }
     println!("| workload | interp_kit | unit |\n|---|---|---|");

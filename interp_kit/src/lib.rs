@@ -59,7 +59,7 @@ pub mod prelude {
     };
     pub use crate::interp::steer::{hooks_for, Intervention, Op, Where};
     pub use crate::lora::{self, train_lora, LoraAdapter, LoraConfig, TrainConfig};
-    pub use crate::model::{KvCache, LogitsAt, Model, Output};
+    pub use crate::model::{ComputeDtype, KvCache, LogitsAt, Model, Output};
     pub use crate::eval::stats::{bootstrap_mean_ci, bootstrap_paired_ci, cohens_d, pearson, spearman};
     pub use crate::runs::{CellKey, Mode, RunDir, Sweep};
     pub use crate::tables::{column_f64, column_str, filter_eq, fresh, group_mean, group_summary, pivot, pretty};

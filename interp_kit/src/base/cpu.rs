@@ -7,10 +7,12 @@
 //! | `portable` | nothing | plain Rust loops, the reference |
 //! | `avx2` | AVX2 + FMA | Q8_0 dot products (`vpmaddubsw` + `vpmaddwd`), dequantization |
 //! | `avx512vnni` | the above + AVX-512 VNNI and VL, F16C | Q8_0 dot products in one `vpdpbusd` per block; the packed int8 kernel (`model::q8_packed`) |
+//! | `avx512bf16` | the above + AVX-512 BW and BF16 | the bf16 gemm of the gradient path's opt-in bf16 compute (`model::bf16`) |
 //!
-//! `INTERP_KIT_SIMD=portable|avx2|avx512vnni` lowers the level (it never raises it above what the
+//! `INTERP_KIT_SIMD=portable|avx2|avx512vnni|avx512bf16` lowers the level (it never raises it above what the
 //! CPU has); an unknown value is reported once on stderr and ignored. The integer kernels give
-//! bit-identical results at every level (the tests compare them).
+//! bit-identical results at every level, and the bf16 kernel sums in the order of its portable
+//! reference (the tests compare them).
 
 use anyhow::{bail, Result};
 use std::sync::OnceLock;
@@ -21,11 +23,12 @@ pub enum SimdLevel {
     Portable,
     Avx2,
     Avx512Vnni,
+    Avx512Bf16,
 }
 
 impl SimdLevel {
     /// Every level, slowest first.
-    pub const ALL: [SimdLevel; 3] = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512Vnni];
+    pub const ALL: [SimdLevel; 4] = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512Vnni, SimdLevel::Avx512Bf16];
 
     /// The name `INTERP_KIT_SIMD` takes.
     pub fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl SimdLevel {
             SimdLevel::Portable => "portable",
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512Vnni => "avx512vnni",
+            SimdLevel::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -48,8 +52,9 @@ impl std::str::FromStr for SimdLevel {
         match s.trim().to_ascii_lowercase().as_str() {
             "portable" | "scalar" => Ok(SimdLevel::Portable),
             "avx2" => Ok(SimdLevel::Avx2),
-            "avx512vnni" | "avx512" | "vnni" => Ok(SimdLevel::Avx512Vnni),
-            other => bail!("INTERP_KIT_SIMD={other:?}: use portable, avx2 or avx512vnni"),
+            "avx512vnni" | "vnni" => Ok(SimdLevel::Avx512Vnni),
+            "avx512bf16" | "avx512" | "bf16" => Ok(SimdLevel::Avx512Bf16),
+            other => bail!("INTERP_KIT_SIMD={other:?}: use portable, avx2, avx512vnni or avx512bf16"),
         }
     }
 }
@@ -73,9 +78,11 @@ fn detect() -> SimdLevel {
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("f16c");
-    match (avx2, vnni) {
-        (true, true) => SimdLevel::Avx512Vnni,
-        (true, false) => SimdLevel::Avx2,
+    let bf16 = is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16");
+    match (avx2, vnni, bf16) {
+        (true, true, true) => SimdLevel::Avx512Bf16,
+        (true, true, false) => SimdLevel::Avx512Vnni,
+        (true, false, _) => SimdLevel::Avx2,
         _ => SimdLevel::Portable,
     }
 }
@@ -114,6 +121,8 @@ mod tests {
     fn requests_lower_the_level_and_never_raise_it() {
         use SimdLevel::*;
         assert_eq!(capped(Avx512Vnni, None).unwrap(), Avx512Vnni);
+        assert_eq!(capped(Avx512Bf16, Some("avx512vnni")).unwrap(), Avx512Vnni);
+        assert_eq!(capped(Avx512Vnni, Some("avx512bf16")).unwrap(), Avx512Vnni);
         assert_eq!(capped(Avx512Vnni, Some("")).unwrap(), Avx512Vnni);
         assert_eq!(capped(Avx512Vnni, Some("avx2")).unwrap(), Avx2);
         assert_eq!(capped(Avx512Vnni, Some(" Scalar ")).unwrap(), Portable);
@@ -134,7 +143,10 @@ mod tests {
         let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return };
         let Some(flags) = info.lines().find(|l| l.starts_with("flags")) else { return };
         let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-        let want = if has("avx2") && has("fma") && has("avx512f") && has("avx512vl") && has("avx512_vnni") && has("f16c") {
+        let vnni = has("avx2") && has("fma") && has("avx512f") && has("avx512vl") && has("avx512_vnni") && has("f16c");
+        let want = if vnni && has("avx512bw") && has("avx512_bf16") {
+            SimdLevel::Avx512Bf16
+        } else if vnni {
             SimdLevel::Avx512Vnni
         } else if has("avx2") && has("fma") {
             SimdLevel::Avx2

@@ -611,7 +611,7 @@ pub fn merge(model: &Model, adapter: &LoraAdapter) -> Result<Model> {
             let Some(m) = adapter.module(&lin.name) else { continue };
             let w = lin.weight.dense()?.to_dtype(DType::F32)?;
             let w = (w + m.delta_weight()?)?.to_dtype(model.dtype)?;
-            lin.weight = Weight::Dense(w);
+            lin.weight = Weight::from_dense(w);
         }
     }
     Ok(merged)

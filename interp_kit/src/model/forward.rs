@@ -1,4 +1,5 @@
 //! The per-call forward context: positions, masks, rope tables, hooks, gradient taps.
+use super::bf16::ComputeDtype;
 use super::layers::Rope;
 use crate::hooks::{ActivationCache, HookCtx, HookPoint, Hooks, Phase};
 use anyhow::{ensure, Context, Result};
@@ -14,6 +15,8 @@ pub struct FwdCtx<'a> {
     pub dense: bool,
     /// Prefill multiplies by Q8_0 weights with int8 activations on VNNI CPUs (`Model::int8_prefill`).
     pub int8_prefill: bool,
+    /// The gradient path's arithmetic in frozen linear layers (`Model::compute_dtype`).
+    pub compute: ComputeDtype,
     pub keep_kv: bool,
     pub phase: Phase,
     /// The model's rotary tables (`None` for learned absolute positions, GPT-2).
@@ -75,6 +78,8 @@ pub struct CallSpec<'a, 'p> {
     pub dense: bool,
     /// Int8 activations for Q8_0 prefill on VNNI CPUs (`Model::int8_prefill`).
     pub int8_prefill: bool,
+    /// The gradient path's arithmetic in frozen linear layers (`Model::compute_dtype`).
+    pub compute: ComputeDtype,
     /// Append this call's K/V to a cache the caller holds.
     pub keep_kv: bool,
     /// Left padding per row (in cache columns).
@@ -88,7 +93,7 @@ pub struct CallSpec<'a, 'p> {
 
 impl<'a> FwdCtx<'a> {
     pub fn new(spec: CallSpec<'a, '_>) -> Result<Self> {
-        let CallSpec { rope, hooks, pass, dense, int8_prefill, keep_kv, pad, past_cols, new_cols, device, dtype } = spec;
+        let CallSpec { rope, hooks, pass, dense, int8_prefill, compute, keep_kv, pad, past_cols, new_cols, device, dtype } = spec;
         let grad = pass.is_gradient();
         let grad_points = pass.taps();
         let phase = if past_cols == 0 { Phase::Prefill } else { Phase::Decode };
@@ -122,6 +127,7 @@ impl<'a> FwdCtx<'a> {
             grad,
             dense,
             int8_prefill,
+            compute,
             keep_kv,
             phase,
             rope,

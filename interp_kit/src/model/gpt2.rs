@@ -175,7 +175,7 @@ fn conv1d(w: &dyn Weights, prefix: &str, n_in: usize, n_out: usize) -> Result<Li
             let t = dense_checked(w, &name, n_in, n_out, "Conv1D [in, out]")?;
             let bias = w.dense(&format!("{prefix}.bias"))?;
             ensure!(bias.dims() == [n_out], "{}: {prefix}.bias has shape {:?}, expected [{n_out}]", w.origin(), bias.dims());
-            Ok(Linear { weight: Weight::Dense(t.t()?.contiguous()?), bias: Some(bias), name: prefix.to_string() })
+            Ok(Linear { weight: Weight::from_dense(t.t()?.contiguous()?), bias: Some(bias), name: prefix.to_string() })
         }
     }
 }

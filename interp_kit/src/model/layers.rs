@@ -6,6 +6,7 @@
 //!   backward passes the gradient to the input only (plain matmul backward would also compute
 //!   the weight gradient: ~4x the time, 2x the memory).
 use super::forward::FwdCtx;
+use super::bf16::{Bf16MatMul, Bf16Weight, ComputeDtype};
 use super::{q8_packed, qgemm};
 use anyhow::{Context, Result};
 use candle_core::backend::BackendStorage;
@@ -104,11 +105,56 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.apply_op1_arc(Arc::new(Box::new(FrozenLinearOp { w: w.contiguous()? })))?)
 }
 
+/// Whether [`Weight::bf16`] packs for the kit's bf16 kernel: host memory on a CPU with AVX-512
+/// BF16 (at the level `INTERP_KIT_SIMD` allows); otherwise candle multiplies bf16 tensors.
+pub fn bf16_packs(loc: DeviceLocation, level: SimdLevel) -> bool {
+    loc == DeviceLocation::Cpu && level >= SimdLevel::Avx512Bf16
+}
+
+/// [`FrozenLinearOp`] in bf16 compute ([`super::bf16`]): `y = x W^T` and `dL/dx = dL/dy W`, both
+/// with the operands rounded to bf16 and f32 sums, `W` packed once per direction.
+struct FrozenLinearBf16Op {
+    w: Arc<Bf16Weight>,
+}
+
+impl CustomOp1 for FrozenLinearBf16Op {
+    fn name(&self) -> &'static str {
+        "frozen-linear-bf16"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match &*self.w {
+            Bf16Weight::Packed { fwd, .. } => Bf16MatMul(fwd).cpu_fwd(s, l),
+            Bf16Weight::Tensor(_) => candle_core::bail!("frozen-linear-bf16: the weight is not packed"),
+        }
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match &*self.w {
+            Bf16Weight::Packed { bwd, .. } => grad_res.contiguous()?.apply_op1_no_bwd(&Bf16MatMul(bwd)).map(Some),
+            Bf16Weight::Tensor(_) => candle_core::bail!("frozen-linear-bf16: the weight is not packed"),
+        }
+    }
+}
+
+/// `x W^T` with a frozen `W` in bf16 compute (differentiable in `x` only); `x` and the result
+/// keep their dtype (f32 on the gradient path).
+pub fn frozen_matmul_bf16(x: &Tensor, w: Arc<Bf16Weight>) -> Result<Tensor> {
+    match &*w {
+        Bf16Weight::Packed { k, .. } if x.dtype() == DType::F32 && x.device().is_cpu() => {
+            anyhow::ensure!(x.dims().last() == Some(k), "bf16 linear: input {:?} does not end in the weight's in-dim {k}", x.dims());
+            let x = if x.is_contiguous() && x.layout().start_offset() == 0 { x.clone() } else { x.affine(1.0, 0.0)? };
+            Ok(x.apply_op1_arc(Arc::new(Box::new(FrozenLinearBf16Op { w: w.clone() })))?)
+        }
+        Bf16Weight::Tensor(t) => Ok(frozen_matmul(&x.to_dtype(DType::BF16)?, t)?.to_dtype(x.dtype())?),
+        Bf16Weight::Packed { .. } => anyhow::bail!("bf16 linear: the packed weight takes f32 host inputs, not {:?} on {:?}", x.dtype(), x.device().location()),
+    }
+}
+
 /// A weight matrix `[out, in]`, dense or kept quantized (GGUF) for fast inference.
 /// Cloning shares the tensors (they are immutable).
 #[derive(Clone)]
 pub enum Weight {
-    Dense(Tensor),
+    /// The matrix, and its bf16 copy for [`ComputeDtype::Bf16`] (made on first use).
+    Dense(Tensor, Bf16Slot),
     Quant {
         qmm: QMatMul,
         q: Arc<QTensor>,
@@ -117,18 +163,33 @@ pub enum Weight {
         /// The Q8_0 weight repacked for the VNNI kernel ([`q8_packed`]), made on first use by
         /// [`QuantPath::Q8_0Packed`] and shared by clones.
         packed: Arc<OnceLock<q8_packed::PackedQ8>>,
+        /// The bf16 copy for [`ComputeDtype::Bf16`] (made on first use, without the f32 one).
+        bf16: Bf16Slot,
         dtype: DType,
     },
 }
 
+/// A weight's bf16 copy for the gradient path ([`Weight::bf16`]), shared by clones.
+pub type Bf16Slot = Arc<OnceLock<Arc<Bf16Weight>>>;
+
 impl Weight {
+    pub fn from_dense(t: Tensor) -> Self {
+        Weight::Dense(t, Bf16Slot::default())
+    }
     pub fn quant(q: Arc<QTensor>, dtype: DType) -> Result<Self> {
-        Ok(Weight::Quant { qmm: QMatMul::from_arc(q.clone())?, q, dense: OnceLock::new(), packed: Arc::default(), dtype })
+        Ok(Weight::Quant {
+            qmm: QMatMul::from_arc(q.clone())?,
+            q,
+            dense: OnceLock::new(),
+            packed: Arc::default(),
+            bf16: Bf16Slot::default(),
+            dtype,
+        })
     }
     /// The dense `[out, in]` matrix (dequantized once and kept, for quantized weights).
     pub fn dense(&self) -> Result<&Tensor> {
         match self {
-            Weight::Dense(t) => Ok(t),
+            Weight::Dense(t, _) => Ok(t),
             Weight::Quant { q, dense, dtype, .. } => {
                 if dense.get().is_none() {
                     let t = dequantize_par(q)?.to_dtype(*dtype)?;
@@ -138,9 +199,30 @@ impl Weight {
             }
         }
     }
+    /// The matrix in bf16 for the gradient path's bf16 compute, made once: packed for the kit's
+    /// kernel on a CPU with AVX-512 BF16 ([`bf16_packs`]), a bf16 tensor elsewhere. A quantized
+    /// weight is dequantized for it without keeping the f32 copy.
+    pub fn bf16(&self) -> Result<Arc<Bf16Weight>> {
+        let (slot, loc) = match self {
+            Weight::Dense(t, s) => (s, t.device().location()),
+            Weight::Quant { q, bf16, .. } => (bf16, q.device().location()),
+        };
+        if slot.get().is_none() {
+            let packed = bf16_packs(loc, crate::base::cpu::level());
+            let w = match self {
+                Weight::Dense(t, _) => Bf16Weight::new(t, packed)?,
+                Weight::Quant { q, dense, .. } => match dense.get() {
+                    Some(t) => Bf16Weight::new(t, packed)?,
+                    None => Bf16Weight::new(&dequantize_par(q)?, packed)?,
+                },
+            };
+            let _ = slot.set(Arc::new(w));
+        }
+        Ok(slot.get().expect("set above").clone())
+    }
     pub fn dims(&self) -> Vec<usize> {
         match self {
-            Weight::Dense(t) => t.dims().to_vec(),
+            Weight::Dense(t, _) => t.dims().to_vec(),
             Weight::Quant { q, .. } => q.shape().dims().to_vec(),
         }
     }
@@ -304,9 +386,9 @@ impl Linear {
         );
         let idx: Vec<u32> = perm.iter().map(|&p| p as u32).collect();
         let weight = match self.weight {
-            Weight::Dense(w) => {
+            Weight::Dense(w, _) => {
                 let i = Tensor::new(idx.as_slice(), w.device())?;
-                Weight::Dense(w.index_select(&i, 0)?)
+                Weight::from_dense(w.index_select(&i, 0)?)
             }
             Weight::Quant { q, dtype, .. } => {
                 let data = q.data()?;
@@ -333,15 +415,16 @@ impl Linear {
     /// `grad`: differentiable (frozen-weight) path; `dense`: use dense weights even when a
     /// quantized copy exists (exact f32 inference).
     pub fn forward(&self, x: &Tensor, grad: bool, dense: bool) -> Result<Tensor> {
-        self.forward_with(x, grad, dense, false)
+        self.forward_with(x, grad, dense, false, ComputeDtype::F32)
     }
 
     /// [`Linear::forward`]; `int8_prefill`: on a CPU with AVX-512 VNNI, prefill multiplies by a
-    /// Q8_0 weight with int8 activations too (see [`quant_path`]).
-    pub fn forward_with(&self, x: &Tensor, grad: bool, dense: bool, int8_prefill: bool) -> Result<Tensor> {
+    /// Q8_0 weight with int8 activations too (see [`quant_path`]); `compute`: the gradient path's
+    /// arithmetic (`Model::compute_dtype`).
+    pub fn forward_with(&self, x: &Tensor, grad: bool, dense: bool, int8_prefill: bool, compute: ComputeDtype) -> Result<Tensor> {
         let run = || -> Result<Tensor> {
             Ok(match (&self.weight, grad) {
-            (Weight::Quant { qmm, q, dense: cached, packed, dtype }, false) => {
+            (Weight::Quant { qmm, q, dense: cached, packed, dtype, .. }, false) => {
                 let rows = x.elem_count() / self.in_dim().max(1);
                 let level = crate::base::cpu::level();
                 match quant_path(q.device().location(), q.dtype(), q.shape().rank(), x.dtype(), rows, dense, int8_prefill, level) {
@@ -370,8 +453,11 @@ impl Linear {
                     }
                 }
             }
-            (w, true) => frozen_matmul(x, w.dense()?)?,
-            (Weight::Dense(w), false) => x.broadcast_matmul(&w.t()?)?,
+            (w, true) => match compute {
+                ComputeDtype::F32 => frozen_matmul(x, w.dense()?)?,
+                ComputeDtype::Bf16 => frozen_matmul_bf16(x, w.bf16()?)?,
+            },
+            (Weight::Dense(w, _), false) => x.broadcast_matmul(&w.t()?)?,
             })
         };
         let y = run().with_context(|| format!("linear {}", self.name))?;
@@ -384,7 +470,7 @@ impl Linear {
     /// The layer inside a forward call: the base output plus the deltas of the call's LoRA
     /// adapters that target this module (see [`FwdCtx::lora_delta`]).
     pub fn forward_ctx(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
-        let y = self.forward_with(x, ctx.grad, ctx.dense, ctx.int8_prefill)?;
+        let y = self.forward_with(x, ctx.grad, ctx.dense, ctx.int8_prefill, ctx.compute)?;
         ctx.lora_delta(&self.name, x, y).with_context(|| format!("LoRA on {}", self.name))
     }
 }
@@ -756,6 +842,49 @@ mod tests {
 
     /// The parallel dequantizers read host memory: CPU Q8_0 and K-quants use them, anything on a
     /// GPU (and other block types) goes to candle's dequantizer for its device.
+    /// The bf16 frozen linear, packed (the kit's kernel) and as a bf16 tensor (candle: other
+    /// CPUs, GPUs): the forward and `dL/dx` both agree with f32 `x W^T` and `g W` to bf16
+    /// rounding, with each other, and neither gives `W` a gradient; a batch of 3-d input works.
+    #[test]
+    fn frozen_linear_bf16_matches_f32_both_ways() {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.5, (40, 70), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (2, 5, 40), &dev).unwrap();
+        let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+            let mut rng = crate::base::rng::Rng::new(7);
+            let xv: Vec<f32> = (0..2 * 5 * 70).map(|_| rng.normal() as f32).collect();
+            let x = Var::from_vec(xv, (2, 5, 70), &Device::Cpu).unwrap();
+            let y = f(x.as_tensor()).unwrap();
+            let grads = (y.clone() * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        let exact = run(&|x| frozen_matmul(x, &w));
+        let rel = |a: &[f32], b: &[f32]| {
+            let num: f32 = a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum::<f32>().sqrt();
+            num / b.iter().map(|q| q * q).sum::<f32>().sqrt()
+        };
+        // bf16 operands: about 2^-9 relative per product, so ~3e-3 on these sums; never exact.
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let e = rel(a, b);
+            assert!(e < 1e-2 && e > 1e-5, "{what}: relative error {e} (bf16 rounding expected)");
+        };
+        let mut outs = vec![];
+        for packed in [true, false] {
+            if packed && !bf16_packs(DeviceLocation::Cpu, crate::base::cpu::level()) {
+                continue;
+            }
+            let wb = Arc::new(Bf16Weight::new(&w, packed).unwrap());
+            let got = run(&|x| frozen_matmul_bf16(x, wb.clone()));
+            close(&got.0, &exact.0, &format!("forward (packed {packed})"));
+            close(&got.1, &exact.1, &format!("dL/dx (packed {packed})"));
+            outs.push(got);
+        }
+        if let [p, t] = &outs[..] {
+            assert!(rel(&p.0, &t.0) < 1e-2 && rel(&p.1, &t.1) < 1e-2, "packed vs tensor");
+        }
+    }
+
     #[test]
     fn dequant_path_by_device_and_type() {
         use DequantPath::*;

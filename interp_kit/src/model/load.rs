@@ -136,7 +136,7 @@ impl Weights for SafetensorsWeights {
         let w = self.dense(&wname)?;
         check_shape(&wname, w.dims(), &[shape.0, shape.1], &self.origin())?;
         let b = if bias { Some(self.dense(&format!("{prefix}.bias"))?) } else { None };
-        Ok(Linear { weight: Weight::Dense(w), bias: b, name: prefix.to_string() })
+        Ok(Linear { weight: Weight::from_dense(w), bias: b, name: prefix.to_string() })
     }
     fn contains(&self, name: &str) -> bool {
         self.names.contains(name)

@@ -10,6 +10,7 @@
 //! # anyhow::Ok(())
 //! ```
 mod arch;
+pub mod bf16;
 pub mod config;
 pub mod decoder;
 pub mod forward;
@@ -29,6 +30,7 @@ use crate::hooks::{ActivationCache, HookPoint, Hooks};
 use crate::text::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
+pub use bf16::ComputeDtype;
 use decoder::Block;
 use forward::{CallSpec, FwdCtx, Pass};
 use layers::{Linear, Norm, Rope, Weight};
@@ -68,13 +70,13 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn dense(weight: Tensor, scale: Option<f64>) -> Self {
-        Self { table: Weight::Dense(weight), scale }
+        Self { table: Weight::from_dense(weight), scale }
     }
 
     /// The rows of `ids` (u32, 1-d) as `[len, d]` in the model dtype.
     pub fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
         match &self.table {
-            Weight::Dense(t) => Ok(t.index_select(ids, 0)?),
+            Weight::Dense(t, _) => Ok(t.index_select(ids, 0)?),
             Weight::Quant { q, dtype, .. } if qgemm::supports(q) => {
                 let ids: Vec<u32> = ids.to_vec1()?;
                 let d = q.shape().dims2()?.1;
@@ -113,6 +115,12 @@ pub struct Model {
     /// (elsewhere it changes nothing). Default false: prefill keeps f32 activations (a transient
     /// dequantized copy and gemm). The error it adds is measured in BENCHMARKS.md.
     pub int8_prefill: bool,
+    /// The arithmetic of the frozen linear layers on the gradient path (gradients, LoRA
+    /// training): f32 (default, the reference) or bf16 operands with f32 sums (`model::bf16`:
+    /// the kit's AVX-512 BF16 kernel where the CPU has it). The residual stream, norms,
+    /// attention, adapters and the loss stay f32. Inference is unaffected. The error it adds
+    /// is tested on the embedded model and measured in BENCHMARKS.md.
+    pub compute_dtype: ComputeDtype,
     pub(crate) embed: Embedding,
     /// Learned absolute position embeddings `[n_positions, d]` (GPT-2).
     pub(crate) pos_embed: Option<Tensor>,
@@ -137,6 +145,7 @@ impl Clone for Model {
             dtype: self.dtype,
             quantized_inference: self.quantized_inference,
             int8_prefill: self.int8_prefill,
+            compute_dtype: self.compute_dtype,
             embed: self.embed.clone(),
             pos_embed: self.pos_embed.clone(),
             blocks: self.blocks.iter().map(|b| b.box_clone()).collect(),
@@ -328,7 +337,7 @@ pub(crate) fn embed_table(w: &dyn Weights, prefix: &str, vocab: usize, d: usize,
             }
         }
     }
-    Ok(Weight::Dense(dense_checked(w, &format!("{prefix}.weight"), vocab, d, "vocab_size, hidden_size")?))
+    Ok(Weight::from_dense(dense_checked(w, &format!("{prefix}.weight"), vocab, d, "vocab_size, hidden_size")?))
 }
 
 /// The output head: the first of `names` present, or the token embedding when `tied`.
@@ -347,7 +356,7 @@ pub(crate) fn lm_head(w: &dyn Weights, names: &[&str], tied: bool, embed: &Tenso
             names.iter().map(|n| format!("{n}.weight")).collect::<Vec<_>>().join(", ")
         );
     }
-    Ok(Linear { weight: Weight::Dense(embed.clone()), bias: None, name: "lm_head (tied)".into() })
+    Ok(Linear { weight: Weight::from_dense(embed.clone()), bias: None, name: "lm_head (tied)".into() })
 }
 
 fn llama_parts(
@@ -362,7 +371,7 @@ fn llama_parts(
     let blocks = decoder::build_blocks(spec, w)?;
     let norm = decoder::final_norm(spec, w)?;
     let lm_head = match &embed {
-        Weight::Dense(e) => lm_head(w, &["lm_head"], tied, e, vocab_size, spec.hidden_size)?,
+        Weight::Dense(e, _) => lm_head(w, &["lm_head"], tied, e, vocab_size, spec.hidden_size)?,
         Weight::Quant { .. } => w.linear("lm_head", false, (vocab_size, spec.hidden_size))?,
     };
     let rope_max = max_pos.min(ROPE_MAX_POSITIONS);
@@ -549,6 +558,7 @@ impl Model {
             dtype,
             quantized_inference: true,
             int8_prefill: false,
+            compute_dtype: ComputeDtype::F32,
             embed: p.embed,
             pos_embed: p.pos_embed,
             blocks: p.blocks,
@@ -672,6 +682,7 @@ impl Model {
             pass,
             dense: !self.quantized_inference,
             int8_prefill: self.int8_prefill,
+            compute: self.compute_dtype,
             keep_kv: keep,
             pad,
             past_cols: past,
@@ -710,7 +721,7 @@ impl Model {
 
     /// Vocabulary logits from final normed hidden states `[.., d]`.
     pub(crate) fn logits(&self, h: &Tensor, grad: bool) -> Result<Tensor> {
-        let l = self.lm_head.forward_with(h, grad, !self.quantized_inference, self.int8_prefill)?;
+        let l = self.lm_head.forward_with(h, grad, !self.quantized_inference, self.int8_prefill, self.compute_dtype)?;
         Ok(match self.final_softcap {
             Some(c) => ((l / c)?.tanh()? * c)?,
             None => l,

@@ -169,7 +169,7 @@ pub fn quantize_linear(lin: &Linear, p: Precision, model_dtype: DType, device: &
     let (out, inp) = (lin.out_dim(), lin.in_dim());
     let w = lin.weight.dense().with_context(|| format!("{}: reading the dense weight", lin.name))?;
     let weight = match (p.float_dtype(), p.ggml()) {
-        (Some(dt), _) => Weight::Dense(w.to_dtype(dt)?.to_dtype(model_dtype)?),
+        (Some(dt), _) => Weight::from_dense(w.to_dtype(dt)?.to_dtype(model_dtype)?),
         (None, Some(g)) => {
             let bs = g.block_size();
             ensure!(

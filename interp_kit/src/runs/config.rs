@@ -3,7 +3,7 @@
 //! (block indices or depth fractions), the per-mode size tables ([`Modes`]), the `[run]` table
 //! ([`RunCfg`]) and the file reading every study config shares ([`read_config`], [`resolve_path`]).
 //! Each study's own config type lives in its folder.
-use crate::model::Model;
+use crate::model::{ComputeDtype, Model};
 use anyhow::{bail, ensure, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -184,6 +184,11 @@ pub struct ModelCfg {
     /// identity of runs made before it existed does not change.
     #[serde(default, skip_serializing_if = "is_false")]
     pub int8_prefill: bool,
+    /// `f32` (default, the reference) or `bf16`: the arithmetic of the frozen linear layers on
+    /// the gradient path (`Model::compute_dtype`: gradients and LoRA training; inference is
+    /// unaffected). Left out of the manifest when f32, as `int8_prefill` is when false.
+    #[serde(default, skip_serializing_if = "ComputeDtype::is_f32")]
+    pub compute_dtype: ComputeDtype,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -227,6 +232,7 @@ impl ModelCfg {
             }
         };
         model.int8_prefill = self.int8_prefill;
+        model.compute_dtype = self.compute_dtype;
         Ok(model)
     }
 }
@@ -310,6 +316,24 @@ mod tests {
         for flag in [false, true] {
             let cfg = ModelCfg { name: "gpt_neox".into(), device: "cpu".into(), dtype: "f32".into(), int8_prefill: flag, ..on.clone() };
             assert_eq!(cfg.load(&dir).unwrap().int8_prefill, flag);
+        }
+    }
+
+    /// `[model] compute_dtype`: f32 by default and then absent from the serialised config; bf16
+    /// is recorded and reaches the loaded model; anything else is an error naming the field.
+    #[test]
+    fn compute_dtype_is_read_recorded_only_when_bf16_and_applied() {
+        let base: ModelCfg = toml::from_str("name = \"embedded\"\ncompute_dtype = \"f32\"").unwrap();
+        assert_eq!(base.compute_dtype, ComputeDtype::F32);
+        assert!(!serde_json::to_string(&base).unwrap().contains("compute_dtype"));
+        let on: ModelCfg = toml::from_str("name = \"embedded\"\ncompute_dtype = \"bf16\"").unwrap();
+        assert!(serde_json::to_string(&on).unwrap().contains("\"compute_dtype\":\"bf16\""));
+        let e = toml::from_str::<ModelCfg>("name = \"embedded\"\ncompute_dtype = \"f16\"").unwrap_err().to_string();
+        assert!(e.contains("compute_dtype") || e.contains("f16"), "{e}");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity");
+        for c in [ComputeDtype::F32, ComputeDtype::Bf16] {
+            let cfg = ModelCfg { name: "gpt_neox".into(), device: "cpu".into(), dtype: "f32".into(), compute_dtype: c, ..on.clone() };
+            assert_eq!(cfg.load(&dir).unwrap().compute_dtype, c);
         }
     }
 }

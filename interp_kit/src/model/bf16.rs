@@ -1,0 +1,459 @@
+//! bf16 compute for the gradient path (`Model::compute_dtype = ComputeDtype::Bf16`): the frozen
+//! linear layers multiply in bf16 with f32 accumulation, forward (`y = x W^T`) and backward
+//! (`dL/dx = dL/dy W`), on AVX-512 BF16 (`vdpbf16ps`, Zen 4, Sapphire Rapids, Cooper Lake).
+//! Everything else stays f32: the residual stream, norms, attention, softmax, LoRA adapters and
+//! the loss. This is what torch's CPU autocast to bf16 does for `nn.Linear`.
+//!
+//! **Numerics.** Operands are rounded to bf16 (round to nearest even; subnormal inputs become
+//! signed zeros, as `vcvtne2ps2bf16` does), each product of two bf16 values is exact in f32, and
+//! products are summed in f32 along the contraction, two per step, in the order
+//! `acc = (acc + a[2i+1] b[2i+1]) + a[2i] b[2i]` that Intel documents for `vdpbf16ps`.
+//! [`gemm_at`] at [`SimdLevel::Portable`] is that arithmetic in plain Rust, output by output; the
+//! AVX-512 kernel is compared with it in the tests. The error against f32 compute is measured on
+//! the embedded model (`tests/embedded.rs`, BENCHMARKS.md).
+//!
+//! **Layout.** A right-hand matrix `B` (`depth x cols`) is packed once ([`PackedB`]): panels of 16
+//! columns; within a panel, for each pair of depth indices `(2i, 2i+1)`, the 16 columns' two
+//! values side by side (one 64-byte vector). The kernel broadcasts a pair of `A` values (one
+//! 32-bit word of a bf16 row) and runs one `vdpbf16ps` per 16 columns, so every output column is
+//! one f32 lane and no horizontal sum is needed. A frozen weight `W` (`[out, in]`) is packed twice
+//! ([`Bf16Weight`]): as `W^T` for the forward and as `W` for the backward, 4 bytes per parameter
+//! in all, as much as the f32 copy the f32 path keeps.
+//!
+//! Without AVX-512 BF16, or on a GPU, [`Bf16Weight::Tensor`] keeps `W` once as a bf16 tensor
+//! and candle multiplies bf16 tensors (same rounding of the operands; candle's own summation).
+use anyhow::{ensure, Result};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+use super::qgemm::SendPtr;
+use crate::base::cpu::SimdLevel;
+
+/// The arithmetic of the gradient path's frozen linear layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    /// f32 operands and sums: the default and the reference.
+    #[default]
+    F32,
+    /// bf16 operands, f32 sums (this module).
+    Bf16,
+}
+
+impl ComputeDtype {
+    pub fn is_f32(&self) -> bool {
+        *self == ComputeDtype::F32
+    }
+}
+
+impl std::fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ComputeDtype::F32 => "f32",
+            ComputeDtype::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for ComputeDtype {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(ComputeDtype::F32),
+            "bf16" => Ok(ComputeDtype::Bf16),
+            other => anyhow::bail!("compute dtype {other:?}: use f32 or bf16"),
+        }
+    }
+}
+
+/// Columns per panel (one 512-bit vector of f32 lanes).
+const PANEL: usize = 16;
+/// Rows and panels of one register tile: 8 x 3 accumulators of 16 lanes.
+const MR: usize = 8;
+const NV: usize = 3;
+
+/// `x` rounded to bf16 (bits): nearest, ties to even; NaN stays NaN (quiet); subnormals become
+/// signed zeros, as `vcvtne2ps2bf16` rounds.
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) as u16) | 0x0040;
+    }
+    if b & 0x7f80_0000 == 0 {
+        return ((b >> 16) & 0x8000) as u16;
+    }
+    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1));
+    (r >> 16) as u16
+}
+
+fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// The left-hand operand: `m` rows of `depth` f32 values rounded to bf16, as pairs (one `u32`
+/// per pair: the even index in the low half), `depth` padded to even with a zero.
+pub struct PackedA {
+    m: usize,
+    pairs: usize,
+    data: Vec<u32>,
+}
+
+impl PackedA {
+    pub fn new_at(level: SimdLevel, x: &[f32], m: usize, depth: usize) -> Result<Self> {
+        ensure!(x.len() == m * depth, "bf16 lhs: {} values for {m} x {depth}", x.len());
+        let pairs = depth.div_ceil(2);
+        let mut data = vec![0u32; m * pairs];
+        let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
+        let one = |(r, out): (usize, &mut [u32])| {
+            let row = &x[r * depth..(r + 1) * depth];
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the level says the CPU has AVX-512 BF16; lengths as the function states.
+                done = unsafe { avx::round_row(row, out) };
+            }
+            for i in done / 2..pairs {
+                let lo = to_bf16(row[2 * i]) as u32;
+                let hi = row.get(2 * i + 1).map_or(0, |v| to_bf16(*v) as u32);
+                out[i] = lo | (hi << 16);
+            }
+        };
+        if m * depth >= 1 << 16 {
+            use rayon::prelude::*;
+            data.par_chunks_mut(pairs.max(1)).enumerate().for_each(one);
+        } else {
+            data.chunks_mut(pairs.max(1)).enumerate().for_each(one);
+        }
+        Ok(Self { m, pairs, data })
+    }
+}
+
+/// A right-hand matrix (`depth x cols`) in bf16, packed as the module doc says.
+pub struct PackedB {
+    depth: usize,
+    cols: usize,
+    pairs: usize,
+    panels: usize,
+    /// `panels x pairs x 16 x 2` bf16 bits; columns past `cols` are zero.
+    data: Vec<u16>,
+}
+
+impl PackedB {
+    /// Packs `B[d][c] = get(d, c)`.
+    fn pack(depth: usize, cols: usize, get: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        use rayon::prelude::*;
+        let pairs = depth.div_ceil(2);
+        let panels = cols.div_ceil(PANEL);
+        let mut data = vec![0u16; panels * pairs * PANEL * 2];
+        data.par_chunks_mut((pairs * PANEL * 2).max(1)).enumerate().for_each(|(p, panel)| {
+            for i in 0..pairs {
+                for j in 0..PANEL {
+                    let c = p * PANEL + j;
+                    if c >= cols {
+                        continue;
+                    }
+                    let v = &mut panel[(i * PANEL + j) * 2..(i * PANEL + j) * 2 + 2];
+                    v[0] = to_bf16(get(2 * i, c));
+                    v[1] = if 2 * i + 1 < depth { to_bf16(get(2 * i + 1, c)) } else { 0 };
+                }
+            }
+        });
+        Self { depth, cols, pairs, panels, data }
+    }
+
+    /// `B = W^T` for a row-major `W` (`[n, k]`): depth `k`, `n` columns (the forward `x W^T`).
+    pub fn from_w_t(w: &[f32], n: usize, k: usize) -> Result<Self> {
+        ensure!(w.len() == n * k, "bf16 weight: {} values for {n} x {k}", w.len());
+        Ok(Self::pack(k, n, |d, c| w[c * k + d]))
+    }
+
+    /// `B = W` for a row-major `W` (`[n, k]`): depth `n`, `k` columns (the backward `g W`).
+    pub fn from_w(w: &[f32], n: usize, k: usize) -> Result<Self> {
+        ensure!(w.len() == n * k, "bf16 weight: {} values for {n} x {k}", w.len());
+        Ok(Self::pack(n, k, |d, c| w[d * k + c]))
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+    fn panel(&self, p: usize) -> &[u16] {
+        &self.data[p * self.pairs * PANEL * 2..(p + 1) * self.pairs * PANEL * 2]
+    }
+}
+
+/// `C = A B` (`m x cols`, f32) at the given kernel level (see the module doc).
+pub fn gemm_at(level: SimdLevel, a: &PackedA, b: &PackedB) -> Result<Vec<f32>> {
+    ensure!(a.pairs == b.pairs, "bf16 gemm: lhs depth of {} pairs, rhs depth of {} pairs ({} values)", a.pairs, b.pairs, b.depth);
+    let (m, n) = (a.m, b.cols);
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return Ok(c);
+    }
+    let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
+    // Tasks: groups of NV panels x chunks of rows; enough of them for the pool to balance.
+    let groups = b.panels.div_ceil(NV);
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let chunks = (4 * threads).div_ceil(groups).clamp(1, m.div_ceil(MR));
+    let rows_per = m.div_ceil(chunks).div_ceil(MR) * MR;
+    let chunks = m.div_ceil(rows_per);
+    let out = SendPtr(c.as_mut_ptr());
+    let task = |t: usize| {
+        let out = &out;
+        let (g, ch) = (t % groups, t / groups);
+        let p0 = g * NV;
+        let nv = NV.min(b.panels - p0);
+        let (r0, r1) = (ch * rows_per, m.min((ch + 1) * rows_per));
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            let mut r = r0;
+            while r < r1 {
+                let mr = MR.min(r1 - r);
+                // SAFETY: the level says the CPU has AVX-512 BF16; rows r..r+mr and panels
+                // p0..p0+nv are in range, and this task alone writes that part of `c`.
+                unsafe { avx::tile_dispatch(mr, nv, a, r, b, p0, out.0, n) };
+                r += mr;
+            }
+            return;
+        }
+        for r in r0..r1 {
+            let arow = &a.data[r * a.pairs..(r + 1) * a.pairs];
+            for c in p0 * PANEL..n.min((p0 + nv) * PANEL) {
+                let panel = b.panel(c / PANEL);
+                let j = c % PANEL;
+                let mut acc = 0f32;
+                for (i, &ap) in arow.iter().enumerate() {
+                    let (alo, ahi) = (from_bf16(ap as u16), from_bf16((ap >> 16) as u16));
+                    let blo = from_bf16(panel[(i * PANEL + j) * 2]);
+                    let bhi = from_bf16(panel[(i * PANEL + j) * 2 + 1]);
+                    acc += ahi * bhi;
+                    acc += alo * blo;
+                }
+                // SAFETY: (r, c) is in range and belongs to this task alone.
+                unsafe { *out.0.add(r * n + c) = acc };
+            }
+        }
+    };
+    let _ = simd;
+    candle_core::utils::barrier_pool().execute_chunked(groups * chunks, |ts| ts.for_each(task));
+    Ok(c)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::{PackedA, PackedB, MR, PANEL};
+    use std::arch::x86_64::*;
+
+    /// Rounds `row` to bf16 pairs 32 values at a time (`vcvtne2ps2bf16`); returns how many values
+    /// it did (a multiple of 32); the caller does the rest.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn round_row(row: &[f32], out: &mut [u32]) -> usize {
+        let n = row.len() / 32 * 32;
+        let mut i = 0;
+        while i < n {
+            let lo = _mm512_loadu_ps(row.as_ptr().wrapping_add(i));
+            let hi = _mm512_loadu_ps(row.as_ptr().wrapping_add(i + 16));
+            // The second operand fills the low half of the result.
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(out.as_mut_ptr().wrapping_add(i / 2) as *mut __m512i, v);
+            i += 32;
+        }
+        n
+    }
+
+    /// An `R x V` tile: rows `r0..r0+R` of `a` against panels `p0..p0+V` of `b`, the whole depth,
+    /// written (masked at the last column) into row-major `c` with `ldc` columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile<const R: usize, const V: usize>(a: &PackedA, r0: usize, b: &PackedB, p0: usize, c: *mut f32, ldc: usize) {
+        let pairs = a.pairs;
+        let ap: [*const u32; R] = std::array::from_fn(|r| a.data.as_ptr().wrapping_add((r0 + r) * pairs));
+        let bp: [*const u16; V] = std::array::from_fn(|v| b.data.as_ptr().wrapping_add((p0 + v) * pairs * PANEL * 2));
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for i in 0..pairs {
+            let bv: [__m512bh; V] =
+                std::array::from_fn(|v| std::mem::transmute(_mm512_loadu_epi32(bp[v].wrapping_add(i * PANEL * 2) as *const i32)));
+            for r in 0..R {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap[r].wrapping_add(i) as i32));
+                for v in 0..V {
+                    acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+                }
+            }
+        }
+        for v in 0..V {
+            let c0 = (p0 + v) * PANEL;
+            let left = b.cols - c0;
+            let mask: __mmask16 = if left >= PANEL { 0xffff } else { (1u16 << left) - 1 };
+            for r in 0..R {
+                _mm512_mask_storeu_ps(c.wrapping_add((r0 + r) * ldc + c0), mask, acc[r][v]);
+            }
+        }
+    }
+
+    /// [`tile`] at a run-time shape (`mr` in 1..=8, `nv` in 1..=3).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn tile_dispatch(mr: usize, nv: usize, a: &PackedA, r0: usize, b: &PackedB, p0: usize, c: *mut f32, ldc: usize) {
+        debug_assert!(mr >= 1 && mr <= MR && (1..=3).contains(&nv));
+        macro_rules! by_v {
+            ($r:literal) => {
+                match nv {
+                    1 => tile::<$r, 1>(a, r0, b, p0, c, ldc),
+                    2 => tile::<$r, 2>(a, r0, b, p0, c, ldc),
+                    _ => tile::<$r, 3>(a, r0, b, p0, c, ldc),
+                }
+            };
+        }
+        match mr {
+            1 => by_v!(1),
+            2 => by_v!(2),
+            3 => by_v!(3),
+            4 => by_v!(4),
+            5 => by_v!(5),
+            6 => by_v!(6),
+            7 => by_v!(7),
+            _ => by_v!(8),
+        }
+    }
+}
+
+/// A frozen weight `W` (`[out, in]`) stored once for bf16 compute.
+pub enum Bf16Weight {
+    /// Packed for the kit's kernel (CPU with AVX-512 BF16): `W^T` for the forward, `W` for the
+    /// backward.
+    Packed { n: usize, k: usize, fwd: PackedB, bwd: PackedB },
+    /// `W` as a bf16 tensor on its device, multiplied by candle (other CPUs, GPUs).
+    Tensor(Tensor),
+}
+
+impl Bf16Weight {
+    /// From the f32 (or other dtype) dense `W` on its device; `packed` picks the kit's kernel
+    /// layout (host memory only).
+    pub fn new(w: &Tensor, packed: bool) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        if !packed {
+            return Ok(Bf16Weight::Tensor(w.to_dtype(DType::BF16)?.contiguous()?));
+        }
+        let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Bf16Weight::Packed { n, k, fwd: PackedB::from_w_t(&v, n, k)?, bwd: PackedB::from_w(&v, n, k)? })
+    }
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Bf16Weight::Packed { n, k, .. } => (*n, *k),
+            Bf16Weight::Tensor(t) => t.dims2().unwrap_or((0, 0)),
+        }
+    }
+}
+
+/// `x B` for f32 `x` (`[.., depth]`) and a packed `B`: one bf16 gemm over all leading dims, read
+/// in place (no backward: [`crate::model::layers`] pairs the two directions).
+pub struct Bf16MatMul<'a>(pub &'a PackedB);
+
+impl CustomOp1 for Bf16MatMul<'_> {
+    fn name(&self) -> &'static str {
+        "bf16-matmul"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let b = self.0;
+        super::qgemm::cpu_fwd_xwt("bf16 matmul", s, l, b.cols, b.depth, |x, m, y| {
+            let level = crate::base::cpu::level();
+            let a = PackedA::new_at(level, x, m, b.depth)?;
+            y.copy_from_slice(&gemm_at(level, &a, b)?);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normal(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = crate::base::rng::Rng::new(seed);
+        (0..n).map(|_| rng.normal() as f32 * scale).collect()
+    }
+
+    /// Rounding: ties to even, overflow to infinity, NaN kept, subnormals flushed; and the
+    /// AVX-512 row rounding gives the same bits.
+    #[test]
+    fn rounding_matches_the_instruction() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0); // tie, to even (down)
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0); // tie, to even (up)
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.5 / 256.0)), 1.0 + 2.0 / 256.0);
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(to_bf16(-1e-40), 0x8000);
+        assert_eq!(to_bf16(f32::NEG_INFINITY), 0xff80);
+        let mut x = normal(3 * 77, 1, 3.0);
+        x[5] = 1e-40;
+        x[6] = f32::NAN;
+        x[7] = -0.0;
+        x[40] = 1.0 + 1.0 / 256.0;
+        x[41] = f32::INFINITY;
+        let want = PackedA::new_at(SimdLevel::Portable, &x, 3, 77).unwrap();
+        for level in crate::base::cpu::level().up_to() {
+            let got = PackedA::new_at(level, &x, 3, 77).unwrap();
+            assert_eq!(got.data, want.data, "{level}");
+        }
+        assert_eq!(want.data[2] >> 16, 0, "1e-40 (index 5: pair 2, high half) flushes to zero");
+    }
+
+    /// The packed product against an f64 product of the bf16-rounded operands (shapes off every
+    /// tile edge: odd depth, columns not a multiple of 16, rows not a multiple of 8), and the
+    /// kernel against the portable arithmetic.
+    #[test]
+    fn gemm_matches_reference_at_every_level() {
+        for &(m, n, k) in &[(1, 16, 2), (3, 17, 7), (8, 48, 64), (9, 50, 33), (20, 131, 96), (17, 5, 300), (100, 64, 896)] {
+            let x = normal(m * k, (m * 31 + k) as u64, 1.0);
+            let w = normal(n * k, (n * 7 + k) as u64, 0.5);
+            let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+            let fwd = PackedB::from_w_t(&w, n, k).unwrap();
+            let bwd = PackedB::from_w(&w, n, k).unwrap();
+            let g = normal(m * n, (m + n) as u64, 1.0);
+            let portable = gemm_at(SimdLevel::Portable, &PackedA::new_at(SimdLevel::Portable, &x, m, k).unwrap(), &fwd).unwrap();
+            for level in crate::base::cpu::level().up_to() {
+                let y = gemm_at(level, &PackedA::new_at(level, &x, m, k).unwrap(), &fwd).unwrap();
+                let dx = gemm_at(level, &PackedA::new_at(level, &g, m, n).unwrap(), &bwd).unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut want, mut abs) = (0f64, 0f64);
+                        for t in 0..k {
+                            want += r(x[i * k + t]) * r(w[j * k + t]);
+                            abs += (r(x[i * k + t]) * r(w[j * k + t])).abs();
+                        }
+                        let tol = abs * k as f64 * f32::EPSILON as f64;
+                        let got = y[i * n + j] as f64;
+                        assert!((got - want).abs() <= tol, "{level} ({m},{n},{k}) y[{i},{j}] {got} vs {want}");
+                    }
+                    for t in 0..k {
+                        let (mut want, mut abs) = (0f64, 0f64);
+                        for j in 0..n {
+                            want += r(g[i * n + j]) * r(w[j * k + t]);
+                            abs += (r(g[i * n + j]) * r(w[j * k + t])).abs();
+                        }
+                        let tol = abs * n as f64 * f32::EPSILON as f64;
+                        let got = dx[i * k + t] as f64;
+                        assert!((got - want).abs() <= tol, "{level} ({m},{n},{k}) dx[{i},{t}] {got} vs {want}");
+                    }
+                }
+                let same = y.iter().zip(&portable).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+                assert_eq!(same, y.len(), "{level} ({m},{n},{k}): {} of {} outputs differ in bits from the portable sum", y.len() - same, y.len());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let a = PackedA::new_at(SimdLevel::Portable, &[0.0; 6], 2, 3).unwrap();
+        let b = PackedB::from_w_t(&[0.0; 20], 4, 5).unwrap();
+        let e = gemm_at(SimdLevel::Portable, &a, &b).unwrap_err().to_string();
+        assert!(e.contains("2 pairs") && e.contains("3 pairs"), "{e}");
+        assert!(PackedA::new_at(SimdLevel::Portable, &[0.0; 5], 2, 3).is_err());
+        assert!(PackedB::from_w(&[0.0; 5], 2, 3).is_err());
+        assert_eq!("BF16".parse::<ComputeDtype>().unwrap(), ComputeDtype::Bf16);
+        assert!("f16".parse::<ComputeDtype>().unwrap_err().to_string().contains("f32 or bf16"));
+    }
+}
