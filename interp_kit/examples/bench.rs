@@ -9,7 +9,7 @@
 //! prompts' token ids so that `scripts/bench_peers.py` generates from the same ids.
 //!
 //!     cargo run --release --example bench -- [--model PATH] [--reps 3] [--json out.json]
-//!         [--only forward,decode,grad,lora,study] [--study-ids ids.json]
+//!         [--only forward,decode,grad,lora,study] [--study-ids ids.json] [--compute f32,bf16]
 //!         (default: all; load is always measured)
 use anyhow::{Context, Result};
 use interp_kit::interp::directions::PromptFormat;
@@ -43,6 +43,9 @@ const STUDY_ROW: &str = "generate, steering study prompts (batch 8, 80 new token
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    // Which compute dtypes the gradient and LoRA rows run (default both).
+    let computes: Vec<ComputeDtype> =
+        get("--compute").unwrap_or("f32,bf16".into()).split(',').map(|c| c.parse()).collect::<Result<_>>()?;
     let reps: usize = get("--reps").map(|s| s.parse()).transpose()?.unwrap_or(3);
     let only = get("--only");
     let want = |w: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x.trim() == w));
@@ -111,7 +114,7 @@ fn main() -> Result<()> {
         let points = [HookPoint::resid_post(l / 4), HookPoint::resid_post(l / 2), HookPoint::resid_post(3 * l / 4)];
         let loss = Loss::From(vec![80]);
         // f32 (the default), then bf16 compute (`Model::compute_dtype`) on a clone sharing the weights.
-        for compute in [ComputeDtype::F32, ComputeDtype::Bf16] {
+        for &compute in &computes {
             let mut m = model.clone();
             m.compute_dtype = compute;
             m.grad(&p, &loss, &points, Positions::Last, &Hooks::new())?; // warm-up: dequantizes (and packs) weights once
@@ -162,7 +165,7 @@ fn main() -> Result<()> {
         let batch: Vec<TrainExample> =
             (0..4u32).map(|r| TrainExample::new(ids(64, r), (1..64).collect())).collect::<Result<_>>()?;
         let refs: Vec<&TrainExample> = batch.iter().collect();
-        for compute in [ComputeDtype::F32, ComputeDtype::Bf16] {
+        for &compute in &computes {
             let mut m = model.clone();
             m.compute_dtype = compute;
             let adapter = LoraAdapter::new(&m, &LoraConfig::qv(16, 32.0))?;

@@ -70,6 +70,9 @@ const PANEL: usize = 16;
 /// Rows and panels of one register tile: 8 x 3 accumulators of 16 lanes.
 const MR: usize = 8;
 const NV: usize = 3;
+/// Depth pairs per block: a block of `b` for one tile's panels (3 x 16 columns x 512 pairs,
+/// 96 KiB) stays in L2 while every row of the task passes over it.
+const KC: usize = 512;
 
 /// `x` rounded to bf16 (bits): nearest, ties to even; NaN stays NaN (quiet); subnormals become
 /// signed zeros, as `vcvtne2ps2bf16` rounds.
@@ -117,15 +120,25 @@ impl PackedA {
                 out[i] = lo | (hi << 16);
             }
         };
-        if m * depth >= 1 << 16 {
-            use rayon::prelude::*;
-            data.par_chunks_mut(pairs.max(1)).enumerate().for_each(one);
-        } else {
-            data.chunks_mut(pairs.max(1)).enumerate().for_each(one);
-        }
+        // On candle's worker pool, as the gemm: its workers spin between ops and a second pool
+        // (rayon) would compete with them for the cores.
+        let rows_per = ((1 << 15) / depth.max(1)).max(1);
+        let ptr = SendPtrU32(data.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(m.div_ceil(rows_per), |ts| {
+            let p = &ptr;
+            for r in ts.start * rows_per..m.min(ts.end * rows_per) {
+                // SAFETY: row r of `data` (pairs values) is written by this task alone.
+                one((r, unsafe { std::slice::from_raw_parts_mut(p.0.add(r * pairs), pairs) }));
+            }
+        });
         Ok(Self { m, pairs, data })
     }
 }
+
+struct SendPtrU32(*mut u32);
+// SAFETY: used only to write disjoint rows of one buffer from the tasks of one parallel loop.
+unsafe impl Send for SendPtrU32 {}
+unsafe impl Sync for SendPtrU32 {}
 
 /// A right-hand matrix (`depth x cols`) in bf16, packed as the module doc says.
 pub struct PackedB {
@@ -188,17 +201,24 @@ impl PackedB {
 
 /// `C = A B` (`m x cols`, f32) at the given kernel level (see the module doc).
 pub fn gemm_at(level: SimdLevel, a: &PackedA, b: &PackedB) -> Result<Vec<f32>> {
+    let mut c = vec![0f32; a.m * b.cols];
+    gemm_into(level, a, b, &mut c)?;
+    Ok(c)
+}
+
+/// [`gemm_at`] into `c` (`m x cols`, every value overwritten).
+pub fn gemm_into(level: SimdLevel, a: &PackedA, b: &PackedB, c: &mut [f32]) -> Result<()> {
     ensure!(a.pairs == b.pairs, "bf16 gemm: lhs depth of {} pairs, rhs depth of {} pairs ({} values)", a.pairs, b.pairs, b.depth);
     let (m, n) = (a.m, b.cols);
-    let mut c = vec![0f32; m * n];
+    ensure!(c.len() == m * n, "bf16 gemm: output of {} values for {m} x {n}", c.len());
     if m == 0 || n == 0 {
-        return Ok(c);
+        return Ok(());
     }
     let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
     // Tasks: groups of NV panels x chunks of rows; enough of them for the pool to balance.
     let groups = b.panels.div_ceil(NV);
     let threads = candle_core::utils::get_num_threads().max(1);
-    let chunks = (4 * threads).div_ceil(groups).clamp(1, m.div_ceil(MR));
+    let chunks = (8 * threads).div_ceil(groups).clamp(1, m.div_ceil(MR));
     let rows_per = m.div_ceil(chunks).div_ceil(MR) * MR;
     let chunks = m.div_ceil(rows_per);
     let out = SendPtr(c.as_mut_ptr());
@@ -210,13 +230,23 @@ pub fn gemm_at(level: SimdLevel, a: &PackedA, b: &PackedB) -> Result<Vec<f32>> {
         let (r0, r1) = (ch * rows_per, m.min((ch + 1) * rows_per));
         #[cfg(target_arch = "x86_64")]
         if simd {
-            let mut r = r0;
-            while r < r1 {
-                let mr = MR.min(r1 - r);
-                // SAFETY: the level says the CPU has AVX-512 BF16; rows r..r+mr and panels
-                // p0..p0+nv are in range, and this task alone writes that part of `c`.
-                unsafe { avx::tile_dispatch(mr, nv, a, r, b, p0, out.0, n) };
-                r += mr;
+            // Depth in blocks of KC pairs, each over all the task's rows, so that the block of
+            // `b` stays in L2 (a long depth, e.g. the output head's backward, would otherwise
+            // stream `b` from memory once per tile of rows). Partial sums go through `c` in f32:
+            // exact, so the order of the sums is the portable one.
+            let mut i0 = 0;
+            while i0 < a.pairs {
+                let i1 = a.pairs.min(i0 + KC);
+                let mut r = r0;
+                while r < r1 {
+                    let mr = MR.min(r1 - r);
+                    // SAFETY: the level says the CPU has AVX-512 BF16; rows r..r+mr, panels
+                    // p0..p0+nv and pairs i0..i1 are in range, and this task alone writes that
+                    // part of `c`.
+                    unsafe { avx::tile_dispatch(mr, nv, a, r, b, p0, out.0, n, i0..i1) };
+                    r += mr;
+                }
+                i0 = i1;
             }
             return;
         }
@@ -240,12 +270,13 @@ pub fn gemm_at(level: SimdLevel, a: &PackedA, b: &PackedB) -> Result<Vec<f32>> {
     };
     let _ = simd;
     candle_core::utils::barrier_pool().execute_chunked(groups * chunks, |ts| ts.for_each(task));
-    Ok(c)
+    Ok(())
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use super::{PackedA, PackedB, MR, PANEL};
+    use std::ops::Range;
     use std::arch::x86_64::*;
 
     /// Rounds `row` to bf16 pairs 32 values at a time (`vcvtne2ps2bf16`); returns how many values
@@ -265,15 +296,27 @@ mod avx {
         n
     }
 
-    /// An `R x V` tile: rows `r0..r0+R` of `a` against panels `p0..p0+V` of `b`, the whole depth,
-    /// written (masked at the last column) into row-major `c` with `ldc` columns.
+    /// An `R x V` tile: rows `r0..r0+R` of `a` against panels `p0..p0+V` of `b` over the depth
+    /// pairs `depth`, added to what `c` holds unless `depth` starts at 0, and written (masked at
+    /// the last column) into row-major `c` with `ldc` columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile<const R: usize, const V: usize>(a: &PackedA, r0: usize, b: &PackedB, p0: usize, c: *mut f32, ldc: usize) {
+    unsafe fn tile<const R: usize, const V: usize>(a: &PackedA, r0: usize, b: &PackedB, p0: usize, c: *mut f32, ldc: usize, depth: Range<usize>) {
         let pairs = a.pairs;
         let ap: [*const u32; R] = std::array::from_fn(|r| a.data.as_ptr().wrapping_add((r0 + r) * pairs));
         let bp: [*const u16; V] = std::array::from_fn(|v| b.data.as_ptr().wrapping_add((p0 + v) * pairs * PANEL * 2));
+        let masks: [__mmask16; V] = std::array::from_fn(|v| {
+            let left = b.cols - (p0 + v) * PANEL;
+            if left >= PANEL { 0xffff } else { (1u16 << left) - 1 }
+        });
         let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for i in 0..pairs {
+        if depth.start > 0 {
+            for r in 0..R {
+                for v in 0..V {
+                    acc[r][v] = _mm512_maskz_loadu_ps(masks[v], c.wrapping_add((r0 + r) * ldc + (p0 + v) * PANEL));
+                }
+            }
+        }
+        for i in depth {
             let bv: [__m512bh; V] =
                 std::array::from_fn(|v| std::mem::transmute(_mm512_loadu_epi32(bp[v].wrapping_add(i * PANEL * 2) as *const i32)));
             for r in 0..R {
@@ -284,25 +327,23 @@ mod avx {
             }
         }
         for v in 0..V {
-            let c0 = (p0 + v) * PANEL;
-            let left = b.cols - c0;
-            let mask: __mmask16 = if left >= PANEL { 0xffff } else { (1u16 << left) - 1 };
             for r in 0..R {
-                _mm512_mask_storeu_ps(c.wrapping_add((r0 + r) * ldc + c0), mask, acc[r][v]);
+                _mm512_mask_storeu_ps(c.wrapping_add((r0 + r) * ldc + (p0 + v) * PANEL), masks[v], acc[r][v]);
             }
         }
     }
 
     /// [`tile`] at a run-time shape (`mr` in 1..=8, `nv` in 1..=3).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn tile_dispatch(mr: usize, nv: usize, a: &PackedA, r0: usize, b: &PackedB, p0: usize, c: *mut f32, ldc: usize) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_dispatch(mr: usize, nv: usize, a: &PackedA, r0: usize, b: &PackedB, p0: usize, c: *mut f32, ldc: usize, depth: Range<usize>) {
         debug_assert!(mr >= 1 && mr <= MR && (1..=3).contains(&nv));
         macro_rules! by_v {
             ($r:literal) => {
                 match nv {
-                    1 => tile::<$r, 1>(a, r0, b, p0, c, ldc),
-                    2 => tile::<$r, 2>(a, r0, b, p0, c, ldc),
-                    _ => tile::<$r, 3>(a, r0, b, p0, c, ldc),
+                    1 => tile::<$r, 1>(a, r0, b, p0, c, ldc, depth),
+                    2 => tile::<$r, 2>(a, r0, b, p0, c, ldc, depth),
+                    _ => tile::<$r, 3>(a, r0, b, p0, c, ldc, depth),
                 }
             };
         }
@@ -359,9 +400,7 @@ impl CustomOp1 for Bf16MatMul<'_> {
         let b = self.0;
         super::qgemm::cpu_fwd_xwt("bf16 matmul", s, l, b.cols, b.depth, |x, m, y| {
             let level = crate::base::cpu::level();
-            let a = PackedA::new_at(level, x, m, b.depth)?;
-            y.copy_from_slice(&gemm_at(level, &a, b)?);
-            Ok(())
+            gemm_into(level, &PackedA::new_at(level, x, m, b.depth)?, b, y)
         })
     }
 }
@@ -406,7 +445,7 @@ mod tests {
     /// kernel against the portable arithmetic.
     #[test]
     fn gemm_matches_reference_at_every_level() {
-        for &(m, n, k) in &[(1, 16, 2), (3, 17, 7), (8, 48, 64), (9, 50, 33), (20, 131, 96), (17, 5, 300), (100, 64, 896)] {
+        for &(m, n, k) in &[(1, 16, 2), (3, 17, 7), (8, 48, 64), (9, 50, 33), (20, 131, 96), (17, 5, 300), (100, 64, 896), (10, 40, 2100)] {
             let x = normal(m * k, (m * 31 + k) as u64, 1.0);
             let w = normal(n * k, (n * 7 + k) as u64, 0.5);
             let r = |v: f32| from_bf16(to_bf16(v)) as f64;
