@@ -78,16 +78,17 @@ macro_rules! nll_rows {
     }};
 }
 
+/// The backward reads each row's log-sum-exp back from the forward's result (`nll + z[target]`)
+/// instead of summing the row's exponentials again: one pass over the logits instead of three.
 macro_rules! nll_grad {
-    ($t:ty, $x:expr, $v:expr, $targets:expr, $g:expr) => {{
+    ($t:ty, $x:expr, $v:expr, $targets:expr, $g:expr, $nll:expr) => {{
         let x: &[$t] = $x;
         let g: Vec<$t> = $g;
+        let nll: Vec<$t> = $nll;
         let mut out = vec![<$t>::default(); x.len()];
-        out.par_chunks_mut($v).zip(x.par_chunks($v)).zip($targets.par_iter().zip(g.par_iter())).for_each(
-            |((o, row), (&t, &go))| {
-                let max = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-                let sum: $t = row.iter().map(|&z| (z - max).exp()).sum();
-                let lse = max + sum.ln();
+        out.par_chunks_mut($v).zip(x.par_chunks($v)).zip($targets.par_iter().zip(g.par_iter().zip(nll.par_iter()))).for_each(
+            |((o, row), (&t, (&go, &nll)))| {
+                let lse = nll + row[t as usize];
                 for (oj, &z) in o.iter_mut().zip(row) {
                     *oj = (z - lse).exp() * go;
                 }
@@ -115,18 +116,18 @@ impl CustomOp1 for NllOp {
         };
         Ok((out, Shape::from(n)))
     }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (n, v) = arg.dims2()?;
         let arg = arg.contiguous()?;
         let (st, l) = arg.storage_and_layout();
         let range = l.start_offset()..l.start_offset() + n * v;
         let grad = match &*st {
             Storage::Cpu(CpuStorage::F32(x)) => {
-                let g = nll_grad!(f32, &x[range], v, self.targets, grad_res.to_dtype(DType::F32)?.to_vec1()?);
+                let g = nll_grad!(f32, &x[range], v, self.targets, grad_res.to_dtype(DType::F32)?.to_vec1()?, res.to_vec1()?);
                 Tensor::from_vec(g, (n, v), arg.device())?
             }
             Storage::Cpu(CpuStorage::F64(x)) => {
-                let g = nll_grad!(f64, &x[range], v, self.targets, grad_res.to_dtype(DType::F64)?.to_vec1()?);
+                let g = nll_grad!(f64, &x[range], v, self.targets, grad_res.to_dtype(DType::F64)?.to_vec1()?, res.to_vec1()?);
                 Tensor::from_vec(g, (n, v), arg.device())?
             }
             _ => candle_core::bail!("nll: logits must be f32 or f64 on the CPU"),
