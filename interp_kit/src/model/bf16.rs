@@ -456,28 +456,20 @@ mod tests {
             for level in crate::base::cpu::level().up_to() {
                 let y = gemm_at(level, &PackedA::new_at(level, &x, m, k).unwrap(), &fwd).unwrap();
                 let dx = gemm_at(level, &PackedA::new_at(level, &g, m, n).unwrap(), &bwd).unwrap();
-                for i in 0..m {
-                    for j in 0..n {
-                        let (mut want, mut abs) = (0f64, 0f64);
-                        for t in 0..k {
-                            want += r(x[i * k + t]) * r(w[j * k + t]);
-                            abs += (r(x[i * k + t]) * r(w[j * k + t])).abs();
+                // out[i][j] against sum_t lhs(i, t) rhs(t, j) in f64, to `depth` f32 roundings.
+                let check = |what: &str, out: &[f32], cols: usize, depth: usize, lhs: &dyn Fn(usize, usize) -> f32, rhs: &dyn Fn(usize, usize) -> f32| {
+                    for i in 0..m {
+                        for j in 0..cols {
+                            let terms = (0..depth).map(|t| r(lhs(i, t)) * r(rhs(t, j)));
+                            let (want, abs) = terms.fold((0f64, 0f64), |(s, a), p| (s + p, a + p.abs()));
+                            let got = out[i * cols + j] as f64;
+                            let tol = abs * depth as f64 * f32::EPSILON as f64;
+                            assert!((got - want).abs() <= tol, "{level} ({m},{n},{k}) {what}[{i},{j}] {got} vs {want}");
                         }
-                        let tol = abs * k as f64 * f32::EPSILON as f64;
-                        let got = y[i * n + j] as f64;
-                        assert!((got - want).abs() <= tol, "{level} ({m},{n},{k}) y[{i},{j}] {got} vs {want}");
                     }
-                    for t in 0..k {
-                        let (mut want, mut abs) = (0f64, 0f64);
-                        for j in 0..n {
-                            want += r(g[i * n + j]) * r(w[j * k + t]);
-                            abs += (r(g[i * n + j]) * r(w[j * k + t])).abs();
-                        }
-                        let tol = abs * n as f64 * f32::EPSILON as f64;
-                        let got = dx[i * k + t] as f64;
-                        assert!((got - want).abs() <= tol, "{level} ({m},{n},{k}) dx[{i},{t}] {got} vs {want}");
-                    }
-                }
+                };
+                check("y", &y, n, k, &|i, t| x[i * k + t], &|t, j| w[j * k + t]);
+                check("dx", &dx, k, n, &|i, j| g[i * n + j], &|j, t| w[j * k + t]);
                 let same = y.iter().zip(&portable).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
                 assert_eq!(same, y.len(), "{level} ({m},{n},{k}): {} of {} outputs differ in bits from the portable sum", y.len() - same, y.len());
             }
