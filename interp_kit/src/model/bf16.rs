@@ -380,12 +380,6 @@ impl Bf16Weight {
         let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Bf16Weight::Packed { n, k, fwd: PackedB::from_w_t(&v, n, k)?, bwd: PackedB::from_w(&v, n, k)? })
     }
-    pub fn dims(&self) -> (usize, usize) {
-        match self {
-            Bf16Weight::Packed { n, k, .. } => (*n, *k),
-            Bf16Weight::Tensor(t) => t.dims2().unwrap_or((0, 0)),
-        }
-    }
 }
 
 /// `x B` for f32 `x` (`[.., depth]`) and a packed `B`: one bf16 gemm over all leading dims, read
