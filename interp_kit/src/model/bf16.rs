@@ -123,7 +123,7 @@ impl PackedA {
         // On candle's worker pool, as the gemm: its workers spin between ops and a second pool
         // (rayon) would compete with them for the cores.
         let rows_per = ((1 << 15) / depth.max(1)).max(1);
-        let ptr = SendPtrU32(data.as_mut_ptr());
+        let ptr = SendPtr(data.as_mut_ptr());
         candle_core::utils::barrier_pool().execute_chunked(m.div_ceil(rows_per), |ts| {
             let p = &ptr;
             for r in ts.start * rows_per..m.min(ts.end * rows_per) {
@@ -134,11 +134,6 @@ impl PackedA {
         Ok(Self { m, pairs, data })
     }
 }
-
-struct SendPtrU32(*mut u32);
-// SAFETY: used only to write disjoint rows of one buffer from the tasks of one parallel loop.
-unsafe impl Send for SendPtrU32 {}
-unsafe impl Sync for SendPtrU32 {}
 
 /// A right-hand matrix (`depth x cols`) in bf16, packed as the module doc says.
 pub struct PackedB {

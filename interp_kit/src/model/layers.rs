@@ -820,20 +820,21 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> 
     }
 }
 
-/// `out[i] = f(i)` for every `i`, on candle's worker pool.
-fn par_fill(n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+/// Fills `outs` (each `n` long) chunk by chunk on candle's worker pool: `f(start, chunks)` writes
+/// the chunk that begins at `start` of every output.
+fn par_fill<const K: usize>(n: usize, f: impl Fn(usize, [&mut [f32]; K]) + Sync) -> [Vec<f32>; K] {
     const CHUNK: usize = 1 << 14;
-    let mut out = vec![0f32; n];
-    let ptr = qgemm::SendPtr(out.as_mut_ptr());
+    let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| vec![0f32; n]);
+    let ptrs: [qgemm::SendPtr<f32>; K] = std::array::from_fn(|i| qgemm::SendPtr(outs[i].as_mut_ptr()));
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |ts| {
-        let p = &ptr;
+        let ps = &ptrs;
         for t in ts {
             let (a, b) = (t * CHUNK, n.min((t + 1) * CHUNK));
-            // SAFETY: chunk t of `out` is written by this task alone.
-            f(a, unsafe { std::slice::from_raw_parts_mut(p.0.add(a), b - a) });
+            // SAFETY: chunk t of every output is written by this task alone.
+            f(a, std::array::from_fn(|i| unsafe { std::slice::from_raw_parts_mut(ps[i].0.add(a), b - a) }));
         }
     });
-    out
+    outs
 }
 
 impl candle_core::CustomOp2 for SwiGluOp {
@@ -849,7 +850,7 @@ impl candle_core::CustomOp2 for SwiGluOp {
             candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape())
         }
         let (g, u) = (&g[ga..gb], &u[ua..ub]);
-        let y = par_fill(g.len(), |a, out| {
+        let [y] = par_fill(g.len(), |a, [out]| {
             for (i, o) in out.iter_mut().enumerate() {
                 let v = g[a + i];
                 *o = (v / (1.0 + (-v).exp())) * u[a + i];
@@ -861,18 +862,16 @@ impl candle_core::CustomOp2 for SwiGluOp {
         let (dg, du) = with_f32(g, |g| {
             with_f32(u, |u| {
                 with_f32(grad, |d| {
-                    let dg = par_fill(g.len(), |a, out| {
-                        for (i, o) in out.iter_mut().enumerate() {
+                    // One pass, one exponential per element for both gradients (`1 + e` and
+                    // `e + 1` are the same f32 sum, so the bits are candle's).
+                    let [dg, du] = par_fill(g.len(), |a, [dg, du]| {
+                        for (i, (og, ou)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
                             let v = g[a + i];
-                            let sig = ((-v).exp() + 1.0).recip();
-                            let node = v / (1.0 + (-v).exp());
-                            *o = (d[a + i] * u[a + i]) * (sig * (1.0 - node) + node);
-                        }
-                    });
-                    let du = par_fill(g.len(), |a, out| {
-                        for (i, o) in out.iter_mut().enumerate() {
-                            let v = g[a + i];
-                            *o = d[a + i] * (v / (1.0 + (-v).exp()));
+                            let e = (-v).exp();
+                            let sig = (e + 1.0).recip();
+                            let node = v / (1.0 + e);
+                            *og = (d[a + i] * u[a + i]) * (sig * (1.0 - node) + node);
+                            *ou = d[a + i] * node;
                         }
                     });
                     Ok((dg, du))

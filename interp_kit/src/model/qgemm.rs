@@ -112,10 +112,10 @@ pub fn dequantize_rows(w: &QTensor, ids: &[u32]) -> Result<Vec<f32>> {
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub(super) *mut f32);
+pub(super) struct SendPtr<T>(pub(super) *mut T);
 // SAFETY: used only to write disjoint parts of one output from the tasks of one parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
 fn scale(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
