@@ -2,12 +2,14 @@
 //! - inference (`ctx.grad == false`): fused kernels and quantized matmuls, fast, no backward;
 //! - gradient (`ctx.grad == true`): differentiable ops only. candle's fused `rms_norm`,
 //!   `softmax_last_dim`, `rope` and `QMatMul` have no backward and would silently cut the graph,
-//!   so they are never used on this path. Frozen weights go through [`FrozenLinearOp`], whose
+//!   so they are never used on this path. On host f32 tensors, RMSNorm, rope, attention and the
+//!   gated MLP's `silu(g) * u` are single ops with their own backward ([`super::fused`]);
+//!   elsewhere they are composed from candle's ops. Frozen weights go through [`FrozenLinearOp`], whose
 //!   backward passes the gradient to the input only (plain matmul backward would also compute
 //!   the weight gradient: ~4x the time, 2x the memory).
 use super::forward::FwdCtx;
 use super::bf16::{Bf16MatMul, Bf16Weight, ComputeDtype};
-use super::{q8_packed, qgemm};
+use super::{fused, q8_packed, qgemm};
 use anyhow::{Context, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{QMatMul, QTensor};
@@ -488,6 +490,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        if grad && fused::applies(&[x, &self.weight]) {
+            // One op with its backward (`fused::rms_norm`); the same expressions as below.
+            return fused::rms_norm(x, &self.weight, self.eps);
+        }
         if grad || x.dtype() != DType::F32 {
             // The differentiable path: computed in f32 (f64 for an f64 model).
             let dt = x.dtype();
@@ -595,6 +601,9 @@ impl Rope {
             let rot = self.apply(&rot.contiguous()?, cos, sin, grad)?;
             // cat along the last dim can leave odd strides (T = 1): matmul needs contiguity.
             return Ok(Tensor::cat(&[&rot, &pass.contiguous()?], D::Minus1)?.contiguous()?);
+        }
+        if grad && fused::applies(&[x, cos, sin]) {
+            return fused::rope(x, cos, sin);
         }
         if grad {
             let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
@@ -717,6 +726,12 @@ impl Attention {
         // `h / rep`, so `[B, H, t, hd]` is `[B, n_kv, rep * t, hd]` in memory, and one matmul per
         // kv head scores all of its query heads (HF's `repeat_kv` copies K and V `rep` times).
         let (rep, kv_h, hd) = (self.n_heads / self.n_kv_heads, self.n_kv_heads, self.head_dim);
+        if g && self.softcap.is_none() && !ctx.wants_attention() && fused::applies(&[&q, &k, &v]) {
+            // One op with its backward (`fused::attention`): the same math as below.
+            let y = fused::attention(&q, &k, &v, &ctx.mask(self.sliding_window)?, self.scale)?;
+            let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
+            return self.o.forward_ctx(&y, ctx);
+        }
         let s = k.dim(2)?;
         let grouped = q.reshape((b, kv_h, rep * t, hd))?;
         let mut att = (grouped.matmul(&k.t()?)? * self.scale)?.reshape((b, self.n_heads, t, s))?;
@@ -787,8 +802,8 @@ impl Mlp {
         let h = match &self.gate {
             Some(g) => {
                 let g = g.forward_ctx(x, ctx)?;
-                if ctx.grad && self.act == Act::Silu && swiglu_fused_applies(&g, &up) {
-                    swiglu(&g, &up)?
+                if ctx.grad && self.act == Act::Silu && fused::swiglu_applies(&g, &up) {
+                    fused::swiglu(&g, &up)?
                 } else {
                     (self.act.apply(&g)? * up)?
                 }
@@ -797,95 +812,6 @@ impl Mlp {
         };
         self.down.forward_ctx(&h, ctx)
     }
-}
-
-/// `silu(g) * u` fused, for the gradient path's gated MLP on host f32 tensors: one pass forward
-/// and one pass backward for both gradients. candle's composed `silu` then `*` write about ten
-/// full-size intermediates in the backward (for the embedded model, 4 x 64 tokens: 5 MB each,
-/// per layer). The arithmetic is candle's, expression for expression (`g / (1 + e^-g)`; the
-/// backward's `sigmoid (1 - silu) + silu`), so the values are those of the composed ops.
-struct SwiGluOp;
-
-fn swiglu_fused_applies(g: &Tensor, u: &Tensor) -> bool {
-    g.device().is_cpu() && g.dtype() == DType::F32 && u.dtype() == DType::F32 && g.shape() == u.shape()
-}
-
-/// The host f32 values of a contiguous tensor, read in place.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (st, l) = t.storage_and_layout();
-    match (&*st, l.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
-        _ => candle_core::bail!("swiglu: host f32 tensors only"),
-    }
-}
-
-/// Fills `outs` (each `n` long) chunk by chunk on candle's worker pool: `f(start, chunks)` writes
-/// the chunk that begins at `start` of every output.
-fn par_fill<const K: usize>(n: usize, f: impl Fn(usize, [&mut [f32]; K]) + Sync) -> [Vec<f32>; K] {
-    const CHUNK: usize = 1 << 14;
-    let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| vec![0f32; n]);
-    let ptrs: [qgemm::SendPtr<f32>; K] = std::array::from_fn(|i| qgemm::SendPtr(outs[i].as_mut_ptr()));
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |ts| {
-        let ps = &ptrs;
-        for t in ts {
-            let (a, b) = (t * CHUNK, n.min((t + 1) * CHUNK));
-            // SAFETY: chunk t of every output is written by this task alone.
-            f(a, std::array::from_fn(|i| unsafe { std::slice::from_raw_parts_mut(ps[i].0.add(a), b - a) }));
-        }
-    });
-    outs
-}
-
-impl candle_core::CustomOp2 for SwiGluOp {
-    fn name(&self) -> &'static str {
-        "swiglu"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else { candle_core::bail!("swiglu: f32 inputs only") };
-        let (Some((ga, gb)), Some((ua, ub))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("swiglu: inputs must be contiguous")
-        };
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape())
-        }
-        let (g, u) = (&g[ga..gb], &u[ua..ub]);
-        let [y] = par_fill(g.len(), |a, [out]| {
-            for (i, o) in out.iter_mut().enumerate() {
-                let v = g[a + i];
-                *o = (v / (1.0 + (-v).exp())) * u[a + i];
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dg, du) = with_f32(g, |g| {
-            with_f32(u, |u| {
-                with_f32(grad, |d| {
-                    // One pass, one exponential per element for both gradients (`1 + e` and
-                    // `e + 1` are the same f32 sum, so the bits are candle's).
-                    let [dg, du] = par_fill(g.len(), |a, [dg, du]| {
-                        for (i, (og, ou)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
-                            let v = g[a + i];
-                            let e = (-v).exp();
-                            let sig = (e + 1.0).recip();
-                            let node = v / (1.0 + e);
-                            *og = (d[a + i] * u[a + i]) * (sig * (1.0 - node) + node);
-                            *ou = d[a + i] * node;
-                        }
-                    });
-                    Ok((dg, du))
-                })
-            })
-        })?;
-        let shape = g.shape().clone();
-        Ok((Some(Tensor::from_vec(dg, shape.clone(), g.device())?), Some(Tensor::from_vec(du, shape, g.device())?)))
-    }
-}
-
-/// `silu(g) * u`, differentiable in both (host f32; see [`SwiGluOp`]).
-pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    Ok(g.contiguous()?.apply_op2_arc(&u.contiguous()?, Arc::new(Box::new(SwiGluOp)))?)
 }
 
 #[cfg(test)]
@@ -979,33 +905,6 @@ mod tests {
         if let [p, t] = &outs[..] {
             assert!(rel(&p.0, &t.0) < 1e-2 && rel(&p.1, &t.1) < 1e-2, "packed vs tensor");
         }
-    }
-
-    /// The fused SwiGLU equals candle's composed `silu(g) * u` in value and in both gradients,
-    /// bit for bit (the same expressions), on values from -30 to 30 and a 3-d batch.
-    #[test]
-    fn swiglu_equals_the_composed_ops() {
-        use candle_core::Var;
-        let mut rng = crate::base::rng::Rng::new(11);
-        let n = 2 * 3 * 40_000; // several chunks of the pool
-        let mk = |rng: &mut crate::base::rng::Rng, s: f64| {
-            let v: Vec<f32> = (0..n).map(|_| (rng.normal() * s) as f32).collect();
-            Var::from_vec(v, (2, 3, 40_000), &Device::Cpu).unwrap()
-        };
-        let (g, u) = (mk(&mut rng, 10.0), mk(&mut rng, 1.0));
-        let w = mk(&mut rng, 1.0);
-        let run = |y: Tensor| {
-            let gr = (y.clone() * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-            let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (v(&y), v(gr.get(&g).unwrap()), v(gr.get(&u).unwrap()))
-        };
-        let fused = run(swiglu(g.as_tensor(), u.as_tensor()).unwrap());
-        let composed = run((g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap());
-        for (what, a, b) in [("value", &fused.0, &composed.0), ("dL/dg", &fused.1, &composed.1), ("dL/du", &fused.2, &composed.2)] {
-            let diff = a.iter().zip(b.iter()).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-            assert_eq!(diff, 0, "{what}: {diff} of {n} values differ");
-        }
-        assert!(swiglu(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(), &Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap()).is_err());
     }
 
     #[test]

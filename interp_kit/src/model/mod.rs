@@ -14,6 +14,7 @@ pub mod bf16;
 pub mod config;
 pub mod decoder;
 pub mod forward;
+pub mod fused;
 pub mod gemma2;
 pub mod gpt2;
 pub mod gpt_neox;

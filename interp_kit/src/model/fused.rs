@@ -1,0 +1,541 @@
+//! Fused differentiable ops for the gradient path on host f32 tensors: each forward is paired
+//! with its backward, and each is tested against candle's composed ops (values and gradients,
+//! through candle's autograd) in this file.
+//!
+//! Why: candle records every elementary op of a composed expression as a graph node, and its
+//! backward pass allocates a zero tensor for each node's gradient and adds into it. For the
+//! embedded model that is ~60 full-size tensors per layer (the attention softmax alone is eight
+//! ops of `[B, H, T, S]`, whose max has its own backward). One op per expression keeps the graph
+//! to the tensors the math needs.
+//!
+//! | op | replaces (gradient path) | where |
+//! |---|---|---|
+//! | [`rms_norm`] | `x / sqrt(mean(x²) + eps) * w`: seven ops | [`super::layers::RmsNorm`] |
+//! | [`rope`] | NeoX "rotate half": cat, narrow, neg, two products, a sum | [`super::layers::Rope::apply`] |
+//! | [`attention`] | scores, scale, mask, softmax, GQA value mix (the backward recomputes the probabilities) | [`super::layers::Attention`] |
+//! | [`swiglu`] | `silu(g) * u` | [`super::layers::Mlp`] |
+//!
+//! Each has an `*_applies` test of its inputs (host f32); elsewhere (f64 models, GPUs, bf16
+//! models) the layers keep candle's composed ops.
+use super::qgemm::SendPtr;
+use anyhow::Result;
+use candle_core::backend::BackendStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use std::sync::Arc;
+
+/// Whether every tensor is host f32 (what the fused ops take).
+pub fn applies(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The host f32 values of a tensor (made contiguous), read in place.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (st, l) = t.storage_and_layout();
+    match (&*st, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
+        _ => candle_core::bail!("fused op: host f32 tensors only"),
+    }
+}
+
+/// The contiguous f32 slice of a storage.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        (CpuStorage::F32(_), None) => candle_core::bail!("{what}: input must be contiguous"),
+        _ => candle_core::bail!("{what}: f32 input only, got {:?}", s.dtype()),
+    }
+}
+
+/// Fills `K` outputs of `rows x width` on candle's worker pool, a block of whole rows per task:
+/// `f(first_row, blocks)` writes rows `first_row..` of every output (the blocks are that long).
+pub(crate) fn par_rows<const K: usize>(rows: usize, width: usize, f: impl Fn(usize, [&mut [f32]; K]) + Sync) -> [Vec<f32>; K] {
+    const CHUNK: usize = 1 << 14;
+    let per = (CHUNK / width.max(1)).max(1);
+    let n = rows * width;
+    let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| vec![0f32; n]);
+    let ptrs: [SendPtr<f32>; K] = std::array::from_fn(|i| SendPtr(outs[i].as_mut_ptr()));
+    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(per), |ts| {
+        let ps = &ptrs;
+        for t in ts {
+            let (r0, r1) = (t * per, rows.min((t + 1) * per));
+            let (a, b) = (r0 * width, r1 * width);
+            // SAFETY: rows r0..r1 of every output are written by this task alone.
+            f(r0, std::array::from_fn(|i| unsafe { std::slice::from_raw_parts_mut(ps[i].0.add(a), b - a) }));
+        }
+    });
+    outs
+}
+
+/// [`par_rows`] with rows of one element.
+pub(crate) fn par_fill<const K: usize>(n: usize, f: impl Fn(usize, [&mut [f32]; K]) + Sync) -> [Vec<f32>; K] {
+    par_rows(n, 1, f)
+}
+
+fn host(v: Vec<f32>, shape: impl Into<Shape>) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(v, shape.into(), &candle_core::Device::Cpu)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// `y = x / sqrt(mean(x²) + eps) * w` over the last dim, `w` frozen (no gradient): the
+/// expressions of the composed path, in its order, with the row sum in f32.
+struct RmsNormOp {
+    w: Vec<f32>,
+    eps: f32,
+}
+
+impl CustomOp1 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm-fused"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "rms-norm")?;
+        let d = self.w.len();
+        if l.dims().last() != Some(&d) {
+            candle_core::bail!("rms-norm: input {:?} does not end in the weight's {d}", l.dims())
+        }
+        let [y] = par_rows(x.len() / d, d, |r0, [out]| {
+            for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                let xr = &x[(r0 + i) * d..(r0 + i + 1) * d];
+                let den = (xr.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
+                for ((o, &v), &w) in o.iter_mut().zip(xr).zip(&self.w) {
+                    *o = (v / den) * w;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    /// `dx_j = (g_j w_j) / den - x_j (Σ_i g_i w_i x_i) / (d den³)`, `den = sqrt(mean(x²) + eps)`.
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let d = self.w.len();
+        let dx = with_f32(x, |x| {
+            with_f32(grad, |g| {
+                let [dx] = par_rows(x.len() / d, d, |r0, [out]| {
+                    for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                        let (xr, gr) = (&x[(r0 + i) * d..(r0 + i + 1) * d], &g[(r0 + i) * d..(r0 + i + 1) * d]);
+                        let den = (xr.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
+                        let dot: f32 = xr.iter().zip(gr).zip(&self.w).map(|((x, g), w)| g * w * x).sum();
+                        let c = dot / (d as f32 * den * den * den);
+                        for (((o, &x), &g), &w) in o.iter_mut().zip(xr).zip(gr).zip(&self.w) {
+                            *o = g * w / den - x * c;
+                        }
+                    }
+                });
+                Ok(dx)
+            })
+        })?;
+        host(dx, x.shape().clone()).map(Some)
+    }
+}
+
+/// RMSNorm of `x` (`[.., d]`) with the frozen weight `w` (`[d]`), differentiable in `x`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let w: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(RmsNormOp { w, eps: eps as f32 })))?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding
+
+/// NeoX ("rotate half") rotary embedding of `x` `[B, H, T, d]` by the tables `cos`, `sin`
+/// `[B, T, d/2]`: `(x1 cos - x2 sin, x2 cos + x1 sin)`. The backward is the inverse rotation,
+/// `(g1 cos + g2 sin, g2 cos - g1 sin)`.
+struct RopeOp {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// `(B, H, T, d)`
+    dims: (usize, usize, usize, usize),
+}
+
+impl RopeOp {
+    /// Rotates every `[d]` row of `x` by `sign` times the angle.
+    fn rotate(&self, x: &[f32], sign: f32) -> Vec<f32> {
+        let (_, h, t, d) = self.dims;
+        let half = d / 2;
+        let [y] = par_rows(x.len() / d, d, |r0, [out]| {
+            for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                let r = r0 + i;
+                // Row r is (b, head, pos) with pos fastest; the tables are [B, T, half].
+                let (b, pos) = (r / (h * t), r % t);
+                let cs = (b * t + pos) * half;
+                let (cos, sin) = (&self.cos[cs..cs + half], &self.sin[cs..cs + half]);
+                let xr = &x[r * d..(r + 1) * d];
+                let (x1, x2) = xr.split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                for j in 0..half {
+                    let s = sign * sin[j];
+                    o1[j] = x1[j] * cos[j] - x2[j] * s;
+                    o2[j] = x2[j] * cos[j] + x1[j] * s;
+                }
+            }
+        });
+        y
+    }
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rope-fused"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "rope")?;
+        if l.shape().dims4()? != self.dims {
+            candle_core::bail!("rope: input {:?}, tables for {:?}", l.dims(), self.dims)
+        }
+        Ok((CpuStorage::F32(self.rotate(x, 1.0)), l.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dx = with_f32(grad, |g| Ok(self.rotate(g, -1.0)))?;
+        host(dx, x.shape().clone()).map(Some)
+    }
+}
+
+/// Rotary embedding of `x` `[B, H, T, d]` (`d` even) with tables `cos`, `sin` `[B, T, d/2]`,
+/// differentiable in `x`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dims = x.dims4()?;
+    let (b, _, t, d) = dims;
+    anyhow::ensure!(d % 2 == 0, "rope: head dim {d} is odd");
+    anyhow::ensure!(
+        cos.dims() == [b, t, d / 2] && sin.dims() == [b, t, d / 2],
+        "rope: tables {:?} / {:?} for input {:?} (expected [{b}, {t}, {}])",
+        cos.dims(),
+        sin.dims(),
+        x.dims(),
+        d / 2
+    );
+    let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
+    let op = RopeOp { cos: v(cos)?, sin: v(sin)?, dims };
+    Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/// `softmax(q kᵀ · scale + mask) v` with grouped-query heads: query head `h` reads kv head
+/// `h / (H / H_kv)`. The forward runs candle's matmuls and fused last-dim softmax on the host
+/// tensors; the backward recomputes the probabilities `p` (cheaper than keeping `[B, H, T, S]`
+/// per layer alive until the backward) and applies
+/// `dv = pᵀ dy`, `dp = dy vᵀ`, `ds = p (dp - Σ p dp)`, `dq = ds k · scale`, `dk = dsᵀ q · scale`,
+/// with the sums over a kv head's query heads done by the grouped matmuls.
+struct AttentionOp {
+    /// `[B, 1, T, S]` additive mask.
+    mask: Tensor,
+    scale: f64,
+}
+
+/// Wraps a host f32 storage as a tensor (one copy).
+fn wrap(s: &CpuStorage, l: &Layout, what: &str) -> candle_core::Result<Tensor> {
+    let v = slice(s, l, what)?.to_vec();
+    Ok(Tensor::from_storage(Storage::Cpu(CpuStorage::F32(v)), l.shape().clone(), BackpropOp::none(), false))
+}
+
+impl AttentionOp {
+    /// `(p, q grouped)`: the probabilities `[B, H_kv, rep T, S]` and `q` as `[B, H_kv, rep T, d]`.
+    fn probs(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (b, h, t, d) = q.dims4()?;
+        let (_, kvh, s, _) = k.dims4()?;
+        let qg = q.reshape((b, kvh, (h / kvh) * t, d))?;
+        let att = (qg.matmul(&k.t()?)? * self.scale)?.reshape((b, h, t, s))?.broadcast_add(&self.mask)?;
+        let p = candle_nn::ops::softmax_last_dim(&att)?;
+        Ok((p.reshape((b, kvh, (h / kvh) * t, s))?, qg))
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention-fused"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (wrap(s1, l1, "attention q")?, wrap(s2, l2, "attention k")?, wrap(s3, l3, "attention v")?);
+        let (b, h, t, d) = q.dims4()?;
+        let (p, _) = self.probs(&q, &k)?;
+        let y = p.matmul(&v)?.reshape((b, h, t, d))?.contiguous()?;
+        let (st, _) = y.storage_and_layout();
+        match &*st {
+            Storage::Cpu(c) => Ok((c.clone(), y.shape().clone())),
+            _ => candle_core::bail!("attention: host tensors only"),
+        }
+    }
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let (b, h, t, d) = q.dims4()?;
+        let (_, kvh, s, _) = k.dims4()?;
+        let (p, qg) = self.probs(&q, &k)?;
+        let dyg = dy.detach().reshape((b, kvh, (h / kvh) * t, d))?;
+        let dv = p.t()?.matmul(&dyg)?;
+        let dp = dyg.matmul(&v.t()?)?.contiguous()?;
+        let ds = with_f32(&p, |p| {
+            with_f32(&dp, |dp| {
+                let [ds] = par_rows(p.len() / s, s, |r0, [out]| {
+                    for (i, o) in out.chunks_exact_mut(s).enumerate() {
+                        let (pr, dr) = (&p[(r0 + i) * s..(r0 + i + 1) * s], &dp[(r0 + i) * s..(r0 + i + 1) * s]);
+                        let dot: f32 = pr.iter().zip(dr).map(|(p, d)| p * d).sum();
+                        for ((o, &p), &d) in o.iter_mut().zip(pr).zip(dr) {
+                            *o = p * (d - dot);
+                        }
+                    }
+                });
+                Ok(ds)
+            })
+        })?;
+        let ds = host(ds, p.shape().clone())?;
+        let dq = (ds.matmul(&k)? * self.scale)?.reshape((b, h, t, d))?;
+        let dk = (ds.t()?.matmul(&qg)? * self.scale)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// Attention of `q` `[B, H, T, d]` over `k`, `v` `[B, H_kv, S, d]` (`H` a multiple of `H_kv`)
+/// with the additive `mask` `[B, 1, T, S]`: `[B, H, T, d]`, differentiable in `q`, `k` and `v`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kb, kvh, s, kd) = k.dims4()?;
+    anyhow::ensure!(
+        kb == b && kd == d && kvh > 0 && h % kvh == 0 && v.dims() == k.dims(),
+        "attention: q {:?}, k {:?}, v {:?} (need k = v = [B, H_kv, S, d] with H a multiple of H_kv)",
+        q.dims(),
+        k.dims(),
+        v.dims()
+    );
+    anyhow::ensure!(mask.dims() == [b, 1, t, s], "attention: mask {:?} for scores [{b}, {h}, {t}, {s}]", mask.dims());
+    let op = AttentionOp { mask: mask.to_dtype(DType::F32)?.contiguous()?, scale };
+    Ok(q.contiguous()?.apply_op3_arc(&k.contiguous()?, &v.contiguous()?, Arc::new(Box::new(op)))?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+/// `silu(g) * u` fused, for the gated MLP: one pass forward and one pass backward for both
+/// gradients. candle's composed `silu` then `*` write about ten full-size intermediates in the
+/// backward (for the embedded model, 4 x 64 tokens: 5 MB each, per layer). The arithmetic is
+/// candle's, expression for expression (`g / (1 + e^-g)`; the backward's
+/// `sigmoid (1 - silu) + silu`), so the values are those of the composed ops.
+struct SwiGluOp;
+
+/// Whether [`swiglu`] takes these: host f32 of one shape.
+pub fn swiglu_applies(g: &Tensor, u: &Tensor) -> bool {
+    applies(&[g, u]) && g.shape() == u.shape()
+}
+
+impl CustomOp2 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u) = (slice(s1, l1, "swiglu gate")?, slice(s2, l2, "swiglu up")?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape())
+        }
+        let [y] = par_fill(g.len(), |a, [out]| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let v = g[a + i];
+                *o = (v / (1.0 + (-v).exp())) * u[a + i];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = with_f32(g, |g| {
+            with_f32(u, |u| {
+                with_f32(grad, |d| {
+                    // One pass, one exponential per element for both gradients (`1 + e` and
+                    // `e + 1` are the same f32 sum, so the bits are candle's).
+                    let [dg, du] = par_fill(g.len(), |a, [dg, du]| {
+                        for (i, (og, ou)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
+                            let v = g[a + i];
+                            let e = (-v).exp();
+                            let sig = (e + 1.0).recip();
+                            let node = v / (1.0 + e);
+                            *og = (d[a + i] * u[a + i]) * (sig * (1.0 - node) + node);
+                            *ou = d[a + i] * node;
+                        }
+                    });
+                    Ok((dg, du))
+                })
+            })
+        })?;
+        let shape = g.shape().clone();
+        Ok((Some(host(dg, shape.clone())?), Some(host(du, shape)?)))
+    }
+}
+
+/// `silu(g) * u`, differentiable in both (host f32; see [`SwiGluOp`]).
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    Ok(g.contiguous()?.apply_op2_arc(&u.contiguous()?, Arc::new(Box::new(SwiGluOp)))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::rng::Rng;
+    use candle_core::{Device, Var, D};
+
+    fn randn(rng: &mut Rng, shape: &[usize], s: f64) -> Var {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| (rng.normal() * s) as f32).collect();
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Max |a - b| over max |b|.
+    fn rel(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        num / b.iter().map(|y| y.abs()).fold(0f32, f32::max)
+    }
+
+    /// `y` and the gradients of `sum(y * w)` with respect to `vars`, through candle's autograd.
+    fn run(y: Tensor, w: &Tensor, vars: &[&Var]) -> Vec<Vec<f32>> {
+        let gr = (y.clone() * w).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![vals(&y)];
+        out.extend(vars.iter().map(|v| vals(gr.get(v).expect("a gradient reached the input"))));
+        out
+    }
+
+    fn assert_close(fused: &[Vec<f32>], composed: &[Vec<f32>], names: &[&str], tol: f32) {
+        for ((a, b), name) in fused.iter().zip(composed).zip(names) {
+            let e = rel(a, b);
+            assert!(e < tol, "{name}: max relative difference {e} (tolerance {tol})");
+        }
+    }
+
+    /// RMSNorm fused against the composed path (`layers::RmsNorm` with gradients), on rows of
+    /// very different scales, a 3-d batch and a 4-d per-head input.
+    #[test]
+    fn rms_norm_equals_the_composed_ops() {
+        let mut rng = Rng::new(3);
+        for shape in [vec![2usize, 7, 96], vec![1, 3, 5, 64]] {
+            let d = *shape.last().unwrap();
+            let x = randn(&mut rng, &shape, 3.0);
+            let w = randn(&mut rng, &[d], 1.0);
+            let up = randn(&mut rng, &shape, 1.0);
+            let eps = 1e-6;
+            let composed = {
+                let ms = x.as_tensor().sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                let y = x.as_tensor().broadcast_div(&(ms + eps).unwrap().sqrt().unwrap()).unwrap();
+                run(y.broadcast_mul(w.as_tensor()).unwrap(), up.as_tensor(), &[&x])
+            };
+            let fused = run(rms_norm(x.as_tensor(), w.as_tensor(), eps).unwrap(), up.as_tensor(), &[&x]);
+            assert_close(&fused, &composed, &["value", "dL/dx"], 2e-6);
+            assert!(fused[1].iter().any(|v| *v != 0.0));
+        }
+        let x = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
+        let err = rms_norm(&x, &Tensor::ones(4, DType::F32, &Device::Cpu).unwrap(), 1e-6).unwrap_err();
+        assert!(format!("{err:#}").contains("does not end in the weight's 4"), "{err:#}");
+    }
+
+    /// Rope fused against the composed "rotate half" of `layers::Rope` on the gradient path,
+    /// with per-row (batched) tables; and its backward is the inverse rotation: rotating the
+    /// gradient forward again gives it back (the rotation is orthogonal).
+    #[test]
+    fn rope_equals_the_composed_ops() {
+        let mut rng = Rng::new(5);
+        let (b, h, t, d) = (2, 3, 6, 16);
+        let x = randn(&mut rng, &[b, h, t, d], 1.0);
+        let ang: Vec<f32> = (0..b * t * d / 2).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let a = Tensor::from_vec(ang, (b, t, d / 2), &Device::Cpu).unwrap();
+        let (cos, sin) = (a.cos().unwrap(), a.sin().unwrap());
+        let up = randn(&mut rng, &[b, h, t, d], 1.0);
+        let composed = {
+            let c = Tensor::cat(&[&cos, &cos], D::Minus1).unwrap().unsqueeze(1).unwrap();
+            let s = Tensor::cat(&[&sin, &sin], D::Minus1).unwrap().unsqueeze(1).unwrap();
+            let x1 = x.as_tensor().narrow(D::Minus1, 0, d / 2).unwrap();
+            let x2 = x.as_tensor().narrow(D::Minus1, d / 2, d / 2).unwrap();
+            let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+            let y = (x.as_tensor().broadcast_mul(&c).unwrap() + rot.broadcast_mul(&s).unwrap()).unwrap();
+            run(y, up.as_tensor(), &[&x])
+        };
+        let fused = run(rope(x.as_tensor(), &cos, &sin).unwrap(), up.as_tensor(), &[&x]);
+        assert_close(&fused, &composed, &["value", "dL/dx"], 1e-6);
+        let back = vals(&rope(&host(fused[1].clone(), (b, h, t, d)).unwrap(), &cos, &sin).unwrap());
+        assert_close(&[back], &[vals(up.as_tensor())], &["rope(dL/dx) = upstream"], 1e-6);
+        assert!(rope(x.as_tensor(), &cos.narrow(1, 0, 5).unwrap(), &sin).is_err());
+    }
+
+    /// Attention fused against candle's composed ops (as `layers::Attention` runs them on the
+    /// gradient path) with grouped-query heads, left padding, a sliding window and a cached
+    /// prefix (`S > T`): value and the gradients of `q`, `k` and `v`.
+    #[test]
+    fn attention_equals_the_composed_ops() {
+        let mut rng = Rng::new(9);
+        let (b, h, kvh, t, past, d) = (2, 6, 2, 5, 3, 8);
+        let s = past + t;
+        let q = randn(&mut rng, &[b, h, t, d], 1.5);
+        let k = randn(&mut rng, &[b, kvh, s, d], 1.5);
+        let v = randn(&mut rng, &[b, kvh, s, d], 1.0);
+        let up = randn(&mut rng, &[b, h, t, d], 1.0);
+        // Row 1 has 2 padding columns; a window of 4 keys.
+        let neg = f32::MIN / 2.0;
+        let mut m = vec![neg; b * t * s];
+        for (r, pad) in [0usize, 2].into_iter().enumerate() {
+            for c in 0..t {
+                let g = past + c;
+                for col in pad.max((g + 1).saturating_sub(4))..=g {
+                    m[(r * t + c) * s + col] = 0.0;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, t, s), &Device::Cpu).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let composed = {
+            let qg = q.as_tensor().reshape((b, kvh, (h / kvh) * t, d)).unwrap();
+            let att = (qg.matmul(&k.as_tensor().t().unwrap()).unwrap() * scale).unwrap().reshape((b, h, t, s)).unwrap();
+            let att = att.broadcast_add(&mask).unwrap();
+            let p = candle_nn::ops::softmax(&att, D::Minus1).unwrap().reshape((b, kvh, (h / kvh) * t, s)).unwrap();
+            let y = p.matmul(v.as_tensor()).unwrap().reshape((b, h, t, d)).unwrap();
+            run(y, up.as_tensor(), &[&q, &k, &v])
+        };
+        let fused = run(attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, scale).unwrap(), up.as_tensor(), &[&q, &k, &v]);
+        assert_close(&fused, &composed, &["value", "dL/dq", "dL/dk", "dL/dv"], 1e-5);
+        // Masked keys get no gradient: row 1's padding columns of k.
+        let dk = &fused[2];
+        for head in 0..kvh {
+            for col in 0..2 {
+                let at = ((b - 1) * kvh + head) * s * d + col * d;
+                assert!(dk[at..at + d].iter().all(|v| *v == 0.0), "padding key {col} of head {head} got a gradient");
+            }
+        }
+        let bad = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask.narrow(3, 0, s - 1).unwrap(), scale).unwrap_err();
+        assert!(format!("{bad:#}").contains("mask"), "{bad:#}");
+    }
+
+    /// The fused SwiGLU equals candle's composed `silu(g) * u` in value and in both gradients,
+    /// bit for bit (the same expressions), on values from -30 to 30 and a 3-d batch.
+    #[test]
+    fn swiglu_equals_the_composed_ops() {
+        let mut rng = Rng::new(11);
+        let n = 2 * 3 * 40_000; // several chunks of the pool
+        let shape = [2, 3, 40_000];
+        let (g, u) = (randn(&mut rng, &shape, 10.0), randn(&mut rng, &shape, 1.0));
+        let w = randn(&mut rng, &shape, 1.0);
+        let fused = run(swiglu(g.as_tensor(), u.as_tensor()).unwrap(), w.as_tensor(), &[&g, &u]);
+        let composed = run((g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap(), w.as_tensor(), &[&g, &u]);
+        for ((a, b), what) in fused.iter().zip(&composed).zip(["value", "dL/dg", "dL/du"]) {
+            let diff = a.iter().zip(b.iter()).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(diff, 0, "{what}: {diff} of {n} values differ");
+        }
+        assert!(swiglu(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(), &Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap()).is_err());
+    }
+}
