@@ -83,7 +83,8 @@ fn host(v: Vec<f32>, shape: impl Into<Shape>) -> candle_core::Result<Tensor> {
 /// `y = x / sqrt(mean(x²) + eps) * w` over the last dim, `w` frozen (no gradient): the
 /// expressions of the composed path, in its order, with the row sum in f32.
 struct RmsNormOp {
-    w: Vec<f32>,
+    /// `[d]`, host f32 (read in place).
+    w: Tensor,
     eps: f32,
 }
 
@@ -93,38 +94,42 @@ impl CustomOp1 for RmsNormOp {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "rms-norm")?;
-        let d = self.w.len();
+        let d = self.w.elem_count();
         if l.dims().last() != Some(&d) {
             candle_core::bail!("rms-norm: input {:?} does not end in the weight's {d}", l.dims())
         }
-        let [y] = par_rows(x.len() / d, d, |r0, [out]| {
-            for (i, o) in out.chunks_exact_mut(d).enumerate() {
-                let xr = &x[(r0 + i) * d..(r0 + i + 1) * d];
-                let den = (xr.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
-                for ((o, &v), &w) in o.iter_mut().zip(xr).zip(&self.w) {
-                    *o = (v / den) * w;
+        let [y] = with_f32(&self.w, |w| {
+            Ok(par_rows(x.len() / d, d, |r0, [out]| {
+                for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                    let xr = &x[(r0 + i) * d..(r0 + i + 1) * d];
+                    let den = (xr.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
+                    for ((o, &v), &w) in o.iter_mut().zip(xr).zip(w) {
+                        *o = (v / den) * w;
+                    }
                 }
-            }
-        });
+            }))
+        })?;
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     /// `dx_j = (g_j w_j) / den - x_j (Σ_i g_i w_i x_i) / (d den³)`, `den = sqrt(mean(x²) + eps)`.
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let d = self.w.len();
+        let d = self.w.elem_count();
         let dx = with_f32(x, |x| {
             with_f32(grad, |g| {
-                let [dx] = par_rows(x.len() / d, d, |r0, [out]| {
-                    for (i, o) in out.chunks_exact_mut(d).enumerate() {
-                        let (xr, gr) = (&x[(r0 + i) * d..(r0 + i + 1) * d], &g[(r0 + i) * d..(r0 + i + 1) * d]);
-                        let den = (xr.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
-                        let dot: f32 = xr.iter().zip(gr).zip(&self.w).map(|((x, g), w)| g * w * x).sum();
-                        let c = dot / (d as f32 * den * den * den);
-                        for (((o, &x), &g), &w) in o.iter_mut().zip(xr).zip(gr).zip(&self.w) {
-                            *o = g * w / den - x * c;
+                with_f32(&self.w, |w| {
+                    let [dx] = par_rows(x.len() / d, d, |r0, [out]| {
+                        for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                            let (xr, gr) = (&x[(r0 + i) * d..(r0 + i + 1) * d], &g[(r0 + i) * d..(r0 + i + 1) * d]);
+                            let den = (xr.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
+                            let dot: f32 = xr.iter().zip(gr).zip(w).map(|((x, g), w)| g * w * x).sum();
+                            let c = dot / (d as f32 * den * den * den);
+                            for (((o, &x), &g), &w) in o.iter_mut().zip(xr).zip(gr).zip(w) {
+                                *o = g * w / den - x * c;
+                            }
                         }
-                    }
-                });
-                Ok(dx)
+                    });
+                    Ok(dx)
+                })
             })
         })?;
         host(dx, x.shape().clone()).map(Some)
@@ -133,8 +138,8 @@ impl CustomOp1 for RmsNormOp {
 
 /// RMSNorm of `x` (`[.., d]`) with the frozen weight `w` (`[d]`), differentiable in `x`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let w: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(RmsNormOp { w, eps: eps as f32 })))?)
+    anyhow::ensure!(applies(&[x, w]) && w.rank() == 1, "rms-norm: host f32 input and a 1-d f32 weight, got {:?} and {:?}", x.dtype(), w.dims());
+    Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(RmsNormOp { w: w.contiguous()?, eps: eps as f32 })))?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,15 +149,20 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 /// `[B, T, d/2]`: `(x1 cos - x2 sin, x2 cos + x1 sin)`. The backward is the inverse rotation,
 /// `(g1 cos + g2 sin, g2 cos - g1 sin)`.
 struct RopeOp {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// `[B, T, d/2]` host f32 each (read in place).
+    cos: Tensor,
+    sin: Tensor,
     /// `(B, H, T, d)`
     dims: (usize, usize, usize, usize),
 }
 
 impl RopeOp {
     /// Rotates every `[d]` row of `x` by `sign` times the angle.
-    fn rotate(&self, x: &[f32], sign: f32) -> Vec<f32> {
+    fn rotate(&self, x: &[f32], sign: f32) -> candle_core::Result<Vec<f32>> {
+        with_f32(&self.cos, |cos| with_f32(&self.sin, |sin| Ok(self.rotate_by(x, sign, cos, sin))))
+    }
+
+    fn rotate_by(&self, x: &[f32], sign: f32, cos_t: &[f32], sin_t: &[f32]) -> Vec<f32> {
         let (_, h, t, d) = self.dims;
         let half = d / 2;
         let [y] = par_rows(x.len() / d, d, |r0, [out]| {
@@ -161,7 +171,7 @@ impl RopeOp {
                 // Row r is (b, head, pos) with pos fastest; the tables are [B, T, half].
                 let (b, pos) = (r / (h * t), r % t);
                 let cs = (b * t + pos) * half;
-                let (cos, sin) = (&self.cos[cs..cs + half], &self.sin[cs..cs + half]);
+                let (cos, sin) = (&cos_t[cs..cs + half], &sin_t[cs..cs + half]);
                 let xr = &x[r * d..(r + 1) * d];
                 let (x1, x2) = xr.split_at(half);
                 let (o1, o2) = o.split_at_mut(half);
@@ -185,10 +195,10 @@ impl CustomOp1 for RopeOp {
         if l.shape().dims4()? != self.dims {
             candle_core::bail!("rope: input {:?}, tables for {:?}", l.dims(), self.dims)
         }
-        Ok((CpuStorage::F32(self.rotate(x, 1.0)), l.shape().clone()))
+        Ok((CpuStorage::F32(self.rotate(x, 1.0)?), l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dx = with_f32(grad, |g| Ok(self.rotate(g, -1.0)))?;
+        let dx = with_f32(grad, |g| self.rotate(g, -1.0))?;
         host(dx, x.shape().clone()).map(Some)
     }
 }
@@ -207,8 +217,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         x.dims(),
         d / 2
     );
-    let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
-    let op = RopeOp { cos: v(cos)?, sin: v(sin)?, dims };
+    anyhow::ensure!(applies(&[x, cos, sin]), "rope: host f32 tensors only");
+    let op = RopeOp { cos: cos.contiguous()?, sin: sin.contiguous()?, dims };
     Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))?)
 }
 
