@@ -10,8 +10,9 @@
 //! | `avx512bf16` | the above + AVX-512 BW and BF16 | the bf16 gemm of the gradient path's opt-in bf16 compute (`model::bf16`) |
 //!
 //! `INTERP_KIT_SIMD=portable|avx2|avx512vnni|avx512bf16` lowers the level (it never raises it above what the
-//! CPU has); an unknown value is reported once on stderr and ignored. The integer kernels give
-//! bit-identical results at every level, and the bf16 kernel sums in the order of its portable
+//! CPU has); an unknown value is reported once on stderr and ignored. The Q8_0 kernels give
+//! bit-identical results at every level (the K-quant kernel's integer sums are exact, its f32 sums
+//! in another order than its reference's), and the bf16 kernel sums in the order of its portable
 //! reference (the tests compare them).
 
 use anyhow::{bail, Result};
@@ -76,6 +77,7 @@ fn detect() -> SimdLevel {
     let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     let vnni = is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("f16c");
     let bf16 = is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16");

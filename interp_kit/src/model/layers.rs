@@ -9,7 +9,7 @@
 //!   the weight gradient: ~4x the time, 2x the memory).
 use super::forward::FwdCtx;
 use super::bf16::{Bf16MatMul, Bf16Weight, ComputeDtype};
-use super::{fused, q8_packed, qgemm};
+use super::{fused, kquant, q8_packed, qgemm};
 use anyhow::{Context, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{QMatMul, QTensor};
@@ -322,6 +322,9 @@ pub enum QuantPath {
     /// VNNI: every decode batch below [`DENSE_MIN_ROWS`] rows, and prefill too with
     /// `Model::int8_prefill` (activations quantized to 8 bits per 32-value block).
     Q8_0Packed,
+    /// [`kquant`]: a Q4_K / Q6_K weight read in its GGUF blocks against int8 activations, on CPUs
+    /// with AVX-512 VNNI, for prefill ([`DENSE_MIN_ROWS`] rows or more) with `Model::int8_prefill`.
+    KQuantInt8,
     /// A transient dequantized copy ([`dequantize_par`], on the weight's device) and a gemm:
     /// [`DENSE_MIN_ROWS`] rows or more (prefill).
     DequantGemm,
@@ -350,6 +353,13 @@ pub fn quant_path(
         QuantPath::Dense
     } else if q8_cpu && level >= SimdLevel::Avx512Vnni && (rows < DENSE_MIN_ROWS || int8_prefill) {
         QuantPath::Q8_0Packed
+    } else if x == DType::F32
+        && kquant::kernel_applies(loc, w, w_rank)
+        && level >= SimdLevel::Avx512Vnni
+        && rows >= DENSE_MIN_ROWS
+        && int8_prefill
+    {
+        QuantPath::KQuantInt8
     } else if q8_cpu && (Q8_0_MIN_ROWS..DENSE_MIN_ROWS).contains(&rows) {
         QuantPath::Q8_0Kernel
     } else if rows >= DENSE_MIN_ROWS {
@@ -440,6 +450,7 @@ impl Linear {
                         let p = packed.get().expect("set above");
                         x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedMatMul(p))?
                     }
+                    QuantPath::KQuantInt8 => x.contiguous()?.apply_op1_no_bwd(&kquant::KQuantMatMul(q))?,
                     QuantPath::DequantGemm => {
                         // Prefill: candle's quantized matmul re-reads every weight row per token;
                         // a transient f32 copy and a tiled gemm are several times faster.
@@ -850,7 +861,14 @@ mod tests {
         assert_eq!(vnni(q8, DType::F32, DENSE_MIN_ROWS, false, true), Q8_0Packed);
         assert_eq!(vnni(q8, DType::F32, 512, true, true), Dense, "dense inference wins");
         assert_eq!(vnni(q8, DType::BF16, 4, false, true), CandleQMatMul);
-        assert_eq!(vnni(GgmlDType::Q4K, DType::F32, 64, false, true), DequantGemm, "K-quants keep f32 prefill");
+        for k in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            assert_eq!(vnni(k, DType::F32, 64, false, true), KQuantInt8, "{k:?}: int8 prefill");
+            assert_eq!(vnni(k, DType::F32, 64, false, false), DequantGemm, "{k:?}: f32 prefill is the default");
+            assert_eq!(vnni(k, DType::F32, DENSE_MIN_ROWS - 1, false, true), CandleQMatMul, "{k:?}: decode stays on candle");
+            assert_eq!(vnni(k, DType::BF16, 64, false, true), DequantGemm, "{k:?}: f32 rows only");
+            assert_eq!(quant_path(CUDA, k, 2, DType::F32, 64, false, true, Avx512Vnni), DequantGemm, "{k:?}: host kernel only");
+        }
+        assert_eq!(vnni(GgmlDType::Q5K, DType::F32, 64, false, true), DequantGemm, "Q5_K has no int8 kernel");
         for x in [DType::F32, DType::BF16] {
             for (int8, level) in [(false, Avx2), (true, Avx512Vnni)] {
                 let path = |rows, dense| quant_path(CUDA, q8, 2, x, rows, dense, int8, level);

@@ -18,6 +18,7 @@ pub mod fused;
 pub mod gemma2;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod kquant;
 pub mod layers;
 pub mod llama;
 pub mod load;
@@ -112,7 +113,8 @@ pub struct Model {
     pub quantized_inference: bool,
     /// Prefill (16 rows or more) multiplies by the Q8_0 weights with activations quantized to
     /// int8 per 32-value block, as decode and llama.cpp do, in the tiled VNNI kernel
-    /// (`model::q8_packed`); K-quant weights keep f32 activations. Only on CPUs with AVX-512 VNNI
+    /// (`model::q8_packed`), and by the Q4_K / Q6_K weights in their GGUF blocks with activations
+    /// quantized per 256 values (`model::kquant`, llama.cpp's `Q8_K`). Only on CPUs with AVX-512 VNNI
     /// (elsewhere it changes nothing). Default false: prefill keeps f32 activations (a transient
     /// dequantized copy and gemm). The error it adds is measured in BENCHMARKS.md.
     pub int8_prefill: bool,

@@ -1,0 +1,612 @@
+//! Q4_K and Q6_K weights multiplied in their GGUF blocks by int8 activations on AVX-512 VNNI:
+//! the inference path's quantized prefill (`Model::int8_prefill`) for the K-quant matrices of a
+//! llama.cpp `Q4_K_M` file (the embedded model's `ffn_down`), which otherwise go through a
+//! transient f32 copy of the weight and an f32 gemm.
+//!
+//! **Arithmetic.** A K-quant super-block holds 256 weights of one row as small unsigned integers
+//! `u` with one integer scale `sc` per group of 16 (Q6_K: `sc` per 16 values, `w = d sc (u - 32)`;
+//! Q4_K: `sc` and a minimum `m` per 32 values, `w = d sc u - dmin m`). Activations are quantized
+//! per 256 values as llama.cpp's `Q8_K` (`d_x = max|x| / 127`, `q = round(x / d_x)`, ties to
+//! even), so one output is
+//!
+//! `y = Σ_s d_x d_w Σ_g sc_g Σ_{i∈g} u_i q_i  +  Σ_s Σ_g c_g d_x Σ_{i∈g} q_i`
+//!
+//! with the offset terms `c_g = -dmin m` (Q4_K) or `-32 d sc_g` (Q6_K). The first sum is exact in
+//! 32-bit integers within a super-block: `vpmaddubsw` (u8 × i8 pairs into i16, at most
+//! 2 · 63 · 127, no saturation) then `vpdpwssd` by the group scales (i16 pairs into i32), four
+//! 64-value vectors per super-block, no horizontal sums until the end of the row. Each
+//! super-block's integer lanes (below 2^24, so exact in f32) are scaled by `d_x d_w` into f32
+//! lanes; the offset terms are one f32 dot product of 16 values per super-block
+//! (`d_x · group sums` against `c_g`). The weight's nibbles are unpacked in registers from the
+//! GGUF bytes: no repacked copy and no f32 copy of the weight.
+//!
+//! **Numerics.** Only the activations are rounded (to 8 bits per 256 values, as llama.cpp and
+//! candle do for a K-quant dot product); the weight enters as stored. [`dot_portable`] is the same
+//! arithmetic in plain Rust (its integer sums are the kernel's; its f32 sums are in another order),
+//! and the tests hold the kernel to it and both to candle's dequantized weights.
+use anyhow::{ensure, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+
+use super::qgemm::SendPtr;
+use crate::base::cpu::SimdLevel;
+
+/// Values per super-block.
+pub const QK_K: usize = 256;
+/// Groups of 16 values per super-block (the unit of the group scales and offset terms).
+const GROUPS: usize = QK_K / 16;
+/// Input rows and weight rows of one register tile.
+const TILE_ROWS: usize = 4;
+const TILE_COLS: usize = 3;
+/// Weight rows per parallel task (a multiple of [`TILE_COLS`]).
+const ROWS_PER_TASK: usize = 8 * TILE_COLS;
+
+/// The K-quant block types the kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Q4K,
+    Q6K,
+}
+
+impl Kind {
+    pub fn of(dtype: GgmlDType) -> Option<Kind> {
+        match dtype {
+            GgmlDType::Q4K => Some(Kind::Q4K),
+            GgmlDType::Q6K => Some(Kind::Q6K),
+            _ => None,
+        }
+    }
+    /// Bytes per super-block (ggml's `block_q4_K` and `block_q6_K`).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Kind::Q4K => 144,
+            Kind::Q6K => 210,
+        }
+    }
+}
+
+/// Whether [`KQuantMatMul`] takes this weight: a 2-d Q4_K or Q6_K tensor in host memory.
+pub fn kernel_applies(loc: candle_core::DeviceLocation, dtype: GgmlDType, rank: usize) -> bool {
+    loc == candle_core::DeviceLocation::Cpu && rank == 2 && Kind::of(dtype).is_some()
+}
+
+/// One super-block decoded: `u` (0..=15 or 0..=63), the group scales, the weight's scale `d`,
+/// and the group offsets `c_g` (see the module doc).
+pub struct Decoded {
+    pub u: [u8; QK_K],
+    pub sc: [i16; GROUPS],
+    pub d: f32,
+    pub offset: [f32; GROUPS],
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Q4_K's 6-bit scale and minimum of sub-block `j` (ggml's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// The group scales, `d` and the offsets of a super-block, without its quants.
+fn block_scales(kind: Kind, blk: &[u8]) -> ([i16; GROUPS], f32, [f32; GROUPS]) {
+    let mut sc = [0i16; GROUPS];
+    let mut offset = [0f32; GROUPS];
+    match kind {
+        Kind::Q4K => {
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            for j in 0..8 {
+                let (s, m) = scale_min_k4(j, &blk[4..16]);
+                for g in [2 * j, 2 * j + 1] {
+                    sc[g] = s as i16;
+                    offset[g] = -dmin * m as f32;
+                }
+            }
+            (sc, d, offset)
+        }
+        Kind::Q6K => {
+            let d = f16_at(blk, 208);
+            for g in 0..GROUPS {
+                sc[g] = blk[192 + g] as i8 as i16;
+                offset[g] = -32.0 * d * sc[g] as f32;
+            }
+            (sc, d, offset)
+        }
+    }
+}
+
+/// Decodes a super-block (the layouts of ggml's `dequantize_row_q4_K` / `_q6_K`): weight `i` is
+/// `d * sc[i / 16] * u[i] + offset[i / 16]`.
+pub fn decode(kind: Kind, blk: &[u8]) -> Decoded {
+    let (sc, d, offset) = block_scales(kind, blk);
+    let mut u = [0u8; QK_K];
+    match kind {
+        Kind::Q4K => {
+            let qs = &blk[16..144];
+            for p in 0..4 {
+                for l in 0..32 {
+                    u[64 * p + l] = qs[32 * p + l] & 0xf;
+                    u[64 * p + 32 + l] = qs[32 * p + l] >> 4;
+                }
+            }
+        }
+        Kind::Q6K => {
+            let (ql, qh) = (&blk[0..128], &blk[128..192]);
+            for n in 0..2 {
+                for l in 0..32 {
+                    let (a, b, h) = (ql[64 * n + l], ql[64 * n + 32 + l], qh[32 * n + l]);
+                    u[128 * n + l] = (a & 0xf) | ((h & 3) << 4);
+                    u[128 * n + 32 + l] = (b & 0xf) | (((h >> 2) & 3) << 4);
+                    u[128 * n + 64 + l] = (a >> 4) | (((h >> 4) & 3) << 4);
+                    u[128 * n + 96 + l] = (b >> 4) | (((h >> 6) & 3) << 4);
+                }
+            }
+        }
+    }
+    Decoded { u, sc, d, offset }
+}
+
+/// A K-quant weight `[n, k]` as its GGUF bytes.
+pub struct KWeight<'a> {
+    kind: Kind,
+    n: usize,
+    k: usize,
+    data: &'a [u8],
+}
+
+impl<'a> KWeight<'a> {
+    pub fn new(kind: Kind, n: usize, k: usize, data: &'a [u8]) -> Result<Self> {
+        ensure!(k % QK_K == 0, "{kind:?} weight: in-dim {k} is not a whole number of {QK_K}-value super-blocks");
+        let want = n * k / QK_K * kind.block_bytes();
+        ensure!(data.len() == want, "{kind:?} weight: {} bytes for {n} x {k} (want {want})", data.len());
+        Ok(Self { kind, n, k, data })
+    }
+    fn sbs(&self) -> usize {
+        self.k / QK_K
+    }
+    fn block(&self, c: usize, s: usize) -> &'a [u8] {
+        let bb = self.kind.block_bytes();
+        let o = (c * self.sbs() + s) * bb;
+        &self.data[o..o + bb]
+    }
+}
+
+/// Activations `[rows, k]` quantized per 256 values (llama.cpp's `Q8_K`): quants, scales, and
+/// each group of 16's sum times the scale (for the offset terms).
+pub struct Q8K {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    /// `rows x sbs x 16`: `d_x * Σ_{i∈g} q_i`.
+    gsum: Vec<f32>,
+}
+
+impl Q8K {
+    /// Quantizes `x` (`rows x k`, row-major). A super-block holding a NaN or an infinity gets a NaN
+    /// scale, so its outputs are NaN as an f32 product's would be.
+    pub fn quantize(x: &[f32], rows: usize, k: usize) -> Result<Self> {
+        use rayon::prelude::*;
+        ensure!(k % QK_K == 0, "Q8_K activations: width {k} is not a whole number of {QK_K}-value super-blocks");
+        ensure!(x.len() == rows * k, "Q8_K activations: {} values, not {rows} x {k}", x.len());
+        let sbs = k / QK_K;
+        let mut q = vec![0i8; rows * k];
+        let mut d = vec![0f32; rows * sbs];
+        let mut gsum = vec![0f32; rows * sbs * GROUPS];
+        let one = |((xs, qs), (ds, gs)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let fin = xs.iter().all(|v| v.is_finite());
+            if !fin || amax == 0.0 {
+                ds[0] = if fin { 0.0 } else { f32::NAN };
+                qs.fill(0);
+                gs.fill(if fin { 0.0 } else { f32::NAN });
+                return;
+            }
+            let id = 127.0 / amax;
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+            let dx = amax / 127.0;
+            ds[0] = dx;
+            for (g, gq) in gs.iter_mut().zip(qs.chunks_exact(16)) {
+                *g = dx * gq.iter().map(|&v| v as i32).sum::<i32>() as f32;
+            }
+        };
+        let it = x.par_chunks(QK_K).zip(q.par_chunks_mut(QK_K)).zip(d.par_chunks_mut(1).zip(gsum.par_chunks_mut(GROUPS)));
+        if rows >= 8 {
+            it.for_each(one);
+        } else {
+            x.chunks(QK_K).zip(q.chunks_mut(QK_K)).zip(d.chunks_mut(1).zip(gsum.chunks_mut(GROUPS))).for_each(one);
+        }
+        Ok(Self { q, d, gsum })
+    }
+}
+
+/// Per task: its weight rows unpacked for the kernel (transient, L2-sized: [`ROWS_PER_TASK`]
+/// rows), so that each super-block is unpacked once per call, not once per tile of input rows.
+#[derive(Default)]
+struct Prepared {
+    sbs: usize,
+    /// `cols x sbs x 256` unsigned quants, in value order.
+    u: Vec<u8>,
+    /// `cols x sbs x 4 x 32`: for each 64-value vector, its 32 pairs' group scales (i16).
+    sc: Vec<i16>,
+    /// `cols x sbs` super-block scales `d`.
+    d: Vec<f32>,
+    /// `cols x sbs x 16` offsets `c_g`.
+    offset: Vec<f32>,
+}
+
+impl Prepared {
+    fn resize(&mut self, cols: usize, sbs: usize) {
+        self.sbs = sbs;
+        self.u.resize(cols * sbs * QK_K, 0);
+        self.sc.resize(cols * sbs * QK_K / 2, 0);
+        self.d.resize(cols * sbs, 0.0);
+        self.offset.resize(cols * sbs * GROUPS, 0.0);
+    }
+}
+
+/// One output `x[r] · w[c]` in the kernel's arithmetic: exact integer sums per super-block, then
+/// f32 (the reference the kernel is tested against).
+pub fn dot_portable(x: &Q8K, r: usize, w: &KWeight, c: usize) -> f32 {
+    let sbs = w.sbs();
+    let mut acc = 0f32;
+    let mut off = 0f32;
+    for s in 0..sbs {
+        let b = decode(w.kind, w.block(c, s));
+        let xq = &x.q[(r * sbs + s) * QK_K..(r * sbs + s + 1) * QK_K];
+        let mut dot = 0i32;
+        for i in 0..QK_K {
+            dot += b.sc[i / 16] as i32 * b.u[i] as i32 * xq[i] as i32;
+        }
+        acc = (x.d[r * sbs + s] * b.d).mul_add(dot as f32, acc);
+        for g in 0..GROUPS {
+            off = x.gsum[(r * sbs + s) * GROUPS + g].mul_add(b.offset[g], off);
+        }
+    }
+    acc + off
+}
+
+/// `y[m, n] = x[m, k] · W[n, k]^T` for a Q4_K / Q6_K `W` in its GGUF bytes; `x`, `y` row-major
+/// f32. The VNNI kernel where `level` allows it, else [`dot_portable`] output by output (slow: the
+/// reference).
+pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &KWeight, y: &mut [f32]) -> Result<()> {
+    ensure!(level <= crate::base::cpu::detected(), "K-quant kernel: level {level} is above this CPU's");
+    let n = w.n;
+    ensure!(y.len() == m * n, "K-quant kernel: output has {} values, not {m} x {n}", y.len());
+    let xq = Q8K::quantize(x, m, w.k)?;
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
+        let y = y_ptr;
+        let mut prep = Prepared::default();
+        for t in tasks {
+            let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                // SAFETY: the level says the CPU has AVX-512 VNNI and BW; rows start..end exist.
+                unsafe { vnni::prepare(w, start, end, &mut prep) };
+            }
+            let mut c0 = start;
+            while c0 < end {
+                let cols = TILE_COLS.min(end - c0);
+                let mut r0 = 0;
+                while r0 < m {
+                    let rows = TILE_ROWS.min(m - r0);
+                    // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values
+                    // and the tile's rows and columns are in range; `prep` holds start..end.
+                    unsafe { tile(vnni, &xq, r0, rows, w, &prep, c0 - start, c0, cols, y.0.add(r0 * n + c0), n) };
+                    r0 += rows;
+                }
+                c0 += cols;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One `rows x cols` tile of outputs at `out` (row stride `ldo`): weight rows `c0..`, which are
+/// rows `cl..` of `prep` (VNNI only).
+///
+/// # Safety
+/// `vnni` only where the CPU has AVX-512 VNNI and BW; the tile lies inside `x`, `w`, `prep` and `out`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(vnni: bool, x: &Q8K, r0: usize, rows: usize, w: &KWeight, prep: &Prepared, cl: usize, c0: usize, cols: usize, out: *mut f32, ldo: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni {
+        macro_rules! by_cols {
+            ($r:literal) => {
+                match cols {
+                    1 => vnni::tile::<$r, 1>(x, r0, prep, cl, out, ldo),
+                    2 => vnni::tile::<$r, 2>(x, r0, prep, cl, out, ldo),
+                    _ => vnni::tile::<$r, 3>(x, r0, prep, cl, out, ldo),
+                }
+            };
+        }
+        return match rows {
+            1 => by_cols!(1),
+            2 => by_cols!(2),
+            3 => by_cols!(3),
+            _ => by_cols!(4),
+        };
+    }
+    let _ = (vnni, prep, cl);
+    for r in 0..rows {
+        for c in 0..cols {
+            *out.add(r * ldo + c) = dot_portable(x, r0 + r, w, c0 + c);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{block_scales, Kind, KWeight, Prepared, Q8K, GROUPS, QK_K};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn ld512(p: *const u8) -> __m512i {
+        _mm512_loadu_epi32(p as *const i32)
+    }
+    #[inline(always)]
+    unsafe fn bcast256(p: *const u8) -> __m512i {
+        _mm512_broadcast_i64x4(_mm256_lddqu_si256(p as *const __m256i))
+    }
+
+    /// The unsigned quants of values `64v..64v+64` of a super-block, in order.
+    #[inline(always)]
+    unsafe fn unpack(kind: Kind, blk: *const u8, v: usize) -> __m512i {
+        let lo4 = _mm512_set1_epi8(0x0f);
+        match kind {
+            Kind::Q4K => {
+                // 32 bytes: low nibbles are values 64v..64v+32, high nibbles the next 32.
+                let q = bcast256(blk.wrapping_add(16 + 32 * v));
+                _mm512_and_si512(_mm512_srlv_epi64(q, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)), lo4)
+            }
+            Kind::Q6K => {
+                let n = v / 2;
+                let l = ld512(blk.wrapping_add(64 * n));
+                let h = bcast256(blk.wrapping_add(128 + 32 * n));
+                let hi2 = _mm512_set1_epi8(0x30);
+                if v % 2 == 0 {
+                    // low nibbles; high bits 0-1 (first 32 values) and 2-3 (next 32) moved to 4-5
+                    let h = _mm512_and_si512(_mm512_sllv_epi64(h, _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4)), hi2);
+                    _mm512_or_si512(_mm512_and_si512(l, lo4), h)
+                } else {
+                    // high nibbles; high bits 4-5 and 6-7
+                    let h = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0)), hi2);
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), lo4), h)
+                }
+            }
+        }
+    }
+
+    /// Unpacks weight rows `c0..c1` into `p`: quants in value order, each vector's pair scales,
+    /// the super-block scales and the offsets.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn prepare(w: &KWeight, c0: usize, c1: usize, p: &mut Prepared) {
+        let sbs = w.sbs();
+        p.resize(c1 - c0, sbs);
+        // word i of vector v takes the scale of group 4v + i/8
+        let idx: [__m512i; 4] = std::array::from_fn(|v| {
+            let w: [i16; 32] = std::array::from_fn(|i| (4 * v + i / 8) as i16);
+            std::mem::transmute(w)
+        });
+        for c in c0..c1 {
+            for s in 0..sbs {
+                let blk = w.block(c, s);
+                let (sc, d, off) = block_scales(w.kind, blk);
+                let i = (c - c0) * sbs + s;
+                p.d[i] = d;
+                p.offset[i * GROUPS..(i + 1) * GROUPS].copy_from_slice(&off);
+                let scv = _mm512_castsi256_si512(std::mem::transmute::<[i16; 16], __m256i>(sc));
+                for (v, idx) in idx.iter().enumerate() {
+                    let u = unpack(w.kind, blk.as_ptr(), v);
+                    _mm512_storeu_si512(p.u.as_mut_ptr().add(i * QK_K + 64 * v) as *mut __m512i, u);
+                    let s = _mm512_permutexvar_epi16(*idx, scv);
+                    _mm512_storeu_si512(p.sc.as_mut_ptr().add((i * 4 + v) * 32) as *mut __m512i, s);
+                }
+            }
+        }
+    }
+
+    /// An `R x C` tile: activation rows `r0..r0+R` against rows `cl..cl+C` of `p`.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile<const R: usize, const C: usize>(x: &Q8K, r0: usize, p: &Prepared, cl: usize, out: *mut f32, ldo: usize) {
+        let sbs = p.sbs;
+        let xq: [*const u8; R] = std::array::from_fn(|r| x.q.as_ptr().wrapping_add((r0 + r) * sbs * QK_K) as *const u8);
+        let xd: [*const f32; R] = std::array::from_fn(|r| x.d.as_ptr().wrapping_add((r0 + r) * sbs));
+        let wu: [*const u8; C] = std::array::from_fn(|c| p.u.as_ptr().wrapping_add((cl + c) * sbs * QK_K));
+        let ws: [*const u8; C] = std::array::from_fn(|c| p.sc.as_ptr().wrapping_add((cl + c) * sbs * QK_K / 2) as *const u8);
+        let wd: [*const f32; C] = std::array::from_fn(|c| p.d.as_ptr().wrapping_add((cl + c) * sbs));
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for s in 0..sbs {
+            let mut dot = [[_mm512_setzero_si512(); C]; R];
+            for v in 0..4 {
+                for c in 0..C {
+                    let wv = ld512(wu[c].wrapping_add(s * QK_K + 64 * v));
+                    let scv = ld512(ws[c].wrapping_add((s * 4 + v) * 64));
+                    for r in 0..R {
+                        let xv = ld512(xq[r].wrapping_add(s * QK_K + 64 * v));
+                        dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], _mm512_maddubs_epi16(wv, xv), scv);
+                    }
+                }
+            }
+            let dw: [__m512; C] = std::array::from_fn(|c| _mm512_set1_ps(*wd[c].wrapping_add(s)));
+            for r in 0..R {
+                let dx = _mm512_set1_ps(*xd[r].wrapping_add(s));
+                for c in 0..C {
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(dx, dw[c]), _mm512_cvtepi32_ps(dot[r][c]), acc[r][c]);
+                }
+            }
+        }
+        // The offset terms: 16 group sums per super-block against the weight's offsets.
+        let xg: [*const f32; R] = std::array::from_fn(|r| x.gsum.as_ptr().wrapping_add((r0 + r) * sbs * GROUPS));
+        let wo: [*const f32; C] = std::array::from_fn(|c| p.offset.as_ptr().wrapping_add((cl + c) * sbs * GROUPS));
+        for s in 0..sbs {
+            for c in 0..C {
+                let o = _mm512_loadu_ps(wo[c].wrapping_add(s * GROUPS));
+                for r in 0..R {
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_loadu_ps(xg[r].wrapping_add(s * GROUPS)), o, acc[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                *out.add(r * ldo + c) = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
+    }
+}
+
+/// [`matmul_at`] as a candle op on an f32 input `[.., k]` (inference only: no backward; host
+/// memory only).
+pub struct KQuantMatMul<'a>(pub &'a QTensor);
+
+impl candle_core::CustomOp1 for KQuantMatMul<'_> {
+    fn name(&self) -> &'static str {
+        "kquant-int8-matmul-f32"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let q = self.0;
+        let err = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
+        let kind = Kind::of(q.dtype()).ok_or_else(|| candle_core::Error::Msg(format!("K-quant kernel: weight is {:?}", q.dtype())))?;
+        let (n, k) = q.shape().dims2()?;
+        let data = q.data()?;
+        let w = KWeight::new(kind, n, k, &data).map_err(err)?;
+        super::qgemm::cpu_fwd_xwt("K-quant int8 matmul", s, l, n, k, |x, m, y| matmul_at(crate::base::cpu::level(), x, m, &w, y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn normal(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = crate::base::rng::Rng::new(seed);
+        (0..n).map(|_| rng.normal() as f32 * scale).collect()
+    }
+
+    fn quantized(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> QTensor {
+        // Rows of different magnitudes and a shifted mean, so that scales and minimums vary.
+        let mut w = normal(n * k, seed, 0.05);
+        for (i, v) in w.iter_mut().enumerate() {
+            *v = *v * (1.0 + (i / k) as f32 * 0.3) + 0.01 * ((i / 64) % 5) as f32;
+        }
+        QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), dtype).unwrap()
+    }
+
+    /// The block decoder against candle's own dequantization (ggml's layout), value for value.
+    #[test]
+    fn decode_matches_candle() {
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let (n, k) = (5, 512);
+            let q = quantized(dtype, n, k, 3);
+            let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let data = q.data().unwrap();
+            let w = KWeight::new(Kind::of(dtype).unwrap(), n, k, &data).unwrap();
+            for c in 0..n {
+                for s in 0..k / QK_K {
+                    let b = decode(w.kind, w.block(c, s));
+                    for i in 0..QK_K {
+                        let got = b.d * b.sc[i / 16] as f32 * b.u[i] as f32 + b.offset[i / 16];
+                        let exp = want[c * k + s * QK_K + i];
+                        assert!((got - exp).abs() <= 1e-6 * (1.0 + exp.abs()), "{dtype:?} [{c},{}]: {got} vs candle {exp}", s * QK_K + i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Activation quantization: 8 bits per 256 values, `|x - d q| <= d / 2`, group sums exact; a
+    /// non-finite value gives a NaN scale.
+    #[test]
+    fn activations_round_to_nearest() {
+        let mut x = normal(3 * 512, 9, 2.0);
+        let q = Q8K::quantize(&x, 3, 512).unwrap();
+        for (i, &v) in x.iter().enumerate() {
+            let d = q.d[i / QK_K];
+            assert!((v - d * q.q[i] as f32).abs() <= d * 0.5 * (1.0 + 1e-6), "value {i}");
+        }
+        let g: i32 = q.q[16..32].iter().map(|&v| v as i32).sum();
+        assert_eq!(q.gsum[1], q.d[0] * g as f32);
+        x[300] = f32::INFINITY;
+        let q = Q8K::quantize(&x, 3, 512).unwrap();
+        assert!(q.d[1].is_nan() && !q.d[0].is_nan() && !q.d[2].is_nan());
+    }
+
+    /// The kernel at every level against an f64 product of candle's dequantized weight and the
+    /// quantized activations (a bound of f32 roundings), and the VNNI kernel against the portable
+    /// arithmetic; shapes off the tile grid (rows, columns, task size).
+    #[test]
+    fn matmul_matches_reference_at_every_level() {
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            for &(m, n, k, seed) in &[(1, 3, 256, 1u64), (5, 7, 512, 2), (9, 50, 768, 3), (17, 26, 256, 4)] {
+                let q = quantized(dtype, n, k, seed);
+                let wd = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let data = q.data().unwrap();
+                let w = KWeight::new(Kind::of(dtype).unwrap(), n, k, &data).unwrap();
+                let x = normal(m * k, seed + 100, 1.0);
+                let xq = Q8K::quantize(&x, m, k).unwrap();
+                let mut portable = vec![0f32; m * n];
+                matmul_at(SimdLevel::Portable, &x, m, &w, &mut portable).unwrap();
+                for level in crate::base::cpu::level().up_to() {
+                    let mut y = vec![f32::NAN; m * n];
+                    matmul_at(level, &x, m, &w, &mut y).unwrap();
+                    for r in 0..m {
+                        for c in 0..n {
+                            let terms = (0..k).map(|i| wd[c * k + i] as f64 * (xq.d[r * k / QK_K + i / QK_K] * xq.q[r * k + i] as f32) as f64);
+                            let (want, abs) = terms.fold((0f64, 0f64), |(s, a), t| (s + t, a + t.abs()));
+                            let got = y[r * n + c] as f64;
+                            let tol = abs * 64.0 * f32::EPSILON as f64;
+                            assert!((got - want).abs() <= tol, "{dtype:?} {level} ({m},{n},{k}) [{r},{c}]: {got} vs {want} (tol {tol})");
+                            let p = portable[r * n + c] as f64;
+                            assert!((got - p).abs() <= tol, "{dtype:?} {level} ({m},{n},{k}) [{r},{c}]: {got} vs portable {p}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Against the unquantized product: the error is the activations' 8-bit rounding only.
+    #[test]
+    fn error_against_f32_is_the_activation_rounding() {
+        let (m, n, k) = (6, 20, 1024);
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = quantized(dtype, n, k, 7);
+            let wd = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let data = q.data().unwrap();
+            let w = KWeight::new(Kind::of(dtype).unwrap(), n, k, &data).unwrap();
+            let x = normal(m * k, 11, 1.0);
+            let mut y = vec![0f32; m * n];
+            matmul_at(crate::base::cpu::level(), &x, m, &w, &mut y).unwrap();
+            let (mut num, mut den) = (0f64, 0f64);
+            for r in 0..m {
+                for c in 0..n {
+                    let exact: f64 = (0..k).map(|i| wd[c * k + i] as f64 * x[r * k + i] as f64).sum();
+                    num += (y[r * n + c] as f64 - exact).powi(2);
+                    den += exact.powi(2);
+                }
+            }
+            let rel = (num / den).sqrt();
+            assert!(rel > 1e-5 && rel < 1e-2, "{dtype:?}: relative error {rel}");
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let e = KWeight::new(Kind::Q4K, 2, 200, &[0u8; 10]).err().unwrap().to_string();
+        assert!(e.contains("200") && e.contains("256"), "{e}");
+        let e = KWeight::new(Kind::Q6K, 2, 256, &[0u8; 10]).err().unwrap().to_string();
+        assert!(e.contains("10 bytes") && e.contains("420"), "{e}");
+        assert!(Q8K::quantize(&[0.0; 255], 1, 255).is_err());
+        let data = vec![0u8; 144];
+        let w = KWeight::new(Kind::Q4K, 1, 256, &data).unwrap();
+        let e = matmul_at(SimdLevel::Portable, &[0.0; 256], 1, &w, &mut [0.0; 2]).unwrap_err().to_string();
+        assert!(e.contains("2 values"), "{e}");
+    }
+}
