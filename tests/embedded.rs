@@ -58,9 +58,9 @@ fn embedded_quantized_matches_transformers_greedy() {
     check_against_reference(&model, &reference(), 5e-2, 2e-2);
 }
 
-/// Int8 prefill (`Model::int8_prefill`: the Q8_0 layers' activations quantized per 32-value block
-/// in prefill too, on VNNI CPUs; elsewhere a no-op): within the quantized path's tolerances of HF,
-/// and the same greedy tokens.
+/// Int8 prefill (`Model::int8_prefill`: in prefill too, the Q8_0 layers' activations quantized per
+/// 32-value block and the Q4_K / Q6_K layers' per 256 values, on VNNI CPUs; elsewhere a no-op):
+/// within the quantized path's tolerances of HF, and the same greedy tokens.
 #[test]
 fn embedded_int8_prefill_matches_transformers_greedy() {
     let Some(mut model) = common::embedded() else { return };
