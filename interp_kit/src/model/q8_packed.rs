@@ -11,6 +11,16 @@
 //! nothing. The packed weight takes the bytes of the GGUF one (32 quants and an f16 scale per
 //! block), so the decode path streams no more memory than before.
 //!
+//! **Five-bit weights.** A Q8_0 weight whose every quant lies in -16..=15 (the embedded model's
+//! `Q5_0` matrices, re-encoded as Q8_0 by the loader without loss) is packed in 5 bits per value
+//! instead, 22 bytes per block as in the GGUF's `Q5_0`: per group, four vectors of nibbles (lane
+//! `j` of vector `t` holds values `4t..4t+4` of block `j` in its low nibbles and `4t+16..4t+20` in
+//! its high ones) and one 32-bit word of fifth bits per block (bit `8b + t` for value `4t + b`),
+//! so that one shift and one mask put value `4t + b`'s fifth bit at bit 4 of byte `b`. Decode (up
+//! to [`SMALL_M`] rows) unpacks in registers and streams 35 % fewer bytes than Q8_0; prefill
+//! unpacks each task's weight rows once into the eight-bit layout and runs the same tiles. The
+//! unpacked bytes equal the Q8_0 ones, so results are bit for bit those of the Q8_0 layout.
+//!
 //! **Signs.** `vpdpbusd` multiplies unsigned by signed bytes. Weights are stored offset by 128
 //! (`q ^ 0x80`, in 0..=255), activations as they are, and each activation block carries
 //! `-128 * sum(q_x)`, the accumulator's starting value, so the integer result is exactly
@@ -53,8 +63,12 @@ pub struct PackedQ8 {
     k: usize,
     /// Blocks per row, rounded up to a multiple of four.
     nbp: usize,
-    /// `rows x nbp x 32` bytes.
+    /// `rows x nbp x 32` bytes (empty for a weight in the five-bit layout).
     quants: Vec<u8>,
+    /// Five-bit layout (see the module doc): `rows x nbp x 16` bytes of nibbles and `rows x nbp`
+    /// words of fifth bits; empty otherwise.
+    q5_nib: Vec<u8>,
+    q5_hi: Vec<u32>,
     /// Weights: `rows x nbp` f16 block scales (bits), and 8 more so that a group of four can be
     /// read as eight.
     scales_f16: Vec<u16>,
@@ -65,8 +79,12 @@ pub struct PackedQ8 {
 }
 
 impl PackedQ8 {
-    /// Repacks a 2-d Q8_0 weight (on the CPU).
+    /// Repacks a 2-d Q8_0 weight (on the CPU): in the five-bit layout when every quant fits.
     pub fn from_qtensor(w: &QTensor) -> Result<Self> {
+        Self::from_qtensor_with(w, true)
+    }
+
+    fn from_qtensor_with(w: &QTensor, five_bit: bool) -> Result<Self> {
         ensure!(
             w.dtype() == GgmlDType::Q8_0 && w.shape().rank() == 2 && w.device().is_cpu(),
             "Q8_0 repack: weight is {:?} {:?} on {:?}",
@@ -90,7 +108,77 @@ impl PackedQ8 {
                 scales_f16[r * nbp + b] = u16::from_le_bytes([blk[0], blk[1]]);
             }
         }
-        Ok(Self { rows: n, k, nbp, quants, scales_f16, scales: Vec::new(), corr: Vec::new() })
+        let packed = Self { rows: n, k, nbp, quants, q5_nib: Vec::new(), q5_hi: Vec::new(), scales_f16, scales: Vec::new(), corr: Vec::new() };
+        // Every quant in -16..=15 (offset: 112..=143): five bits hold them exactly.
+        if five_bit && packed.quants.iter().all(|&q| (112..=143).contains(&q)) {
+            return Ok(packed.to_five_bit());
+        }
+        Ok(packed)
+    }
+
+    /// The five-bit layout of a weight whose quants all fit (see [`PackedQ8::from_qtensor`]).
+    fn to_five_bit(self) -> Self {
+        let (n, nbp) = (self.rows, self.nbp);
+        let mut nib = vec![0u8; n * nbp * 16];
+        let mut hi = vec![0u32; n * nbp];
+        for r in 0..n {
+            for b in 0..nbp {
+                let (g0, j) = (b / GROUP * GROUP, b % GROUP);
+                let g = GROUP.min(nbp - g0);
+                for i in 0..BLOCK {
+                    let (t, bb) = (i / 4, i % 4);
+                    let u = self.quants[r * nbp * BLOCK + g0 * BLOCK + t * 4 * g + j * 4 + bb] - 112;
+                    nib[r * nbp * 16 + g0 * 16 + (t % 4) * 4 * g + j * 4 + bb] |= (u & 0xf) << (if t < 4 { 0 } else { 4 });
+                    hi[r * nbp + b] |= ((u >> 4) as u32) << (8 * bb + t);
+                }
+            }
+        }
+        Self { quants: Vec::new(), q5_nib: nib, q5_hi: hi, ..self }
+    }
+
+    /// Whether this weight is in the five-bit layout.
+    pub fn is_five_bit(&self) -> bool {
+        !self.q5_hi.is_empty()
+    }
+
+    /// Value `i` of block `b` of weight row `c`, offset by 128, from either layout.
+    fn weight_byte(&self, c: usize, b: usize, i: usize) -> u8 {
+        let (g0, j) = (b / GROUP * GROUP, b % GROUP);
+        let g = GROUP.min(self.nbp - g0);
+        let (t, bb) = (i / 4, i % 4);
+        if !self.is_five_bit() {
+            return self.quants[c * self.nbp * BLOCK + g0 * BLOCK + t * 4 * g + j * 4 + bb];
+        }
+        let nib = self.q5_nib[c * self.nbp * 16 + g0 * 16 + (t % 4) * 4 * g + j * 4 + bb];
+        let low = if t < 4 { nib & 0xf } else { nib >> 4 };
+        let h = ((self.q5_hi[c * self.nbp + b] >> (8 * bb + t)) & 1) as u8;
+        (low | (h << 4)) + 112
+    }
+
+    /// Weight rows `c0..c1` of a five-bit weight in the eight-bit layout (prefill: once per task).
+    fn unpack_rows(&self, vnni: bool, c0: usize, c1: usize) -> Self {
+        let (nbp, rows) = (self.nbp, c1 - c0);
+        let mut quants = vec![0u8; rows * nbp * BLOCK];
+        for c in c0..c1 {
+            let dst = &mut quants[(c - c0) * nbp * BLOCK..(c - c0 + 1) * nbp * BLOCK];
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                // SAFETY: `vnni` says the CPU has AVX-512 VNNI and VL; row c exists.
+                unsafe { vnni::unpack_row(self, c, dst) };
+                continue;
+            }
+            let _ = vnni;
+            for b in 0..nbp {
+                let (g0, j) = (b / GROUP * GROUP, b % GROUP);
+                let g = GROUP.min(nbp - g0);
+                for i in 0..BLOCK {
+                    dst[g0 * BLOCK + (i / 4) * 4 * g + j * 4 + i % 4] = self.weight_byte(c, b, i);
+                }
+            }
+        }
+        let mut scales_f16 = self.scales_f16[c0 * nbp..c1 * nbp].to_vec();
+        scales_f16.extend_from_slice(&[0; GROUP]);
+        Self { rows, k: self.k, nbp, quants, q5_nib: Vec::new(), q5_hi: Vec::new(), scales_f16, scales: Vec::new(), corr: Vec::new() }
     }
 
     /// `rows x k` f32 activations quantized as candle quantizes a Q8_0 matmul's input
@@ -136,7 +224,7 @@ impl PackedQ8 {
         } else {
             quants.chunks_mut(rq).zip(scales.chunks_mut(rs)).zip(corr.chunks_mut(rs)).enumerate().for_each(one);
         }
-        Ok(Self { rows, k, nbp, quants, scales_f16: Vec::new(), scales, corr })
+        Ok(Self { rows, k, nbp, quants, q5_nib: Vec::new(), q5_hi: Vec::new(), scales_f16: Vec::new(), scales, corr })
     }
 
     pub fn rows(&self) -> usize {
@@ -147,11 +235,17 @@ impl PackedQ8 {
     }
     /// Bytes held (quants, scales and correction terms).
     pub fn bytes(&self) -> usize {
-        self.quants.len() + 2 * self.scales_f16.len() + 4 * (self.scales.len() + self.corr.len())
+        self.quants.len() + self.q5_nib.len() + 4 * self.q5_hi.len() + 2 * self.scales_f16.len() + 4 * (self.scales.len() + self.corr.len())
     }
 
     fn row_quants(&self, r: usize) -> *const u8 {
         self.quants[r * self.nbp * BLOCK..].as_ptr()
+    }
+    fn row_nib(&self, r: usize) -> *const u8 {
+        self.q5_nib[r * self.nbp * 16..].as_ptr()
+    }
+    fn row_hi(&self, r: usize) -> *const u32 {
+        self.q5_hi[r * self.nbp..].as_ptr()
     }
     fn row_scales(&self, r: usize) -> *const f32 {
         self.scales[r * self.nbp..].as_ptr()
@@ -180,21 +274,30 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
     let tile_cols = if m <= SMALL_M { 1 } else { TILE_COLS };
     // candle's worker pool, as in `qgemm::matmul_xwt` (its workers spin between candle's ops).
+    // Prefill on a five-bit weight: each task's rows unpacked once to eight bits.
+    let unpack = w.is_five_bit() && m > SMALL_M;
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
         let y = y_ptr;
-        let end = n.min(tasks.end * ROWS_PER_TASK);
-        let mut c0 = tasks.start * ROWS_PER_TASK;
-        while c0 < end {
-            let cols = tile_cols.min(end - c0);
-            let mut r0 = 0;
-            while r0 < m {
-                let rows = TILE_ROWS.min(m - r0);
-                // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values and
-                // the tile's rows and columns are in range.
-                unsafe { tile(vnni, &xq, r0, rows, w, c0, cols, y.0.add(r0 * n + c0), n) };
-                r0 += rows;
+        for t in tasks {
+            let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
+            let tmp = unpack.then(|| w.unpack_rows(vnni, start, end));
+            let (wt, base) = match &tmp {
+                Some(u) => (u, start),
+                None => (w, 0),
+            };
+            let mut c0 = start;
+            while c0 < end {
+                let cols = tile_cols.min(end - c0);
+                let mut r0 = 0;
+                while r0 < m {
+                    let rows = TILE_ROWS.min(m - r0);
+                    // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values
+                    // and the tile's rows and columns are in range (of `wt`: rows from `base`).
+                    unsafe { tile(vnni, &xq, r0, rows, wt, c0 - base, cols, y.0.add(r0 * n + c0), n) };
+                    r0 += rows;
+                }
+                c0 += cols;
             }
-            c0 += cols;
         }
     });
     Ok(())
@@ -236,10 +339,13 @@ unsafe fn tile(vnni: bool, x: &PackedQ8, r0: usize, rows: usize, w: &PackedQ8, c
     if vnni {
         macro_rules! by_cols {
             ($r:literal) => {
-                match cols {
-                    1 => vnni::tile::<$r, 1>(x, r0, w, c0, out, ldo),
-                    2 => vnni::tile::<$r, 2>(x, r0, w, c0, out, ldo),
-                    _ => vnni::tile::<$r, 3>(x, r0, w, c0, out, ldo),
+                match (cols, w.is_five_bit()) {
+                    (1, false) => vnni::tile::<$r, 1, false>(x, r0, w, c0, out, ldo),
+                    (2, false) => vnni::tile::<$r, 2, false>(x, r0, w, c0, out, ldo),
+                    (_, false) => vnni::tile::<$r, 3, false>(x, r0, w, c0, out, ldo),
+                    (1, true) => vnni::tile::<$r, 1, true>(x, r0, w, c0, out, ldo),
+                    (2, true) => vnni::tile::<$r, 2, true>(x, r0, w, c0, out, ldo),
+                    (_, true) => vnni::tile::<$r, 3, true>(x, r0, w, c0, out, ldo),
                 }
             };
         }
@@ -263,7 +369,7 @@ unsafe fn tile(vnni: bool, x: &PackedQ8, r0: usize, rows: usize, w: &PackedQ8, c
 /// candle's `hsum_float_8` sums.
 pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
     let nbp = w.nbp;
-    let (xq, wq) = (&x.quants[r * nbp * BLOCK..(r + 1) * nbp * BLOCK], &w.quants[c * nbp * BLOCK..(c + 1) * nbp * BLOCK]);
+    let xq = &x.quants[r * nbp * BLOCK..(r + 1) * nbp * BLOCK];
     let mut acc = [0f32; GROUP];
     for b in 0..nbp {
         let (g0, j) = (b / GROUP * GROUP, b % GROUP);
@@ -271,7 +377,7 @@ pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
         let mut dot = x.corr[r * nbp + b];
         for i in 0..BLOCK {
             let o = g0 * BLOCK + (i / 4) * 4 * g + j * 4 + i % 4;
-            dot += wq[o] as i32 * xq[o] as i8 as i32;
+            dot += w.weight_byte(c, b, i) as i32 * xq[o] as i8 as i32;
         }
         let d = x.scales[r * nbp + b] * f16::from_bits(w.scales_f16[c * nbp + b]).to_f32();
         acc[j] = d.mul_add(dot as f32, acc[j]);
@@ -297,25 +403,79 @@ mod vnni {
         _mm_lddqu_si128(p)
     }
 
+    /// Vector `t` of a five-bit group of eight blocks (nibbles at `nib`, fifth bits `hi`) as the
+    /// eight-bit layout's bytes (quant + 128).
+    #[inline(always)]
+    unsafe fn five_bit_256(nib: *const u8, hi: __m256i, t: usize) -> __m256i {
+        let n = ld256(nib.wrapping_add(32 * (t % 4)) as *const __m256i);
+        let lo4 = _mm256_set1_epi8(0x0f);
+        let low = if t < 4 { _mm256_and_si256(n, lo4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(n), lo4) };
+        let h = if t <= 4 { _mm256_sllv_epi32(hi, _mm256_set1_epi32(4 - t as i32)) } else { _mm256_srlv_epi32(hi, _mm256_set1_epi32(t as i32 - 4)) };
+        let h = _mm256_and_si256(h, _mm256_set1_epi8(0x10));
+        _mm256_add_epi8(_mm256_or_si256(low, h), _mm256_set1_epi8(0x70))
+    }
+
+    /// [`five_bit_256`] for a group of four blocks.
+    #[inline(always)]
+    unsafe fn five_bit_128(nib: *const u8, hi: __m128i, t: usize) -> __m128i {
+        let n = ld128(nib.wrapping_add(16 * (t % 4)) as *const __m128i);
+        let lo4 = _mm_set1_epi8(0x0f);
+        let low = if t < 4 { _mm_and_si128(n, lo4) } else { _mm_and_si128(_mm_srli_epi16::<4>(n), lo4) };
+        let h = if t <= 4 { _mm_sllv_epi32(hi, _mm_set1_epi32(4 - t as i32)) } else { _mm_srlv_epi32(hi, _mm_set1_epi32(t as i32 - 4)) };
+        let h = _mm_and_si128(h, _mm_set1_epi8(0x10));
+        _mm_add_epi8(_mm_or_si128(low, h), _mm_set1_epi8(0x70))
+    }
+
+    /// Row `c` of a five-bit weight in the eight-bit layout, into `dst` (`nbp x 32` bytes).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn unpack_row(w: &PackedQ8, c: usize, dst: &mut [u8]) {
+        let (nbp, nib, hi) = (w.nbp, w.row_nib(c), w.row_hi(c));
+        let mut g0 = 0;
+        while g0 + 8 <= nbp {
+            let hv = ld256(hi.wrapping_add(g0) as *const __m256i);
+            for t in 0..8 {
+                let v = five_bit_256(nib.wrapping_add(g0 * 16), hv, t);
+                _mm256_storeu_si256(dst.as_mut_ptr().add(g0 * BLOCK + 32 * t) as *mut __m256i, v);
+            }
+            g0 += 8;
+        }
+        if g0 < nbp {
+            let hv = ld128(hi.wrapping_add(g0) as *const __m128i);
+            for t in 0..8 {
+                let v = five_bit_128(nib.wrapping_add(g0 * 16), hv, t);
+                _mm_storeu_si128(dst.as_mut_ptr().add(g0 * BLOCK + 16 * t) as *mut __m128i, v);
+            }
+        }
+    }
+
     /// An `R x C` tile: `R` activation rows from `r0` against `C` weight rows from `c0`.
     ///
     /// Pointer offsets use `wrapping_add`: the tile is in range (the caller's contract), and the
     /// dev profile's debug assertions would otherwise check every `add` in the inner loop.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn tile<const R: usize, const C: usize>(x: &PackedQ8, r0: usize, w: &PackedQ8, c0: usize, out: *mut f32, ldo: usize) {
+    pub(super) unsafe fn tile<const R: usize, const C: usize, const Q5: bool>(x: &PackedQ8, r0: usize, w: &PackedQ8, c0: usize, out: *mut f32, ldo: usize) {
         let nbp = w.nbp;
         let xq: [*const u8; R] = std::array::from_fn(|r| x.row_quants(r0 + r));
         let xs: [*const f32; R] = std::array::from_fn(|r| x.row_scales(r0 + r));
         let xc: [*const i32; R] = std::array::from_fn(|r| x.row_corr(r0 + r));
-        let wq: [*const u8; C] = std::array::from_fn(|c| w.row_quants(c0 + c));
+        let wq: [*const u8; C] = std::array::from_fn(|c| if Q5 { std::ptr::null() } else { w.row_quants(c0 + c) });
+        let wn: [*const u8; C] = std::array::from_fn(|c| if Q5 { w.row_nib(c0 + c) } else { std::ptr::null() });
+        let wh: [*const u32; C] = std::array::from_fn(|c| if Q5 { w.row_hi(c0 + c) } else { std::ptr::null() });
         let ws: [*const u16; C] = std::array::from_fn(|c| w.row_scales_f16(c0 + c));
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let mut g0 = 0;
         while g0 + 8 <= nbp {
             let base = g0 * BLOCK;
             let mut dot: [[__m256i; C]; R] = std::array::from_fn(|r| [ld256(xc[r].wrapping_add(g0) as *const __m256i); C]);
+            let hv: [__m256i; C] = std::array::from_fn(|c| if Q5 { ld256(wh[c].wrapping_add(g0) as *const __m256i) } else { _mm256_setzero_si256() });
             for t in 0..8 {
-                let wv: [__m256i; C] = std::array::from_fn(|c| ld256(wq[c].wrapping_add(base + 32 * t) as *const __m256i));
+                let wv: [__m256i; C] = std::array::from_fn(|c| {
+                    if Q5 {
+                        five_bit_256(wn[c].wrapping_add(g0 * 16), hv[c], t)
+                    } else {
+                        ld256(wq[c].wrapping_add(base + 32 * t) as *const __m256i)
+                    }
+                });
                 for r in 0..R {
                     let xv = ld256(xq[r].wrapping_add(base + 32 * t) as *const __m256i);
                     for c in 0..C {
@@ -337,8 +497,15 @@ mod vnni {
             // The row's last group holds four blocks: lanes 0..4, in 128-bit vectors.
             let base = g0 * BLOCK;
             let mut dot: [[__m128i; C]; R] = std::array::from_fn(|r| [ld128(xc[r].wrapping_add(g0) as *const __m128i); C]);
+            let hv: [__m128i; C] = std::array::from_fn(|c| if Q5 { ld128(wh[c].wrapping_add(g0) as *const __m128i) } else { _mm_setzero_si128() });
             for t in 0..8 {
-                let wv: [__m128i; C] = std::array::from_fn(|c| ld128(wq[c].wrapping_add(base + 16 * t) as *const __m128i));
+                let wv: [__m128i; C] = std::array::from_fn(|c| {
+                    if Q5 {
+                        five_bit_128(wn[c].wrapping_add(g0 * 16), hv[c], t)
+                    } else {
+                        ld128(wq[c].wrapping_add(base + 16 * t) as *const __m128i)
+                    }
+                });
                 for r in 0..R {
                     let xv = ld128(xq[r].wrapping_add(base + 16 * t) as *const __m128i);
                     for c in 0..C {
@@ -554,6 +721,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A Q5_0 weight (re-encoded as Q8_0 by the loader) packs in five bits, 22 bytes per block as in
+    /// the GGUF, and gives the eight-bit layout's results bit for bit at every level, in decode
+    /// (up to 8 rows: unpacked in registers) and prefill (unpacked per task), and the portable
+    /// reference's; a weight with one quant outside -16..=15 stays eight-bit.
+    #[test]
+    fn five_bit_layout_matches_eight_bit() {
+        for (n, k) in [(50, 896), (7, 256), (9, 160)] {
+            let w = normal(n, k, (n + k) as u64);
+            let q5 = QTensor::quantize(&Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap(), GgmlDType::Q5_0).unwrap();
+            let q = crate::model::load::q5_0_to_q8_0(q5, &Device::Cpu).unwrap();
+            let five = PackedQ8::from_qtensor(&q).unwrap();
+            let eight = PackedQ8::from_qtensor_with(&q, false).unwrap();
+            assert!(five.is_five_bit() && !eight.is_five_bit());
+            assert_eq!(five.bytes(), n * five.nbp * 22 + 2 * GROUP, "22 bytes per block");
+            for r in 0..n {
+                for b in 0..five.nbp {
+                    for i in 0..BLOCK {
+                        assert_eq!(five.weight_byte(r, b, i), eight.weight_byte(r, b, i), "row {r} block {b} value {i}");
+                    }
+                }
+            }
+            for m in [1, 3, 8, 9, 20] {
+                let x = normal(m, k, m as u64 + 40);
+                let xq = PackedQ8::activations(&x, m, k).unwrap();
+                let want: Vec<f32> = (0..m * n).map(|i| tile_portable(&xq, i / n, &five, i % n)).collect();
+                for lvl in crate::base::cpu::detected().up_to() {
+                    let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+                    matmul_at(lvl, &x, m, &five, &mut a).unwrap();
+                    matmul_at(lvl, &x, m, &eight, &mut b).unwrap();
+                    assert_eq!(a, b, "level {lvl}, m={m} n={n} k={k}");
+                    assert_eq!(a, want, "level {lvl}, m={m} n={n} k={k}: portable");
+                }
+            }
+        }
+        let mut w = normal(4, 64, 5);
+        w[3] = 40.0; // this block's other quants round to 0; this one is 127
+        let q = crate::model::load::q5_0_to_q8_0(QTensor::quantize(&Tensor::from_vec(w, (4, 64), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap(), &Device::Cpu).unwrap();
+        assert!(!PackedQ8::from_qtensor(&q).unwrap().is_five_bit());
     }
 
     #[test]
