@@ -188,7 +188,6 @@ impl Q8K {
     /// Quantizes `x` (`rows x k`, row-major). A super-block holding a NaN or an infinity gets a NaN
     /// scale, so its outputs are NaN as an f32 product's would be.
     pub fn quantize(x: &[f32], rows: usize, k: usize) -> Result<Self> {
-        use rayon::prelude::*;
         ensure!(k % QK_K == 0, "Q8_K activations: width {k} is not a whole number of {QK_K}-value super-blocks");
         ensure!(x.len() == rows * k, "Q8_K activations: {} values, not {rows} x {k}", x.len());
         let sbs = k / QK_K;
@@ -214,12 +213,25 @@ impl Q8K {
                 *g = dx * gq.iter().map(|&v| v as i32).sum::<i32>() as f32;
             }
         };
-        let it = x.par_chunks(QK_K).zip(q.par_chunks_mut(QK_K)).zip(d.par_chunks_mut(1).zip(gsum.par_chunks_mut(GROUPS)));
-        if rows >= 8 {
-            it.for_each(one);
-        } else {
-            x.chunks(QK_K).zip(q.chunks_mut(QK_K)).zip(d.chunks_mut(1).zip(gsum.chunks_mut(GROUPS))).for_each(one);
-        }
+        // On candle's worker pool, as the kernel: its workers spin between ops, and a second pool
+        // (rayon) would compete with them for the cores.
+        let units = rows * sbs;
+        const PER: usize = 64;
+        let (qp, dp, gp) = (SendPtr(q.as_mut_ptr()), SendPtr(d.as_mut_ptr()), SendPtr(gsum.as_mut_ptr()));
+        candle_core::utils::barrier_pool().execute_chunked(units.div_ceil(PER), |ts| {
+            let (qp, dp, gp) = (&qp, &dp, &gp);
+            for u in ts.start * PER..units.min(ts.end * PER) {
+                // SAFETY: super-block u's quants, scale and group sums are written by this task alone.
+                let (qs, ds, gs) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qp.0.add(u * QK_K), QK_K),
+                        std::slice::from_raw_parts_mut(dp.0.add(u), 1),
+                        std::slice::from_raw_parts_mut(gp.0.add(u * GROUPS), GROUPS),
+                    )
+                };
+                one(((&x[u * QK_K..(u + 1) * QK_K], qs), (ds, gs)));
+            }
+        });
         Ok(Self { q, d, gsum })
     }
 }

@@ -192,7 +192,6 @@ impl PackedQ8 {
     /// arithmetic as candle's scalar loop, so the same bits; a block with a non-finite value
     /// takes candle's loop) or candle's own.
     pub fn activations_at(level: SimdLevel, x: &[f32], rows: usize, k: usize) -> Result<Self> {
-        use rayon::prelude::*;
         ensure!(k % BLOCK == 0, "Q8_0 activations: width {k} is not a whole number of {BLOCK}-value blocks");
         ensure!(x.len() == rows * k, "Q8_0 activations: {} values, not {rows} x {k}", x.len());
         ensure!(level <= crate::base::cpu::detected(), "Q8_0 activations: level {level} is above this CPU's");
@@ -220,7 +219,23 @@ impl PackedQ8 {
         };
         let (rq, rs) = (nbp * BLOCK, nbp);
         if rows >= 8 {
-            quants.par_chunks_mut(rq).zip(scales.par_chunks_mut(rs)).zip(corr.par_chunks_mut(rs)).enumerate().for_each(one);
+            // On candle's worker pool, as the kernel (a second pool, rayon, would compete with its
+            // spinning workers for the cores).
+            let (qp, sp, cp) = (SendPtr(quants.as_mut_ptr()), SendPtr(scales.as_mut_ptr()), SendPtr(corr.as_mut_ptr()));
+            candle_core::utils::barrier_pool().execute_chunked(rows, |ts| {
+                let (qp, sp, cp) = (&qp, &sp, &cp);
+                for r in ts {
+                    // SAFETY: row r of each output is written by this task alone.
+                    let parts = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(qp.0.add(r * rq), rq),
+                            std::slice::from_raw_parts_mut(sp.0.add(r * rs), rs),
+                            std::slice::from_raw_parts_mut(cp.0.add(r * rs), rs),
+                        )
+                    };
+                    one((r, ((parts.0, parts.1), parts.2)));
+                }
+            });
         } else {
             quants.chunks_mut(rq).zip(scales.chunks_mut(rs)).zip(corr.chunks_mut(rs)).enumerate().for_each(one);
         }
