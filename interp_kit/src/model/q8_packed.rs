@@ -100,14 +100,16 @@ impl PackedQ8 {
         let nbp = nb.div_ceil(4) * 4;
         let mut quants = vec![0x80u8; n * nbp * BLOCK];
         let mut scales_f16 = vec![0u16; n * nbp + GROUP];
-        for r in 0..n {
+        let (qp, sp) = (SendPtr(quants.as_mut_ptr()), SendPtr(scales_f16.as_mut_ptr()));
+        each_row(n, |r| {
+            // SAFETY: row r's quants and scales are written by this task alone.
+            let (dst, sc) = unsafe { (qp.row(r, nbp * BLOCK), sp.row(r, nbp)) };
             let src = &data[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
-            let dst = &mut quants[r * nbp * BLOCK..(r + 1) * nbp * BLOCK];
             for (b, blk) in src.chunks_exact(BLOCK_BYTES).enumerate() {
                 interleave(blk, b, nbp, 0x80, dst);
-                scales_f16[r * nbp + b] = u16::from_le_bytes([blk[0], blk[1]]);
+                sc[b] = u16::from_le_bytes([blk[0], blk[1]]);
             }
-        }
+        });
         let packed = Self { rows: n, k, nbp, quants, q5_nib: Vec::new(), q5_hi: Vec::new(), scales_f16, scales: Vec::new(), corr: Vec::new() };
         // Every quant in -16..=15 (offset: 112..=143): five bits hold them exactly.
         if five_bit && packed.quants.iter().all(|&q| (112..=143).contains(&q)) {
@@ -121,18 +123,22 @@ impl PackedQ8 {
         let (n, nbp) = (self.rows, self.nbp);
         let mut nib = vec![0u8; n * nbp * 16];
         let mut hi = vec![0u32; n * nbp];
-        for r in 0..n {
+        let (np, hp) = (SendPtr(nib.as_mut_ptr()), SendPtr(hi.as_mut_ptr()));
+        each_row(n, |r| {
+            // SAFETY: row r's nibbles and fifth bits are written by this task alone.
+            let (nib, hi) = unsafe { (np.row(r, nbp * 16), hp.row(r, nbp)) };
+            let q = &self.quants[r * nbp * BLOCK..(r + 1) * nbp * BLOCK];
             for b in 0..nbp {
                 let (g0, j) = (b / GROUP * GROUP, b % GROUP);
                 let g = GROUP.min(nbp - g0);
                 for i in 0..BLOCK {
                     let (t, bb) = (i / 4, i % 4);
-                    let u = self.quants[r * nbp * BLOCK + g0 * BLOCK + t * 4 * g + j * 4 + bb] - 112;
-                    nib[r * nbp * 16 + g0 * 16 + (t % 4) * 4 * g + j * 4 + bb] |= (u & 0xf) << (if t < 4 { 0 } else { 4 });
-                    hi[r * nbp + b] |= ((u >> 4) as u32) << (8 * bb + t);
+                    let u = q[g0 * BLOCK + t * 4 * g + j * 4 + bb] - 112;
+                    nib[g0 * 16 + (t % 4) * 4 * g + j * 4 + bb] |= (u & 0xf) << (if t < 4 { 0 } else { 4 });
+                    hi[b] |= ((u >> 4) as u32) << (8 * bb + t);
                 }
             }
-        }
+        });
         Self { quants: Vec::new(), q5_nib: nib, q5_hi: hi, ..self }
     }
 
@@ -329,6 +335,11 @@ impl candle_core::CustomOp1 for PackedMatMul<'_> {
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         super::qgemm::cpu_fwd_xwt("q8_0 packed matmul", s, l, self.0.rows, self.0.k, |x, m, y| matmul(x, m, self.0, y))
     }
+}
+
+/// `f(r)` for every row `r < n`, on candle's worker pool (the one-time repacks of a weight).
+fn each_row(n: usize, f: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |ts| ts.for_each(&f));
 }
 
 /// Block `b` of a row (raw 34 bytes) into the row's interleaved quants, xor `flip`.

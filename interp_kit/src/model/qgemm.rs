@@ -117,6 +117,17 @@ pub(super) struct SendPtr<T>(pub(super) *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// Row `r` (`len` values) of the buffer.
+    ///
+    /// # Safety
+    /// The row lies in the buffer, and no other live slice overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn row(&self, r: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(r * len), len)
+    }
+}
+
 fn scale(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
