@@ -5,22 +5,8 @@ use crate::model::{KvCache, LogitsAt, Model};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
+use crate::base::vmath::exp_affine;
 use wide::f32x8;
-
-/// `exp(x[i] * scale + shift)` into `out`, eight lanes at a time (`wide`'s polynomial `exp`).
-fn exp_affine(x: &[f32], scale: f32, shift: f32, out: &mut Vec<f32>) {
-    out.resize(x.len(), 0.0);
-    let (s8, b8) = (f32x8::splat(scale), f32x8::splat(shift));
-    let mut chunks = x.chunks_exact(8);
-    let mut outs = out.chunks_exact_mut(8);
-    for (c, o) in (&mut chunks).zip(&mut outs) {
-        let v = f32x8::from(<[f32; 8]>::try_from(c).expect("8 lanes"));
-        o.copy_from_slice(&v.mul_add(s8, b8).exp().to_array());
-    }
-    for (o, &v) in outs.into_remainder().iter_mut().zip(chunks.remainder()) {
-        *o = v.mul_add(scale, shift).exp();
-    }
-}
 
 /// Sum in f64 of f32 values, in f32x8 partial sums of 1024 values each (accurate to ~1e-7 relative
 /// for positive values, several times faster than a scalar f64 loop).

@@ -1,5 +1,5 @@
-//! The bottom layer: atomic file IO, the checked GGUF reader, the seeded RNG, device choice, CPU kernel levels, malloc
-//! tuning and the kit's paths (cache directory, embedded model). It imports nothing from the rest of the kit.
+//! The bottom layer: atomic file IO, the checked GGUF reader, the seeded RNG, device choice, CPU kernel levels, vectorized
+//! elementwise math, malloc tuning and the kit's paths (cache directory, embedded model). It imports nothing from the rest of the kit.
 pub mod cpu;
 pub mod device;
 pub mod fault;
@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod io;
 pub mod malloc;
 pub mod rng;
+pub mod vmath;
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;

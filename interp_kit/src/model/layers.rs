@@ -743,6 +743,11 @@ impl Attention {
             let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
             return self.o.forward_ctx(&y, ctx);
         }
+        if !g && self.softcap.is_none() && !ctx.wants_attention() && fused::applies(&[&q, &k, &v]) {
+            // Inference on host f32: the same math on the worker pool, no `[B, H, T, S]` tensors.
+            let y = fused::attention_infer(&q, &k, &v, &ctx.mask(self.sliding_window)?, self.scale)?;
+            return self.o.forward_ctx(&y, ctx);
+        }
         let s = k.dim(2)?;
         let grouped = q.reshape((b, kv_h, rep * t, hd))?;
         let mut att = (grouped.matmul(&k.t()?)? * self.scale)?.reshape((b, self.n_heads, t, s))?;
@@ -813,7 +818,7 @@ impl Mlp {
         let h = match &self.gate {
             Some(g) => {
                 let g = g.forward_ctx(x, ctx)?;
-                if ctx.grad && self.act == Act::Silu && fused::swiglu_applies(&g, &up) {
+                if self.act == Act::Silu && fused::swiglu_applies(&g, &up) {
                     fused::swiglu(&g, &up)?
                 } else {
                     (self.act.apply(&g)? * up)?

@@ -1,0 +1,181 @@
+//! Vectorized elementwise math on f32 slices: `exp` (through `wide`'s polynomial, eight lanes at a
+//! time), the softmax of a row, and SiLU-gated products with their backward. Used by the fused
+//! model ops (attention softmax, SwiGLU) and by generation's per-step softmax.
+//!
+//! `wide::f32x8::exp` is a degree-7 polynomial after a two-constant `ln 2` range reduction: within
+//! 2 ulp of the correctly rounded value over the normal range (tested below against f64), `exp(-inf)
+//! = 0`, `exp(inf) = inf`, NaN stays NaN, results below the normal range are flushed by the same
+//! rules as libm's (subnormals kept). libm's scalar `expf` takes a slow path for every underflowing
+//! argument; a masked attention score is one.
+use wide::f32x8;
+
+#[inline(always)]
+fn load(c: &[f32]) -> f32x8 {
+    f32x8::from(<[f32; 8]>::try_from(c).expect("8 lanes"))
+}
+
+/// `out[i] = exp(x[i] * scale + shift)`.
+pub fn exp_affine(x: &[f32], scale: f32, shift: f32, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    let (s8, b8) = (f32x8::splat(scale), f32x8::splat(shift));
+    let mut chunks = x.chunks_exact(8);
+    let mut outs = out.chunks_exact_mut(8);
+    for (c, o) in (&mut chunks).zip(&mut outs) {
+        o.copy_from_slice(&load(c).mul_add(s8, b8).exp().to_array());
+    }
+    for (o, &v) in outs.into_remainder().iter_mut().zip(chunks.remainder()) {
+        *o = (f32x8::splat(v.mul_add(scale, shift)).exp()).to_array()[0];
+    }
+}
+
+/// `x[i] = exp(x[i] - shift)` in place; returns the sum of the results (f32, eight partial sums).
+pub fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
+    let s8 = f32x8::splat(shift);
+    let mut acc = f32x8::ZERO;
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let e = (load(c) - s8).exp();
+        acc += e;
+        c.copy_from_slice(&e.to_array());
+    }
+    let mut tail = 0f32;
+    for v in chunks.into_remainder() {
+        *v = (f32x8::splat(*v - shift).exp()).to_array()[0];
+        tail += *v;
+    }
+    acc.reduce_add() + tail
+}
+
+/// Softmax of one row in place: `exp(x - max) / sum`. A row of `-inf` only gives NaN, as
+/// `candle_nn::ops::softmax_last_dim` does.
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv = 1.0 / exp_sub_sum(x, max);
+    let i8 = f32x8::splat(inv);
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        c.copy_from_slice(&(load(c) * i8).to_array());
+    }
+    for v in chunks.into_remainder() {
+        *v *= inv;
+    }
+}
+
+/// `silu(g) * u = g / (1 + e^-g) * u` into `out` (equal lengths).
+pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    assert!(g.len() == u.len() && g.len() == out.len(), "silu_mul: lengths {} / {} / {}", g.len(), u.len(), out.len());
+    let one = f32x8::ONE;
+    let (mut gc, mut uc, mut oc) = (g.chunks_exact(8), u.chunks_exact(8), out.chunks_exact_mut(8));
+    for ((g, u), o) in (&mut gc).zip(&mut uc).zip(&mut oc) {
+        let g = load(g);
+        o.copy_from_slice(&(g / (one + (-g).exp()) * load(u)).to_array());
+    }
+    for ((g, u), o) in gc.remainder().iter().zip(uc.remainder()).zip(oc.into_remainder()) {
+        let e = f32x8::splat(-*g).exp().to_array()[0];
+        *o = g / (1.0 + e) * u;
+    }
+}
+
+/// The backward of [`silu_mul`] for the upstream gradient `d`: `dg = d u (σ (1 - silu) + silu)`,
+/// `du = d silu(g)`, with `σ = 1 / (1 + e^-g)` and one exponential per element.
+pub fn silu_mul_backward(g: &[f32], u: &[f32], d: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    let n = g.len();
+    assert!(u.len() == n && d.len() == n && dg.len() == n && du.len() == n, "silu_mul_backward: unequal lengths");
+    let one = f32x8::ONE;
+    let step = |g: f32x8, u: f32x8, d: f32x8| -> (f32x8, f32x8) {
+        let e = (-g).exp();
+        let sig = one / (one + e);
+        let silu = g / (one + e);
+        (d * u * (sig * (one - silu) + silu), d * silu)
+    };
+    let full = n - n % 8;
+    for i in (0..full).step_by(8) {
+        let (a, b) = step(load(&g[i..i + 8]), load(&u[i..i + 8]), load(&d[i..i + 8]));
+        dg[i..i + 8].copy_from_slice(&a.to_array());
+        du[i..i + 8].copy_from_slice(&b.to_array());
+    }
+    for i in full..n {
+        let (a, b) = step(f32x8::splat(g[i]), f32x8::splat(u[i]), f32x8::splat(d[i]));
+        dg[i] = a.to_array()[0];
+        du[i] = b.to_array()[0];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distance in units in the last place between two finite f32 of one sign.
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_f64_and_keeps_the_special_values() {
+        let xs: Vec<f32> = (0..200_001).map(|i| -87.0 + 175.0 * i as f32 / 200_000.0).chain([0.0, -0.0, 1e-30, -1e-30]).collect();
+        let mut out = vec![];
+        exp_affine(&xs, 1.0, 0.0, &mut out);
+        let worst = xs.iter().zip(&out).map(|(&x, &e)| ulps(e, (x as f64).exp() as f32)).max().unwrap();
+        assert!(worst <= 2, "worst error {worst} ulp");
+        exp_affine(&[f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -200.0, 200.0, f32::MIN / 2.0], 1.0, 0.0, &mut out);
+        assert_eq!(&out[..2], &[0.0, f32::INFINITY]);
+        assert!(out[2].is_nan());
+        assert_eq!(&out[3..], &[0.0, f32::INFINITY, 0.0]);
+        // The scalar tail (lengths off the lane count) matches the lanes.
+        let odd: Vec<f32> = xs[..13].to_vec();
+        let mut a = odd.clone();
+        let sum = exp_sub_sum(&mut a, 0.5);
+        for (i, &x) in odd.iter().enumerate() {
+            assert!(ulps(a[i], ((x - 0.5) as f64).exp() as f32) <= 2, "value {i}");
+        }
+        let s64: f64 = odd.iter().map(|&x| ((x - 0.5) as f64).exp()).sum();
+        assert!(((sum as f64 - s64) / s64).abs() < 1e-6, "{sum} vs {s64}");
+    }
+
+    #[test]
+    fn softmax_matches_f64_and_candle_on_masked_rows() {
+        let neg = f32::MIN / 2.0;
+        for n in [1usize, 7, 8, 37, 300] {
+            let row: Vec<f32> = (0..n).map(|i| if i % 5 == 3 { neg } else { ((i as f32) * 0.731).sin() * 9.0 }).collect();
+            let mut x = row.clone();
+            softmax_in_place(&mut x);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for (i, (&p, &v)) in x.iter().zip(&row).enumerate() {
+                let want = (v as f64 - max).exp() / z;
+                // 2e-6: `v - max` is rounded to f32 first (|v - max| up to 18 here), as in candle.
+                assert!((p as f64 - want).abs() <= 2e-6 * want.max(1e-30) + 1e-30, "n {n}, entry {i}: {p} vs {want}");
+            }
+            let t = candle_core::Tensor::from_vec(row, (1, n), &candle_core::Device::Cpu).unwrap();
+            let c: Vec<f32> = candle_nn::ops::softmax_last_dim(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in x.iter().zip(&c) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-30), "{a} vs candle {b}");
+            }
+        }
+    }
+
+    /// `silu_mul` and its backward against f64 arithmetic and against a central finite difference
+    /// of the f64 function, over -40..40 (both tails of the sigmoid) and lengths off the lanes.
+    #[test]
+    fn silu_mul_and_backward_match_f64() {
+        let n = 1003;
+        let g: Vec<f32> = (0..n).map(|i| -40.0 + 80.0 * i as f32 / (n - 1) as f32).collect();
+        let u: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).cos() * 2.0).collect();
+        let d: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.11).sin()).collect();
+        let f = |g: f64, u: f64| g / (1.0 + (-g).exp()) * u;
+        let mut y = vec![0f32; n];
+        silu_mul(&g, &u, &mut y);
+        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+        silu_mul_backward(&g, &u, &d, &mut dg, &mut du);
+        for i in 0..n {
+            let (gi, ui, di) = (g[i] as f64, u[i] as f64, d[i] as f64);
+            let want = f(gi, ui);
+            assert!((y[i] as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30, "value {i}: {} vs {want}", y[i]);
+            let h = 1e-4 * gi.abs().max(1.0);
+            let dg64 = di * (f(gi + h, ui) - f(gi - h, ui)) / (2.0 * h);
+            assert!((dg[i] as f64 - dg64).abs() <= 1e-5 * (di * ui).abs().max(1e-3), "dL/dg {i}: {} vs {dg64}", dg[i]);
+            let du64 = di * gi / (1.0 + (-gi).exp());
+            assert!((du[i] as f64 - du64).abs() <= 1e-6 * du64.abs() + 1e-30, "dL/du {i}: {} vs {du64}", du[i]);
+        }
+    }
+}
