@@ -13,6 +13,7 @@ use crate::text::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
+use crate::base::vmath;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -110,7 +111,15 @@ impl CustomOp1 for NllOp {
         }
         let range = l.start_offset()..l.start_offset() + n * v;
         let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(nll_rows!(f32, &x[range], v, self.targets)),
+            CpuStorage::F32(x) => {
+                // f32 (every model the kit trains): `vmath`'s exp on the worker pool, as the model's ops.
+                let x = &x[range];
+                CpuStorage::F32(crate::model::fused::par_map(n, |r| {
+                    let (row, t) = (&x[r * v..(r + 1) * v], self.targets[r] as usize);
+                    let max = vmath::max(row);
+                    max + vmath::sum_exp(row, max).ln() - row[t]
+                }))
+            }
             CpuStorage::F64(x) => CpuStorage::F64(nll_rows!(f64, &x[range], v, self.targets)),
             _ => candle_core::bail!("nll: logits must be f32 or f64"),
         };
@@ -123,8 +132,16 @@ impl CustomOp1 for NllOp {
         let range = l.start_offset()..l.start_offset() + n * v;
         let grad = match &*st {
             Storage::Cpu(CpuStorage::F32(x)) => {
-                let g = nll_grad!(f32, &x[range], v, self.targets, grad_res.to_dtype(DType::F32)?.to_vec1()?, res.to_vec1()?);
-                Tensor::from_vec(g, (n, v), arg.device())?
+                let (x, g, nll): (_, Vec<f32>, Vec<f32>) = (&x[range], grad_res.to_dtype(DType::F32)?.to_vec1()?, res.to_vec1()?);
+                let [out] = crate::model::fused::par_rows(n, v, |r0, [out]| {
+                    for (i, o) in out.chunks_exact_mut(v).enumerate() {
+                        let r = r0 + i;
+                        let (row, t) = (&x[r * v..(r + 1) * v], self.targets[r] as usize);
+                        vmath::exp_sub_scale(row, nll[r] + row[t], g[r], o);
+                        o[t] -= g[r];
+                    }
+                });
+                Tensor::from_vec(out, (n, v), arg.device())?
             }
             Storage::Cpu(CpuStorage::F64(x)) => {
                 let g = nll_grad!(f64, &x[range], v, self.targets, grad_res.to_dtype(DType::F64)?.to_vec1()?, res.to_vec1()?);
@@ -139,7 +156,8 @@ impl CustomOp1 for NllOp {
 /// How [`Model::nll_of`] computes the per-token NLL of logits on a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NllPath {
-    /// [`NllOp`]: fused rows over host memory (rayon), forward and backward.
+    /// [`NllOp`]: fused rows over host memory (f32: `vmath` on the worker pool; f64: rayon),
+    /// forward and backward.
     FusedCpu,
     /// candle's `log_softmax` + `gather` on the logits' own device (differentiable there); the
     /// logits are never copied to the host.

@@ -46,10 +46,46 @@ pub fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
     acc.reduce_add() + tail
 }
 
+/// The largest value (`-inf` for an empty slice); NaNs are ignored, as `f32::max` does.
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = f32x8::splat(f32::NEG_INFINITY);
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        acc = acc.fast_max(load(c));
+    }
+    let lanes = acc.to_array().into_iter().chain(chunks.remainder().iter().copied());
+    lanes.fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `sum exp(x[i] - shift)` (f32, eight partial sums); `x` is not changed.
+pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
+    let s8 = f32x8::splat(shift);
+    let mut acc = f32x8::ZERO;
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        acc += (load(c) - s8).exp();
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| f32x8::splat(v - shift).exp().to_array()[0]).sum();
+    acc.reduce_add() + tail
+}
+
+/// `out[i] = exp(x[i] - shift) * scale` (equal lengths).
+pub fn exp_sub_scale(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "exp_sub_scale: lengths");
+    let (s8, k8) = (f32x8::splat(shift), f32x8::splat(scale));
+    let (mut xc, mut oc) = (x.chunks_exact(8), out.chunks_exact_mut(8));
+    for (c, o) in (&mut xc).zip(&mut oc) {
+        o.copy_from_slice(&((load(c) - s8).exp() * k8).to_array());
+    }
+    for (o, &v) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+        *o = f32x8::splat(v - shift).exp().to_array()[0] * scale;
+    }
+}
+
 /// Softmax of one row in place: `exp(x - max) / sum`. A row of `-inf` only gives NaN, as
 /// `candle_nn::ops::softmax_last_dim` does.
 pub fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max(x);
     let inv = 1.0 / exp_sub_sum(x, max);
     let i8 = f32x8::splat(inv);
     let mut chunks = x.chunks_exact_mut(8);
@@ -130,6 +166,23 @@ mod tests {
         }
         let s64: f64 = odd.iter().map(|&x| ((x - 0.5) as f64).exp()).sum();
         assert!(((sum as f64 - s64) / s64).abs() < 1e-6, "{sum} vs {s64}");
+    }
+
+    #[test]
+    fn sum_exp_and_exp_sub_scale_match_f64() {
+        for n in [3usize, 8, 1001] {
+            let x: Vec<f32> = (0..n).map(|i| ((i as f32) * 1.37).sin() * 20.0).collect();
+            let want: f64 = x.iter().map(|&v| ((v - 4.0) as f64).exp()).sum();
+            let got = sum_exp(&x, 4.0) as f64;
+            assert_eq!(max(&x), x.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            assert!(((got - want) / want).abs() < 2e-6, "n {n}: {got} vs {want}");
+            let mut out = vec![0f32; n];
+            exp_sub_scale(&x, 4.0, -0.25, &mut out);
+            for (i, (&o, &v)) in out.iter().zip(&x).enumerate() {
+                let w = -0.25 * ((v - 4.0) as f64).exp();
+                assert!((o as f64 - w).abs() <= 1e-6 * w.abs(), "n {n}, {i}: {o} vs {w}");
+            }
+        }
     }
 
     #[test]
