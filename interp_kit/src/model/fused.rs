@@ -68,6 +68,21 @@ pub(crate) fn par_rows<const K: usize>(rows: usize, width: usize, f: impl Fn(usi
     outs
 }
 
+/// `[f(0), .., f(n - 1)]` on candle's worker pool, one item per task (for items that each cost
+/// a long pass, e.g. a row of logits).
+pub(crate) fn par_map(n: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    let p = SendPtr(out.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(n, |items| {
+        let p = &p;
+        for i in items {
+            // SAFETY: item i < n is written by this task alone.
+            unsafe { *p.0.add(i) = f(i) };
+        }
+    });
+    out
+}
+
 /// [`par_rows`] with rows of one element.
 pub(crate) fn par_fill<const K: usize>(n: usize, f: impl Fn(usize, [&mut [f32]; K]) + Sync) -> [Vec<f32>; K] {
     par_rows(n, 1, f)
@@ -374,16 +389,68 @@ pub fn attention_infer(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale:
     Ok(host(out, (b, t, h * d))?)
 }
 
-impl AttentionOp {
-    /// `(p, q grouped)`: the probabilities `[B, H_kv, rep T, S]` and `q` as `[B, H_kv, rep T, d]`.
-    fn probs(&self, q: &Tensor, k: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let (b, h, t, d) = q.dims4()?;
-        let (_, kvh, s, _) = k.dims4()?;
-        let qg = q.reshape((b, kvh, (h / kvh) * t, d))?;
-        let att = (qg.matmul(&k.t()?)? * self.scale)?.reshape((b, h, t, s))?.broadcast_add(&self.mask)?;
-        let p = candle_nn::ops::softmax_last_dim(&att)?;
-        Ok((p.reshape((b, kvh, (h / kvh) * t, s))?, qg))
+/// Blocks of output columns per product in [`xwt_pooled`] / [`xw_pooled`]: about eight, of at
+/// least 64 columns, a multiple of 16.
+fn column_blocks(cols: usize) -> usize {
+    (cols.div_ceil(8).div_ceil(16) * 16).max(64)
+}
+
+/// `y = x Wᵀ` (`x` `[m, k]`, `W` `[n, k]` row-major) on candle's worker pool: one task per block
+/// of W's rows, each a single-threaded `gemm` call. candle's own matmul runs the `gemm` crate on
+/// rayon, where each thread packs the weight panels it reads, so both threads pack the same
+/// panels of `W` (the forward's weight is the packed operand: its rows are not contiguous along
+/// the output); split by weight rows, each panel is packed once, and no rayon thread competes
+/// with the pool's workers.
+pub(crate) fn xwt_pooled(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    assert!(x.len() == m * k && w.len() == n * k, "xwt_pooled: x {} / W {} values for m {m}, n {n}, k {k}", x.len(), w.len());
+    let mut y = vec![0f32; m * n];
+    if m * n * k == 0 {
+        return y;
     }
+    let nb = column_blocks(n);
+    let yp = SendPtr(y.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(nb), |blocks| {
+        let yp = &yp;
+        for blk in blocks {
+            let (c0, c1) = (blk * nb, n.min((blk + 1) * nb));
+            // SAFETY: columns c0..c1 of `y` belong to this task; strides stay in the slices.
+            unsafe {
+                gemm::gemm(
+                    m, c1 - c0, k, yp.0.add(c0), 1, n as isize, false,
+                    x.as_ptr(), 1, k as isize, w.as_ptr().add(c0 * k), k as isize, 1,
+                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+    y
+}
+
+/// `dx = g W` (`g` `[m, n]`, `W` `[n, k]` row-major) on candle's worker pool: one task per block
+/// of W's columns (each reads all of `g`, so keep this to moderate `n`).
+pub(crate) fn xw_pooled(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    assert!(g.len() == m * n && w.len() == n * k, "xw_pooled: g {} / W {} values for m {m}, n {n}, k {k}", g.len(), w.len());
+    let mut dx = vec![0f32; m * k];
+    if m * n * k == 0 {
+        return dx;
+    }
+    let kb = column_blocks(k);
+    let dp = SendPtr(dx.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(k.div_ceil(kb), |blocks| {
+        let dp = &dp;
+        for blk in blocks {
+            let (c0, c1) = (blk * kb, k.min((blk + 1) * kb));
+            // SAFETY: columns c0..c1 of `dx` belong to this task; strides stay in the slices.
+            unsafe {
+                gemm::gemm(
+                    m, c1 - c0, n, dp.0.add(c0), 1, k as isize, false,
+                    g.as_ptr(), 1, n as isize, w.as_ptr().add(c0), 1, k as isize,
+                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+    dx
 }
 
 impl CustomOp3 for AttentionOp {
@@ -417,32 +484,100 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v) = (q.detach(), k.detach(), v.detach());
         let (b, h, t, d) = q.dims4()?;
         let (_, kvh, s, _) = k.dims4()?;
-        let (p, qg) = self.probs(&q, &k)?;
-        let dyg = dy.detach().reshape((b, kvh, (h / kvh) * t, d))?;
-        let dv = p.t()?.matmul(&dyg)?;
-        let dp = dyg.matmul(&v.t()?)?.contiguous()?;
-        let ds = with_f32(&p, |p| {
-            with_f32(&dp, |dp| {
-                let [ds] = par_rows(p.len() / s, s, |r0, [out]| {
-                    for (i, o) in out.chunks_exact_mut(s).enumerate() {
-                        let (pr, dr) = (&p[(r0 + i) * s..(r0 + i + 1) * s], &dp[(r0 + i) * s..(r0 + i + 1) * s]);
-                        let dot: f32 = pr.iter().zip(dr).map(|(p, d)| p * d).sum();
-                        for ((o, &p), &d) in o.iter_mut().zip(pr).zip(dr) {
-                            *o = p * (d - dot);
-                        }
-                    }
-                });
-                Ok(ds)
+        let (mut dq, mut dk, mut dv) = (vec![0f32; b * h * t * d], vec![0f32; b * kvh * s * d], vec![0f32; b * kvh * s * d]);
+        with_f32(q, |q| {
+            with_f32(k, |k| {
+                with_f32(v, |v| {
+                    with_f32(dy, |dy| {
+                        with_f32(&self.mask, |m| {
+                            let io = AttentionGrads { q, k, v, mask: m, dy, dq: &mut dq, dk: &mut dk, dv: &mut dv };
+                            attention_backward_rows(io, (b, h, kvh, t, s, d), self.scale as f32);
+                            Ok(())
+                        })
+                    })
+                })
             })
         })?;
-        let ds = host(ds, p.shape().clone())?;
-        let dq = (ds.matmul(&k)? * self.scale)?.reshape((b, h, t, d))?;
-        let dk = (ds.t()?.matmul(&qg)? * self.scale)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        Ok((Some(host(dq, (b, h, t, d))?), Some(host(dk, (b, kvh, s, d))?), Some(host(dv, (b, kvh, s, d))?)))
     }
+}
+
+/// The inputs and gradient outputs of [`attention_backward_rows`] (host f32, contiguous).
+struct AttentionGrads<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: &'a [f32],
+    dy: &'a [f32],
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+}
+
+thread_local! {
+    static GRAD_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The backward of [`attention_rows`] on candle's worker pool, one task per batch row and kv
+/// head (its query heads one after the other, so that no two tasks add into one `dk` / `dv`).
+/// Per query head, with `single-threaded gemm` products: the probabilities `P` again (scores,
+/// mask, softmax as the forward), `dV += Pᵀ dY`, `dP = dY Vᵀ`, `dS = P ∘ (dP - rowsum(P ∘ dP))`,
+/// `dQ = scale dS K`, `dK += scale dSᵀ Q`. A masked key has `P = 0` exactly, so its `dK` and `dV`
+/// stay exactly 0.
+fn attention_backward_rows(io: AttentionGrads, (b, h, kvh, t, s, d): (usize, usize, usize, usize, usize, usize), scale: f32) {
+    let AttentionGrads { q, k, v, mask, dy, dq, dk, dv } = io;
+    assert!(
+        kvh > 0 && h % kvh == 0 && q.len() == b * h * t * d && dy.len() == q.len() && dq.len() == q.len()
+            && k.len() == b * kvh * s * d && [v.len(), dk.len(), dv.len()].iter().all(|&n| n == k.len()) && mask.len() == b * t * s,
+        "attention backward: buffer sizes do not match [b {b}, h {h}, kv {kvh}, t {t}, s {s}, d {d}]"
+    );
+    let rep = h / kvh;
+    let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    candle_core::utils::barrier_pool().execute_chunked(b * kvh, |tasks| {
+        let (dqp, dkp, dvp) = (&dqp, &dkp, &dvp);
+        GRAD_SCRATCH.with_borrow_mut(|(p, dp)| {
+            p.resize(t * s, 0.0);
+            dp.resize(t * s, 0.0);
+            for task in tasks {
+                let bi = task / kvh;
+                let kv0 = task * s * d;
+                let (kp, vp) = (k[kv0..].as_ptr(), v[kv0..].as_ptr());
+                for hi in (task % kvh) * rep..(task % kvh + 1) * rep {
+                    let q0 = (bi * h + hi) * t * d;
+                    let (qp, dyp) = (q[q0..].as_ptr(), dy[q0..].as_ptr());
+                    // SAFETY: all strides stay inside the slices checked above; this task alone
+                    // writes head hi of `dq` and kv head `task` of `dk` and `dv`.
+                    unsafe {
+                        use gemm::{gemm, Parallelism::None as One};
+                        // P [t, s] = softmax(scale Q Kᵀ + mask)
+                        gemm(t, s, d, p.as_mut_ptr(), 1, s as isize, false, qp, 1, d as isize, kp, d as isize, 1, 0.0, scale, false, false, false, One);
+                        for (i, row) in p.chunks_exact_mut(s).enumerate() {
+                            for (x, &m) in row.iter_mut().zip(&mask[(bi * t + i) * s..(bi * t + i + 1) * s]) {
+                                *x += m;
+                            }
+                            vmath::softmax_in_place(row);
+                        }
+                        // dV [s, d] += Pᵀ dY
+                        gemm(s, d, t, dvp.0.add(kv0), 1, d as isize, true, p.as_ptr(), s as isize, 1, dyp, 1, d as isize, 1.0, 1.0, false, false, false, One);
+                        // dP [t, s] = dY Vᵀ
+                        gemm(t, s, d, dp.as_mut_ptr(), 1, s as isize, false, dyp, 1, d as isize, vp, d as isize, 1, 0.0, 1.0, false, false, false, One);
+                        for (pr, dr) in p.chunks_exact(s).zip(dp.chunks_exact_mut(s)) {
+                            let dot: f32 = pr.iter().zip(dr.iter()).map(|(p, d)| p * d).sum();
+                            for (o, &p) in dr.iter_mut().zip(pr) {
+                                *o = p * (*o - dot);
+                            }
+                        }
+                        // dQ [t, d] = scale dS K
+                        gemm(t, d, s, dqp.0.add(q0), 1, d as isize, false, dp.as_ptr(), 1, s as isize, kp, 1, d as isize, 0.0, scale, false, false, false, One);
+                        // dK [s, d] += scale dSᵀ Q
+                        gemm(s, d, t, dkp.0.add(kv0), 1, d as isize, true, dp.as_ptr(), s as isize, 1, qp, 1, d as isize, 1.0, scale, false, false, false, One);
+                    }
+                }
+            }
+        })
+    });
 }
 
 /// Attention of `q` `[B, H, T, d]` over `k`, `v` `[B, H_kv, S, d]` (`H` a multiple of `H_kv`)
@@ -693,6 +828,27 @@ mod tests {
         assert_eq!(fused.dims(), &[b, t, h * d]);
         assert_close(&[vals(&fused)], &[vals(&composed)], &["value"], 1e-5);
         assert!(attention_infer(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask.narrow(2, 0, t - 1).unwrap(), scale).is_err());
+    }
+
+    /// The pooled products against candle's matmul, on shapes off the column blocks and the
+    /// kernel's tiles, one of them empty.
+    #[test]
+    fn pooled_products_equal_candle_matmul() {
+        let mut rng = Rng::new(31);
+        for (m, n, k) in [(1usize, 1usize, 1usize), (3, 130, 70), (100, 896, 64), (7, 1000, 33), (0, 5, 4)] {
+            let x = randn(&mut rng, &[m, k], 1.0);
+            let w = randn(&mut rng, &[n, k], 1.0);
+            let g = randn(&mut rng, &[m, n], 1.0);
+            let want = vals(&x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap());
+            let got = xwt_pooled(&vals(x.as_tensor()), m, &vals(w.as_tensor()), n, k);
+            let want_dx = vals(&g.as_tensor().matmul(w.as_tensor()).unwrap());
+            let got_dx = xw_pooled(&vals(g.as_tensor()), m, &vals(w.as_tensor()), n, k);
+            if m == 0 {
+                assert!(got.is_empty() && got_dx.is_empty());
+                continue;
+            }
+            assert_close(&[got, got_dx], &[want, want_dx], &["x Wᵀ", "g W"], 2e-6);
+        }
     }
 
     /// The fused SwiGLU equals candle's composed `silu(g) * u` in value and in both gradients on

@@ -72,9 +72,14 @@ impl CustomOp1 for FrozenLinearOp {
         let lhs = Layout::contiguous_with_offset((m, k), l.start_offset());
         let (ws, wl) = self.w.storage_and_layout();
         let Storage::Cpu(ws) = &*ws else { candle_core::bail!("frozen-linear: device mismatch") };
-        let y = s.matmul(ws, (1, m, n, k), &lhs, &wl.transpose(0, 1)?)?;
         let mut out = dims.to_vec();
         *out.last_mut().expect("checked above") = n;
+        if let (CpuStorage::F32(xv), CpuStorage::F32(wv), Some((w0, w1))) = (s, ws, wl.contiguous_offsets()) {
+            // f32 (the gradient path's default): on the worker pool, each weight panel packed once.
+            let x = &xv[l.start_offset()..l.start_offset() + m * k];
+            return Ok((CpuStorage::F32(fused::xwt_pooled(x, m, &wv[w0..w1], n, k)), Shape::from(out)));
+        }
+        let y = s.matmul(ws, (1, m, n, k), &lhs, &wl.transpose(0, 1)?)?;
         Ok((y, Shape::from(out)))
     }
     fn cuda_fwd(
@@ -92,13 +97,37 @@ impl CustomOp1 for FrozenLinearOp {
         // dL/dx = dL/dy W (one gemm over all leading dims); no gradient for W.
         let dims = grad_res.dims();
         let (n, k) = self.w.dims2()?;
-        let g = grad_res.reshape((grad_res.elem_count() / n.max(1), n))?.matmul(&self.w)?;
+        let m = grad_res.elem_count() / n.max(1);
+        let g = match pooled_dx(grad_res, &self.w, m, n, k)? {
+            Some(dx) => Tensor::from_vec(dx, (m, k), grad_res.device())?,
+            None => grad_res.reshape((m, n))?.matmul(&self.w)?,
+        };
         let mut out = dims.to_vec();
         if let Some(last) = out.last_mut() {
             *last = k;
         }
         g.reshape(out).map(Some)
     }
+}
+
+/// Longest depth (`W`'s out-dim) for which the backward `g W` runs on the worker pool; each task
+/// reads all of `g`, which for the output head (152k columns) is better left to candle's blocking.
+const POOLED_DX_MAX_DEPTH: usize = 16_384;
+
+/// `g W` by [`fused::xw_pooled`] for host f32 `g` and `W` of moderate depth; `None` otherwise.
+fn pooled_dx(grad: &Tensor, w: &Tensor, m: usize, n: usize, k: usize) -> candle_core::Result<Option<Vec<f32>>> {
+    if n > POOLED_DX_MAX_DEPTH || !grad.device().is_cpu() || grad.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let g = grad.contiguous()?;
+    let (gs, gl) = g.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    Ok(match (&*gs, &*ws, gl.contiguous_offsets(), wl.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(gv)), Storage::Cpu(CpuStorage::F32(wv)), Some((g0, g1)), Some((w0, w1))) => {
+            Some(fused::xw_pooled(&gv[g0..g1], m, &wv[w0..w1], n, k))
+        }
+        _ => None,
+    })
 }
 
 /// `x W^T` with a frozen `W` (differentiable in `x` only).
