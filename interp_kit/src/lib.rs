@@ -5,7 +5,7 @@
 //! generic module imports a study (`scripts/check_layers.py` enforces this in `scripts/test.sh`).
 //!
 //! ```text
-//! base      io (atomic writes, json/csv/parquet), gguf (checked reads), rng, device, malloc, paths
+//! base      io (atomic writes, json/csv/parquet), gguf (checked reads), rng, device, malloc, vmath, paths
 //! tables    DataFrame helpers: serde rows <-> frames, filters, group summaries, pivots, escaping
 //! text      tokenizer, chat templates and named positions, JSONL records
 //! hooks     HookPoint (TransformerLens names), Positions, Phase, Hooks, caches, the Adapter trait
