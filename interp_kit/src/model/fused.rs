@@ -13,7 +13,13 @@
 //! | [`rms_norm`] | `x / sqrt(mean(x²) + eps) * w`: seven ops | [`super::layers::RmsNorm`] |
 //! | [`rope`] | NeoX "rotate half": cat, narrow, neg, two products, a sum | [`super::layers::Rope::apply`] |
 //! | [`attention`] | scores, scale, mask, softmax, GQA value mix (the backward recomputes the probabilities) | [`super::layers::Attention`] |
-//! | [`swiglu`] | `silu(g) * u` | [`super::layers::Mlp`] |
+//! | [`swiglu`] | `silu(g) * u` (also on the inference path) | [`super::layers::Mlp`] |
+//! | [`attention_infer`] | the inference path's attention ops (no backward) | [`super::layers::Attention`] |
+//!
+//! They run on candle's worker pool (the kit's CPU kernels use it too), not on rayon: candle's
+//! pool workers spin for a while after each op, and rayon's threads would compete with them for
+//! the cores. The attention is one task per query block with single-threaded `gemm` products;
+//! the frozen f32 linear's products (`xwt_pooled`, `xw_pooled`) are split the same way.
 //!
 //! Each has an `*_applies` test of its inputs (host f32); elsewhere (f64 models, GPUs, bf16
 //! models) the layers keep candle's composed ops.
