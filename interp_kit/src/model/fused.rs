@@ -319,7 +319,7 @@ pub(crate) fn attention_rows(
         v.len(),
         mask.len()
     );
-    assert!(out.len() >= (b - 1) * at.batch + (h - 1) * at.head + (t - 1) * at.row + d || b * h * t == 0, "attention_rows: output too short");
+    assert!(b * h * t == 0 || out.len() >= (b - 1) * at.batch + (h - 1) * at.head + (t - 1) * at.row + d, "attention_rows: output too short");
     let (rep, blocks) = (h / kvh, t.div_ceil(ATTENTION_ROWS));
     let op = SendPtr(out.as_mut_ptr());
     candle_core::utils::barrier_pool().execute_chunked(b * h * blocks, |tasks| {
@@ -401,6 +401,25 @@ fn column_blocks(cols: usize) -> usize {
     (cols.div_ceil(8).div_ceil(16) * 16).max(64)
 }
 
+/// An `m x cols` row-major output filled on candle's worker pool, one task per block of
+/// [`column_blocks`] columns: `f(out, c0, c1)` writes columns `c0..c1` of every row through `out`
+/// (row stride `cols`).
+fn by_column_blocks(m: usize, cols: usize, f: impl Fn(*mut f32, usize, usize) + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; m * cols];
+    if m * cols == 0 {
+        return y;
+    }
+    let cb = column_blocks(cols);
+    let yp = SendPtr(y.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(cols.div_ceil(cb), |blocks| {
+        let yp = &yp;
+        for blk in blocks {
+            f(yp.0, blk * cb, cols.min((blk + 1) * cb));
+        }
+    });
+    y
+}
+
 /// `y = x Wᵀ` (`x` `[m, k]`, `W` `[n, k]` row-major) on candle's worker pool: one task per block
 /// of W's rows, each a single-threaded `gemm` call. candle's own matmul runs the `gemm` crate on
 /// rayon, where each thread packs the weight panels it reads, so both threads pack the same
@@ -409,54 +428,32 @@ fn column_blocks(cols: usize) -> usize {
 /// with the pool's workers.
 pub(crate) fn xwt_pooled(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
     assert!(x.len() == m * k && w.len() == n * k, "xwt_pooled: x {} / W {} values for m {m}, n {n}, k {k}", x.len(), w.len());
-    let mut y = vec![0f32; m * n];
-    if m * n * k == 0 {
-        return y;
-    }
-    let nb = column_blocks(n);
-    let yp = SendPtr(y.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(nb), |blocks| {
-        let yp = &yp;
-        for blk in blocks {
-            let (c0, c1) = (blk * nb, n.min((blk + 1) * nb));
-            // SAFETY: columns c0..c1 of `y` belong to this task; strides stay in the slices.
-            unsafe {
-                gemm::gemm(
-                    m, c1 - c0, k, yp.0.add(c0), 1, n as isize, false,
-                    x.as_ptr(), 1, k as isize, w.as_ptr().add(c0 * k), k as isize, 1,
-                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                );
-            }
+    by_column_blocks(m, n, |y, c0, c1| {
+        // SAFETY: columns c0..c1 of `y` (m x n) belong to this task; strides stay in the slices.
+        unsafe {
+            gemm::gemm(
+                m, c1 - c0, k, y.add(c0), 1, n as isize, false,
+                x.as_ptr(), 1, k as isize, w.as_ptr().add(c0 * k), k as isize, 1,
+                0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            )
         }
-    });
-    y
+    })
 }
 
 /// `dx = g W` (`g` `[m, n]`, `W` `[n, k]` row-major) on candle's worker pool: one task per block
 /// of W's columns (each reads all of `g`, so keep this to moderate `n`).
 pub(crate) fn xw_pooled(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
     assert!(g.len() == m * n && w.len() == n * k, "xw_pooled: g {} / W {} values for m {m}, n {n}, k {k}", g.len(), w.len());
-    let mut dx = vec![0f32; m * k];
-    if m * n * k == 0 {
-        return dx;
-    }
-    let kb = column_blocks(k);
-    let dp = SendPtr(dx.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(k.div_ceil(kb), |blocks| {
-        let dp = &dp;
-        for blk in blocks {
-            let (c0, c1) = (blk * kb, k.min((blk + 1) * kb));
-            // SAFETY: columns c0..c1 of `dx` belong to this task; strides stay in the slices.
-            unsafe {
-                gemm::gemm(
-                    m, c1 - c0, n, dp.0.add(c0), 1, k as isize, false,
-                    g.as_ptr(), 1, n as isize, w.as_ptr().add(c0), 1, k as isize,
-                    0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                );
-            }
+    by_column_blocks(m, k, |dx, c0, c1| {
+        // SAFETY: columns c0..c1 of `dx` (m x k) belong to this task; strides stay in the slices.
+        unsafe {
+            gemm::gemm(
+                m, c1 - c0, n, dx.add(c0), 1, k as isize, false,
+                g.as_ptr(), 1, n as isize, w.as_ptr().add(c0), 1, k as isize,
+                0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            )
         }
-    });
-    dx
+    })
 }
 
 impl CustomOp3 for AttentionOp {
