@@ -46,7 +46,9 @@ pub fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
     acc.reduce_add() + tail
 }
 
-/// The largest value (`-inf` for an empty slice); NaNs are ignored, as `f32::max` does.
+/// The largest value (`-inf` for an empty slice). Without NaNs it equals the `f32::max` fold; a NaN
+/// lane (`vmaxps` keeps its second operand) may hide that lane's earlier values, so with NaNs the
+/// result is unspecified (the NLL that uses it is then NaN through its sum anyway).
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = f32x8::splat(f32::NEG_INFINITY);
     let mut chunks = x.chunks_exact(8);
