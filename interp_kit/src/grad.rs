@@ -285,11 +285,36 @@ impl Model {
 
     /// `-log softmax(logits(hs))[target]` per row of `hs` (`[k, d]`), on the gradient path.
     fn nll_of(&self, hs: &Tensor, tgt: Vec<u32>) -> Result<Tensor> {
+        if let Some(w) = self.fused_head(hs)? {
+            return crate::model::fused::head_nll(hs, w, tgt);
+        }
         let n = tgt.len();
         let logits = self.logits(hs, true)?;
         let logits = if logits.dtype() == DType::F64 { logits } else { logits.to_dtype(DType::F32)? };
         ensure!(logits.dims2()?.0 == n, "nll: {} logit rows for {n} targets", logits.dims2()?.0);
         nll_rows(&logits, tgt, nll_path(logits.device().location()))
+    }
+
+    /// The output head for [`crate::model::fused::head_nll`] (the head and the NLL in one op, the
+    /// logits never in the graph): host f32 states, a head without bias or final soft-cap, and
+    /// an f32 weight (f32 compute) or one packed for the bf16 kernel (bf16 compute). `None`:
+    /// the composed path.
+    fn fused_head(&self, hs: &Tensor) -> Result<Option<crate::model::fused::HeadWeight>> {
+        use crate::model::bf16::{Bf16Weight, ComputeDtype};
+        use crate::model::fused::HeadWeight;
+        if !crate::model::fused::applies(&[hs]) || self.final_softcap.is_some() || self.lm_head.bias.is_some() {
+            return Ok(None);
+        }
+        Ok(match self.compute_dtype {
+            ComputeDtype::F32 => {
+                let w = self.lm_head.weight.dense()?;
+                (w.device().is_cpu() && w.dtype() == DType::F32).then(|| HeadWeight::F32(w.clone()))
+            }
+            ComputeDtype::Bf16 => {
+                let w = self.lm_head.weight.bf16()?;
+                matches!(*w, Bf16Weight::Packed { .. }).then_some(HeadWeight::Bf16(w))
+            }
+        })
     }
 
     /// Teacher-forced loss over `loss` targets and `dL/dh` at `points` (at `positions`), from one
@@ -488,6 +513,60 @@ mod tests {
             let row = &vals[..v];
             let lse = row.iter().map(|z| z.exp()).sum::<f64>().ln();
             assert!((a[0] - (lse - row[0])).abs() <= tol * a[0].abs().max(1.0), "{dt:?}: {} vs {}", a[0], lse - row[0]);
+        }
+    }
+
+    /// The output head and the NLL as one op (`fused::head_nll`) give the composed path's values
+    /// and `dL/dh` (the head's frozen linear, then [`NllOp`]), in f32 and bf16 compute, with and
+    /// without a graph; a target outside the head is an error that names it. The loss weights are
+    /// powers of two, so that scaling after the product (fused) or before it (composed) rounds
+    /// alike and the tolerance can be tight.
+    #[test]
+    fn fused_head_nll_equals_head_then_nll() {
+        use crate::model::bf16::Bf16Weight;
+        use crate::model::fused::{head_nll, HeadWeight};
+        use crate::model::layers::{bf16_packs, frozen_matmul, frozen_matmul_bf16};
+        let (n, v, d) = (9, 301, 40);
+        let dev = candle_core::Device::Cpu;
+        let mut rng = crate::base::rng::Rng::new(23);
+        let mut normal = |len: usize, sc: f64| Tensor::from_vec((0..len).map(|_| (sc * rng.normal()) as f32).collect::<Vec<_>>(), len, &dev).unwrap();
+        let w = normal(v * d, 0.3).reshape((v, d)).unwrap();
+        let h = normal(n * d, 1.0).reshape((n, d)).unwrap();
+        let tgt: Vec<u32> = vec![0, 300, 5, 5, 150, 17, 299, 1, 64];
+        let weights = Tensor::new(&[1.0f32, -2.0, 0.5, 4.0, 0.25, 1.0, -1.0, 8.0, 0.125], &dev).unwrap();
+        for bf16 in [false, true] {
+            if bf16 && !bf16_packs(DeviceLocation::Cpu, crate::base::cpu::level()) {
+                continue; // the fused op takes only the packed bf16 head
+            }
+            let bw = Arc::new(Bf16Weight::new(&w, true).unwrap());
+            let head = || if bf16 { HeadWeight::Bf16(bw.clone()) } else { HeadWeight::F32(w.clone()) };
+            let run = |fused: bool| {
+                let x = Var::from_tensor(&h).unwrap();
+                let nll = if fused {
+                    head_nll(x.as_tensor(), head(), tgt.clone()).unwrap()
+                } else {
+                    let z = if bf16 { frozen_matmul_bf16(x.as_tensor(), bw.clone()).unwrap() } else { frozen_matmul(x.as_tensor(), &w).unwrap() };
+                    nll_rows(&z, tgt.clone(), NllPath::FusedCpu).unwrap()
+                };
+                let g = (&nll * &weights).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().clone();
+                (nll.to_vec1::<f32>().unwrap(), g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            };
+            let ((a, ga), (b, gb)) = (run(true), run(false));
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "bf16 {bf16} row {i}: fused {x} vs composed {y}");
+            }
+            let gmax = gb.iter().fold(0f32, |m, g| m.max(g.abs()));
+            assert!(gmax > 0.1, "the gradient is not trivial");
+            for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+                assert!((x - y).abs() <= 1e-6 * gmax, "bf16 {bf16} dL/dh {i}: fused {x} vs composed {y}");
+            }
+            // Outside a graph: the same values (no gradient is formed).
+            let plain: Vec<f32> = head_nll(&h, head(), tgt.clone()).unwrap().to_vec1().unwrap();
+            assert_eq!(plain, a, "bf16 {bf16}: values without a graph");
+            let mut bad = tgt.clone();
+            bad[3] = 301;
+            let e = head_nll(&h, head(), bad).unwrap_err().to_string();
+            assert!(e.contains("target id 301") && e.contains("301 rows"), "{e}");
         }
     }
 }

@@ -104,7 +104,8 @@ impl PackedA {
     pub fn new_at(level: SimdLevel, x: &[f32], m: usize, depth: usize) -> Result<Self> {
         ensure!(x.len() == m * depth, "bf16 lhs: {} values for {m} x {depth}", x.len());
         let pairs = depth.div_ceil(2);
-        let mut data = vec![0u32; m * pairs];
+        // Every pair of every row is written below (the kernel's rows, then the scalar tail).
+        let mut data = super::qgemm::uninit_u32(m * pairs);
         let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
         let one = |(r, out): (usize, &mut [u32])| {
             let row = &x[r * depth..(r + 1) * depth];
@@ -427,6 +428,14 @@ mod tests {
             assert_eq!(got.data, want.data, "{level}");
         }
         assert_eq!(want.data[2] >> 16, 0, "1e-40 (index 5: pair 2, high half) flushes to zero");
+        // Every pair is written (the buffer is not zeroed first), the odd depth's pad with zero.
+        for r in 0..3 {
+            for i in 0..39 {
+                let hi = if 2 * i + 1 < 77 { to_bf16(x[r * 77 + 2 * i + 1]) as u32 } else { 0 };
+                let pair = to_bf16(x[r * 77 + 2 * i]) as u32 | (hi << 16);
+                assert_eq!(want.data[r * 39 + i], pair, "row {r} pair {i}");
+            }
+        }
     }
 
     /// The packed product against an f64 product of the bf16-rounded operands (shapes off every
@@ -443,8 +452,10 @@ mod tests {
             let g = normal(m * n, (m + n) as u64, 1.0);
             let portable = gemm_at(SimdLevel::Portable, &PackedA::new_at(SimdLevel::Portable, &x, m, k).unwrap(), &fwd).unwrap();
             for level in crate::base::cpu::level().up_to() {
-                let y = gemm_at(level, &PackedA::new_at(level, &x, m, k).unwrap(), &fwd).unwrap();
-                let dx = gemm_at(level, &PackedA::new_at(level, &g, m, n).unwrap(), &bwd).unwrap();
+                // Into NaN-filled buffers: every output is written (the op hands out unzeroed ones).
+                let (mut y, mut dx) = (vec![f32::NAN; m * n], vec![f32::NAN; m * k]);
+                gemm_into(level, &PackedA::new_at(level, &x, m, k).unwrap(), &fwd, &mut y).unwrap();
+                gemm_into(level, &PackedA::new_at(level, &g, m, n).unwrap(), &bwd, &mut dx).unwrap();
                 // out[i][j] against sum_t lhs(i, t) rhs(t, j) in f64, to `depth` f32 roundings.
                 let check = |what: &str, out: &[f32], cols: usize, depth: usize, lhs: &dyn Fn(usize, usize) -> f32, rhs: &dyn Fn(usize, usize) -> f32| {
                     for i in 0..m {

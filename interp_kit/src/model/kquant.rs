@@ -563,7 +563,7 @@ mod tests {
                 let w = KWeight::new(Kind::of(dtype).unwrap(), n, k, &data).unwrap();
                 let x = normal(m * k, seed + 100, 1.0);
                 let xq = Q8K::quantize(&x, m, k).unwrap();
-                let mut portable = vec![0f32; m * n];
+                let mut portable = vec![f32::NAN; m * n]; // every output is written (unzeroed buffers)
                 matmul_at(SimdLevel::Portable, &x, m, &w, &mut portable).unwrap();
                 for level in crate::base::cpu::level().up_to() {
                     let mut y = vec![f32::NAN; m * n];

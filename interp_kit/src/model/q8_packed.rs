@@ -669,7 +669,7 @@ mod tests {
                 let xq = PackedQ8::activations(&x, m, k).unwrap();
                 let want: Vec<f32> = (0..m * n).map(|i| tile_portable(&xq, i / n, &p, i % n)).collect();
                 for lvl in crate::base::cpu::detected().up_to() {
-                    let mut got = vec![0f32; m * n];
+                    let mut got = vec![f32::NAN; m * n]; // every output is written (unzeroed buffers)
                     matmul_at(lvl, &x, m, &p, &mut got).unwrap();
                     assert_eq!(got, want, "level {lvl}, m={m} n={n} k={k}, extreme {extreme}");
                 }
@@ -775,7 +775,7 @@ mod tests {
                 let xq = PackedQ8::activations(&x, m, k).unwrap();
                 let want: Vec<f32> = (0..m * n).map(|i| tile_portable(&xq, i / n, &five, i % n)).collect();
                 for lvl in crate::base::cpu::detected().up_to() {
-                    let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+                    let (mut a, mut b) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]); // every output is written
                     matmul_at(lvl, &x, m, &five, &mut a).unwrap();
                     matmul_at(lvl, &x, m, &eight, &mut b).unwrap();
                     assert_eq!(a, b, "level {lvl}, m={m} n={n} k={k}");
