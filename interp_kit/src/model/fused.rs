@@ -15,7 +15,7 @@
 //! | [`attention`] | scores, scale, mask, softmax, GQA value mix (the backward recomputes the probabilities) | [`super::layers::Attention`] |
 //! | [`swiglu`] | `silu(g) * u` (also on the inference path) | [`super::layers::Mlp`] |
 //! | [`attention_infer`] | the inference path's attention ops (no backward) | [`super::layers::Attention`] |
-//! | [`head_nll`] | the output head, then the NLL of the targets (the `[n, V]` logits stay inside) | [`crate::grad`]'s loss |
+//! | `head_nll` | the output head, then the NLL of the targets (the `[n, V]` logits stay inside) | [`crate::grad`]'s loss |
 //!
 //! They run on candle's worker pool (the kit's CPU kernels use it too), not on rayon: candle's
 //! pool workers spin for a while after each op, and rayon's threads would compete with them for
