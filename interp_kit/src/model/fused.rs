@@ -350,20 +350,7 @@ pub(crate) fn attention_rows(
                 // SAFETY: every pointer and stride stays inside its slice (checked above); the
                 // task writes rows r0..r1 of head hi of batch row bi of `out`, and no other task does.
                 unsafe {
-                    // scores[rows, keys] = scale * q[rows, d] k[keys, d]ᵀ
-                    gemm::gemm(
-                        rows, keys, d, sc.as_mut_ptr(), 1, keys as isize, false,
-                        qp, 1, d as isize, k[kv0..].as_ptr(), d as isize, 1,
-                        0.0, scale, false, false, false, gemm::Parallelism::None,
-                    );
-                }
-                for (i, row) in sc.chunks_exact_mut(keys).enumerate() {
-                    for (x, &m) in row.iter_mut().zip(mrow(r0 + i)) {
-                        *x += m;
-                    }
-                    vmath::softmax_in_place(row);
-                }
-                unsafe {
+                    probabilities(sc, (rows, keys, d), qp, k[kv0..].as_ptr(), scale, |i| mrow(r0 + i));
                     // out[rows, d] = p[rows, keys] v[keys, d]
                     let dst = op.0.add(bi * at.batch + hi * at.head + r0 * at.row);
                     gemm::gemm(
@@ -375,6 +362,34 @@ pub(crate) fn attention_rows(
             }
         })
     });
+}
+
+/// `p [rows, keys] = softmax(scale q kᵀ + mask)` row by row: `rows` queries at `qp` against the
+/// first `keys` keys at `kp` (both with row stride `d`), the mask of query `i` being `mask(i)`
+/// (its first `keys` entries are used). The attention's forward and its backward (which
+/// recomputes the probabilities) both call this, so they cannot differ.
+///
+/// # Safety
+/// `qp` holds `rows x d` values and `kp` `keys x d`; `p` holds at least `rows x keys`.
+unsafe fn probabilities<'m>(
+    p: &mut [f32],
+    (rows, keys, d): (usize, usize, usize),
+    qp: *const f32,
+    kp: *const f32,
+    scale: f32,
+    mask: impl Fn(usize) -> &'m [f32],
+) {
+    gemm::gemm(
+        rows, keys, d, p.as_mut_ptr(), 1, keys as isize, false,
+        qp, 1, d as isize, kp, d as isize, 1,
+        0.0, scale, false, false, false, gemm::Parallelism::None,
+    );
+    for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
+        for (x, &m) in row.iter_mut().zip(mask(i)) {
+            *x += m;
+        }
+        vmath::softmax_in_place(row);
+    }
 }
 
 /// [`attention_rows`] on tensors (the checks of [`attention`]): `[B, T, H * d]`, the layout the
@@ -555,14 +570,8 @@ fn attention_backward_rows(io: AttentionGrads, (b, h, kvh, t, s, d): (usize, usi
                     // writes head hi of `dq` and kv head `task` of `dk` and `dv`.
                     unsafe {
                         use gemm::{gemm, Parallelism::None as One};
-                        // P [t, s] = softmax(scale Q Kᵀ + mask)
-                        gemm(t, s, d, p.as_mut_ptr(), 1, s as isize, false, qp, 1, d as isize, kp, d as isize, 1, 0.0, scale, false, false, false, One);
-                        for (i, row) in p.chunks_exact_mut(s).enumerate() {
-                            for (x, &m) in row.iter_mut().zip(&mask[(bi * t + i) * s..(bi * t + i + 1) * s]) {
-                                *x += m;
-                            }
-                            vmath::softmax_in_place(row);
-                        }
+                        // P [t, s] = softmax(scale Q Kᵀ + mask), as the forward computed it
+                        probabilities(p, (t, s, d), qp, kp, scale, |i| &mask[(bi * t + i) * s..(bi * t + i + 1) * s]);
                         // dV [s, d] += Pᵀ dY
                         gemm(s, d, t, dvp.0.add(kv0), 1, d as isize, true, p.as_ptr(), s as isize, 1, dyp, 1, d as isize, 1.0, 1.0, false, false, false, One);
                         // dP [t, s] = dY Vᵀ
