@@ -105,7 +105,7 @@ impl PackedA {
         ensure!(x.len() == m * depth, "bf16 lhs: {} values for {m} x {depth}", x.len());
         let pairs = depth.div_ceil(2);
         // Every pair of every row is written below (the kernel's rows, then the scalar tail).
-        let mut data = super::qgemm::uninit_u32(m * pairs);
+        let mut data = super::qgemm::uninit::<u32>(m * pairs);
         let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
         let one = |(r, out): (usize, &mut [u32])| {
             let row = &x[r * depth..(r + 1) * depth];

@@ -64,7 +64,7 @@ pub(crate) fn par_rows<const K: usize>(rows: usize, width: usize, f: impl Fn(usi
     let n = rows * width;
     // Not zeroed first (a `memset` on the calling thread: ~2 % of an int8 prefill, in SwiGLU's
     // output): every caller writes each value of its rows.
-    let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| super::qgemm::uninit_f32(n));
+    let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| super::qgemm::uninit(n));
     let ptrs: [SendPtr<f32>; K] = std::array::from_fn(|i| SendPtr(outs[i].as_mut_ptr()));
     candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(per), |ts| {
         let ps = &ptrs;
@@ -701,7 +701,7 @@ impl HeadNllOp {
                 super::bf16::Bf16Weight::Packed { n: v, fwd, .. } => {
                     let level = crate::base::cpu::level();
                     let a = super::bf16::PackedA::new_at(level, h, n, d).map_err(err)?;
-                    let mut z = super::qgemm::uninit_f32(n * v);
+                    let mut z = super::qgemm::uninit(n * v);
                     super::bf16::gemm_into(level, &a, fwd, &mut z).map_err(err)?;
                     Ok((z, *v))
                 }

@@ -191,9 +191,10 @@ impl Q8K {
         ensure!(k % QK_K == 0, "Q8_K activations: width {k} is not a whole number of {QK_K}-value super-blocks");
         ensure!(x.len() == rows * k, "Q8_K activations: {} values, not {rows} x {k}", x.len());
         let sbs = k / QK_K;
-        let mut q = vec![0i8; rows * k];
-        let mut d = vec![0f32; rows * sbs];
-        let mut gsum = vec![0f32; rows * sbs * GROUPS];
+        // Every super-block's quants, scale and group sums are written below.
+        let mut q = super::qgemm::uninit::<i8>(rows * k);
+        let mut d = super::qgemm::uninit::<f32>(rows * sbs);
+        let mut gsum = super::qgemm::uninit::<f32>(rows * sbs * GROUPS);
         let one = |((xs, qs), (ds, gs)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
             let fin = xs.iter().all(|v| v.is_finite());

@@ -201,10 +201,11 @@ impl PackedQ8 {
         ensure!(k % BLOCK == 0, "Q8_0 activations: width {k} is not a whole number of {BLOCK}-value blocks");
         ensure!(x.len() == rows * k, "Q8_0 activations: {} values, not {rows} x {k}", x.len());
         ensure!(level <= crate::base::cpu::detected(), "Q8_0 activations: level {level} is above this CPU's");
-        let nbp = (k / BLOCK).div_ceil(4) * 4;
-        let mut quants = vec![0u8; rows * nbp * BLOCK];
-        let mut scales = vec![0f32; rows * nbp];
-        let mut corr = vec![0i32; rows * nbp];
+        let (nb, nbp) = (k / BLOCK, (k / BLOCK).div_ceil(4) * 4);
+        // Every block of every row is written below, the padding blocks (nb..nbp) as zeros.
+        let mut quants = super::qgemm::uninit::<u8>(rows * nbp * BLOCK);
+        let mut scales = super::qgemm::uninit::<f32>(rows * nbp);
+        let mut corr = super::qgemm::uninit::<i32>(rows * nbp);
         let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
         let one = |(r, ((q, s), c)): (usize, ((&mut [u8], &mut [f32]), &mut [i32]))| {
             let xr = &x[r * k..(r + 1) * k];
@@ -221,6 +222,10 @@ impl PackedQ8 {
                 interleave(&blk, b, nbp, 0, q);
                 s[b] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                 c[b] = -128 * blk[2..].iter().map(|&v| v as i8 as i32).sum::<i32>();
+            }
+            for b in nb..nbp {
+                interleave(&[0; BLOCK_BYTES], b, nbp, 0, q);
+                (s[b], c[b]) = (0.0, 0);
             }
         };
         let (rq, rs) = (nbp * BLOCK, nbp);
@@ -667,6 +672,13 @@ mod tests {
                 }
                 let p = PackedQ8::from_qtensor(&q8(&w, n, k)).unwrap();
                 let xq = PackedQ8::activations(&x, m, k).unwrap();
+                // The padding blocks (the buffers arrive unzeroed) are zeros: scale, correction, quants.
+                for r in 0..m {
+                    for b in k / BLOCK..xq.nbp {
+                        assert_eq!((xq.scales[r * xq.nbp + b], xq.corr[r * xq.nbp + b]), (0.0, 0), "row {r} pad block {b}");
+                        assert!((0..BLOCK).all(|i| xq.weight_byte(r, b, i) == 0), "row {r} pad block {b} quants");
+                    }
+                }
                 let want: Vec<f32> = (0..m * n).map(|i| tile_portable(&xq, i / n, &p, i % n)).collect();
                 for lvl in crate::base::cpu::detected().up_to() {
                     let mut got = vec![f32::NAN; m * n]; // every output is written (unzeroed buffers)

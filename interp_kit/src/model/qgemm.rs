@@ -318,20 +318,21 @@ impl CustomOp1 for Q8_0MatMul {
     }
 }
 
-/// A buffer of `len` f32 values left as the allocator gives it (as candle's `alloc_uninit`); the
-/// caller writes every value before anything reads it.
-pub(crate) fn uninit_f32(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns and the capacity is `len`; every value is written
-    // before it is read (see the caller).
-    unsafe { v.set_len(len) };
-    v
-}
+/// Plain numbers: every bit pattern is a value (what [`uninit`] may hand out).
+pub(crate) trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for u32 {}
+impl Plain for i32 {}
+impl Plain for u8 {}
+impl Plain for i8 {}
 
-/// [`uninit_f32`] for `u32` values.
-pub(crate) fn uninit_u32(len: usize) -> Vec<u32> {
+/// A buffer of `len` numbers left as the allocator gives it (as candle's `alloc_uninit`): for
+/// outputs whose every value the caller writes before anything reads it, so that no `memset`
+/// runs first (on the calling thread, while the pool's workers wait).
+pub(crate) fn uninit<T: Plain>(len: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
-    // SAFETY: as in `uninit_f32`: any bits are a u32, and every value is written before it is read.
+    // SAFETY: every bit pattern is a `T` (`Plain`) and the capacity is `len`; every value is
+    // written before it is read (the caller's contract).
     unsafe { v.set_len(len) };
     v
 }
@@ -358,7 +359,7 @@ pub(super) fn cpu_fwd_xwt(
     // Every kernel behind this op writes each of the `m x n` outputs (their tests run on
     // NaN-filled buffers), so the buffer is not zeroed first (a `memset` on the calling thread
     // while the pool waited: ~2 % of an int8 prefill). Depth 0 writes nothing: zeros then.
-    let mut y = if k == 0 { vec![0f32; m * n] } else { uninit_f32(m * n) };
+    let mut y = if k == 0 { vec![0f32; m * n] } else { uninit(m * n) };
     f(&data[a..b], m, &mut y).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
     let mut out = dims.to_vec();
     *out.last_mut().expect("checked above") = n;
