@@ -11,14 +11,16 @@
 //!
 //! `y = Σ_s d_x d_w Σ_g sc_g Σ_{i∈g} u_i q_i  +  Σ_s Σ_g c_g d_x Σ_{i∈g} q_i`
 //!
-//! with the offset terms `c_g = -dmin m` (Q4_K) or `-32 d sc_g` (Q6_K). The first sum is exact in
-//! 32-bit integers within a super-block: `vpmaddubsw` (u8 × i8 pairs into i16, at most
-//! 2 · 63 · 127, no saturation) then `vpdpwssd` by the group scales (i16 pairs into i32), four
-//! 64-value vectors per super-block, no horizontal sums until the end of the row. Each
-//! super-block's integer lanes (below 2^24, so exact in f32) are scaled by `d_x d_w` into f32
-//! lanes; the offset terms are one f32 dot product of 16 values per super-block
-//! (`d_x · group sums` against `c_g`). The weight's nibbles are unpacked in registers from the
-//! GGUF bytes: no repacked copy and no f32 copy of the weight.
+//! with the offset terms `c_g = -dmin m` (Q4_K) or `-32 d sc_g` (Q6_K). Each group's integer sum
+//! `Σ_{i∈g} u_i q_i` is exact (at most 16 · 63 · 127). Weights and activations of a super-block
+//! are both stored in *lane order* ([`lane_pos`]): 32-bit lane `j` of the `t`-th 64-byte vector
+//! holds values `16j + 4t .. 16j + 4t + 4`, so four `vpdpbusd` (u8 × i8, four products per lane)
+//! leave group `j`'s whole integer sum in lane `j`, with no horizontal sums and no 16-bit
+//! intermediates. One convert, one multiply of `d_x` by the weight's sixteen group scales
+//! `d sc_g` (f32) and one FMA per super-block finish it into f32 lanes; the offset terms are one
+//! f32 dot product of 16 values per super-block (`d_x · group sums` against `c_g`). The weight's
+//! bits are unpacked from the GGUF bytes per call into a transient, L2-sized buffer per task
+//! (its [`ROWS_PER_TASK`] rows): no repacked copy and no f32 copy of the weight.
 //!
 //! **Numerics.** Only the activations are rounded (to 8 bits per 256 values, as llama.cpp and
 //! candle do for a K-quant dot product); the weight enters as stored. [`dot_portable`] is the same
@@ -175,8 +177,24 @@ impl<'a> KWeight<'a> {
     }
 }
 
-/// Activations `[rows, k]` quantized per 256 values (llama.cpp's `Q8_K`): quants, scales, and
-/// each group of 16's sum times the scale (for the offset terms).
+/// Where value `i` of a super-block is stored in lane order (see the module doc): byte
+/// `64t + 4j + b` holds value `16j + 4t + b`.
+#[inline]
+pub fn lane_pos(i: usize) -> usize {
+    64 * ((i % 16) / 4) + 4 * (i / 16) + i % 4
+}
+
+/// Reorders a super-block's 256 bytes from value order into lane order ([`lane_pos`]): a
+/// transpose of 16 x 4 32-bit words.
+fn to_lane_order<T: Copy>(natural: &[T; QK_K], out: &mut [T]) {
+    for (i, &v) in natural.iter().enumerate() {
+        out[lane_pos(i)] = v;
+    }
+}
+
+/// Activations `[rows, k]` quantized per 256 values (llama.cpp's `Q8_K`): quants (each
+/// super-block in lane order, [`lane_pos`]), scales, and each group of 16's sum times the scale
+/// (for the offset terms).
 pub struct Q8K {
     q: Vec<i8>,
     d: Vec<f32>,
@@ -185,6 +203,10 @@ pub struct Q8K {
 }
 
 impl Q8K {
+    /// The quant of value `i` (`0..k`) of row `r` (`k` the width quantized).
+    pub fn quant(&self, r: usize, i: usize, k: usize) -> i8 {
+        self.q[r * k + i / QK_K * QK_K + lane_pos(i % QK_K)]
+    }
     /// Quantizes `x` (`rows x k`, row-major). A super-block holding a NaN or an infinity gets a NaN
     /// scale, so its outputs are NaN as an f32 product's would be.
     pub fn quantize(x: &[f32], rows: usize, k: usize) -> Result<Self> {
@@ -205,14 +227,16 @@ impl Q8K {
                 return;
             }
             let id = 127.0 / amax;
-            for (q, &v) in qs.iter_mut().zip(xs) {
+            let mut nat = [0i8; QK_K];
+            for (q, &v) in nat.iter_mut().zip(xs) {
                 *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
             }
             let dx = amax / 127.0;
             ds[0] = dx;
-            for (g, gq) in gs.iter_mut().zip(qs.chunks_exact(16)) {
+            for (g, gq) in gs.iter_mut().zip(nat.chunks_exact(16)) {
                 *g = dx * gq.iter().map(|&v| v as i32).sum::<i32>() as f32;
             }
+            to_lane_order(&nat, qs);
         };
         // On candle's worker pool, as the kernel: its workers spin between ops, and a second pool
         // (rayon) would compete with them for the cores.
@@ -242,12 +266,10 @@ impl Q8K {
 #[derive(Default)]
 struct Prepared {
     sbs: usize,
-    /// `cols x sbs x 256` unsigned quants, in value order.
+    /// `cols x sbs x 256` unsigned quants, each super-block in lane order ([`lane_pos`]).
     u: Vec<u8>,
-    /// `cols x sbs x 4 x 32`: for each 64-value vector, its 32 pairs' group scales (i16).
-    sc: Vec<i16>,
-    /// `cols x sbs` super-block scales `d`.
-    d: Vec<f32>,
+    /// `cols x sbs x 16` group scales `d sc_g` (f32).
+    scale: Vec<f32>,
     /// `cols x sbs x 16` offsets `c_g`.
     offset: Vec<f32>,
 }
@@ -256,27 +278,24 @@ impl Prepared {
     fn resize(&mut self, cols: usize, sbs: usize) {
         self.sbs = sbs;
         self.u.resize(cols * sbs * QK_K, 0);
-        self.sc.resize(cols * sbs * QK_K / 2, 0);
-        self.d.resize(cols * sbs, 0.0);
+        self.scale.resize(cols * sbs * GROUPS, 0.0);
         self.offset.resize(cols * sbs * GROUPS, 0.0);
     }
 }
 
-/// One output `x[r] · w[c]` in the kernel's arithmetic: exact integer sums per super-block, then
-/// f32 (the reference the kernel is tested against).
+/// One output `x[r] · w[c]` in the kernel's arithmetic: exact integer sums per group of 16, each
+/// scaled by `d_x · d sc_g` in f32, plus the offset terms (the reference the kernel is tested
+/// against; its f32 sums run in another order).
 pub fn dot_portable(x: &Q8K, r: usize, w: &KWeight, c: usize) -> f32 {
     let sbs = w.sbs();
     let mut acc = 0f32;
     let mut off = 0f32;
     for s in 0..sbs {
         let b = decode(w.kind, w.block(c, s));
-        let xq = &x.q[(r * sbs + s) * QK_K..(r * sbs + s + 1) * QK_K];
-        let mut dot = 0i32;
-        for i in 0..QK_K {
-            dot += b.sc[i / 16] as i32 * b.u[i] as i32 * xq[i] as i32;
-        }
-        acc = (x.d[r * sbs + s] * b.d).mul_add(dot as f32, acc);
+        let dx = x.d[r * sbs + s];
         for g in 0..GROUPS {
+            let dot: i32 = (16 * g..16 * g + 16).map(|i| b.u[i] as i32 * x.quant(r, s * QK_K + i, w.k) as i32).sum();
+            acc = (dx * (b.d * b.sc[g] as f32)).mul_add(dot as f32, acc);
             off = x.gsum[(r * sbs + s) * GROUPS + g].mul_add(b.offset[g], off);
         }
     }
@@ -396,15 +415,16 @@ mod vnni {
         }
     }
 
-    /// Unpacks weight rows `c0..c1` into `p`: quants in value order, each vector's pair scales,
-    /// the super-block scales and the offsets.
+    /// Unpacks weight rows `c0..c1` into `p`: quants in lane order, the group scales `d sc_g` and
+    /// the offsets.
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn prepare(w: &KWeight, c0: usize, c1: usize, p: &mut Prepared) {
         let sbs = w.sbs();
         p.resize(c1 - c0, sbs);
-        // word i of vector v takes the scale of group 4v + i/8
-        let idx: [__m512i; 4] = std::array::from_fn(|v| {
-            let w: [i16; 32] = std::array::from_fn(|i| (4 * v + i / 8) as i16);
+        // Lane order: out[t] word j = value-order vector j / 4, word 4 (j % 4) + t. Words 0..8
+        // come from vectors 0 and 1 (one two-source permute), 8..16 from vectors 2 and 3.
+        let idx: [__m512i; 4] = std::array::from_fn(|t| {
+            let w: [i32; 16] = std::array::from_fn(|j| if j < 8 { (16 * (j / 4) + 4 * (j % 4) + t) as i32 } else { 0 });
             std::mem::transmute(w)
         });
         for c in c0..c1 {
@@ -412,14 +432,16 @@ mod vnni {
                 let blk = w.block(c, s);
                 let (sc, d, off) = block_scales(w.kind, blk);
                 let i = (c - c0) * sbs + s;
-                p.d[i] = d;
+                for g in 0..GROUPS {
+                    p.scale[i * GROUPS + g] = d * sc[g] as f32;
+                }
                 p.offset[i * GROUPS..(i + 1) * GROUPS].copy_from_slice(&off);
-                let scv = _mm512_castsi256_si512(std::mem::transmute::<[i16; 16], __m256i>(sc));
-                for (v, idx) in idx.iter().enumerate() {
-                    let u = unpack(w.kind, blk.as_ptr(), v);
-                    _mm512_storeu_si512(p.u.as_mut_ptr().add(i * QK_K + 64 * v) as *mut __m512i, u);
-                    let s = _mm512_permutexvar_epi16(*idx, scv);
-                    _mm512_storeu_si512(p.sc.as_mut_ptr().add((i * 4 + v) * 32) as *mut __m512i, s);
+                let n: [__m512i; 4] = std::array::from_fn(|v| unpack(w.kind, blk.as_ptr(), v));
+                for (t, idx) in idx.iter().enumerate() {
+                    let a = _mm512_permutex2var_epi32(n[0], *idx, n[1]);
+                    let b = _mm512_permutex2var_epi32(n[2], *idx, n[3]);
+                    let o = _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b);
+                    _mm512_storeu_si512(p.u.as_mut_ptr().add(i * QK_K + 64 * t) as *mut __m512i, o);
                 }
             }
         }
@@ -432,26 +454,25 @@ mod vnni {
         let xq: [*const u8; R] = std::array::from_fn(|r| x.q.as_ptr().wrapping_add((r0 + r) * sbs * QK_K) as *const u8);
         let xd: [*const f32; R] = std::array::from_fn(|r| x.d.as_ptr().wrapping_add((r0 + r) * sbs));
         let wu: [*const u8; C] = std::array::from_fn(|c| p.u.as_ptr().wrapping_add((cl + c) * sbs * QK_K));
-        let ws: [*const u8; C] = std::array::from_fn(|c| p.sc.as_ptr().wrapping_add((cl + c) * sbs * QK_K / 2) as *const u8);
-        let wd: [*const f32; C] = std::array::from_fn(|c| p.d.as_ptr().wrapping_add((cl + c) * sbs));
+        let ws: [*const f32; C] = std::array::from_fn(|c| p.scale.as_ptr().wrapping_add((cl + c) * sbs * GROUPS));
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for s in 0..sbs {
+            // Lane j of dot[r][c]: group j's integer sum (see the module doc).
             let mut dot = [[_mm512_setzero_si512(); C]; R];
-            for v in 0..4 {
-                for c in 0..C {
-                    let wv = ld512(wu[c].wrapping_add(s * QK_K + 64 * v));
-                    let scv = ld512(ws[c].wrapping_add((s * 4 + v) * 64));
-                    for r in 0..R {
-                        let xv = ld512(xq[r].wrapping_add(s * QK_K + 64 * v));
-                        dot[r][c] = _mm512_dpwssd_epi32(dot[r][c], _mm512_maddubs_epi16(wv, xv), scv);
+            for t in 0..4 {
+                let wv: [__m512i; C] = std::array::from_fn(|c| ld512(wu[c].wrapping_add(s * QK_K + 64 * t)));
+                for r in 0..R {
+                    let xv = ld512(xq[r].wrapping_add(s * QK_K + 64 * t));
+                    for c in 0..C {
+                        dot[r][c] = _mm512_dpbusd_epi32(dot[r][c], wv[c], xv);
                     }
                 }
             }
-            let dw: [__m512; C] = std::array::from_fn(|c| _mm512_set1_ps(*wd[c].wrapping_add(s)));
+            let sw: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(ws[c].wrapping_add(s * GROUPS)));
             for r in 0..R {
                 let dx = _mm512_set1_ps(*xd[r].wrapping_add(s));
                 for c in 0..C {
-                    acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(dx, dw[c]), _mm512_cvtepi32_ps(dot[r][c]), acc[r][c]);
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(dx, sw[c]), _mm512_cvtepi32_ps(dot[r][c]), acc[r][c]);
                 }
             }
         }
@@ -534,6 +555,23 @@ mod tests {
         }
     }
 
+    /// Lane order is a permutation of a super-block that puts the 16 values of group `j` in 32-bit
+    /// lane `j` of the four 64-byte vectors, four to a vector.
+    #[test]
+    fn lane_order_puts_each_group_in_its_lane() {
+        let mut seen = [false; QK_K];
+        for i in 0..QK_K {
+            let p = lane_pos(i);
+            assert!(!seen[p], "position {p} taken twice");
+            seen[p] = true;
+            assert_eq!((p % 64) / 4, i / 16, "value {i} at byte {p}");
+        }
+        let nat: [u16; QK_K] = std::array::from_fn(|i| i as u16);
+        let mut out = [0u16; QK_K];
+        to_lane_order(&nat, &mut out);
+        assert_eq!(&out[64..72], &[4, 5, 6, 7, 20, 21, 22, 23]);
+    }
+
     /// Activation quantization: 8 bits per 256 values, `|x - d q| <= d / 2`, group sums exact; a
     /// non-finite value gives a NaN scale.
     #[test]
@@ -542,9 +580,9 @@ mod tests {
         let q = Q8K::quantize(&x, 3, 512).unwrap();
         for (i, &v) in x.iter().enumerate() {
             let d = q.d[i / QK_K];
-            assert!((v - d * q.q[i] as f32).abs() <= d * 0.5 * (1.0 + 1e-6), "value {i}");
+            assert!((v - d * q.quant(i / 512, i % 512, 512) as f32).abs() <= d * 0.5 * (1.0 + 1e-6), "value {i}");
         }
-        let g: i32 = q.q[16..32].iter().map(|&v| v as i32).sum();
+        let g: i32 = (16..32).map(|i| q.quant(0, i, 512) as i32).sum();
         assert_eq!(q.gsum[1], q.d[0] * g as f32);
         x[300] = f32::INFINITY;
         let q = Q8K::quantize(&x, 3, 512).unwrap();
@@ -571,7 +609,7 @@ mod tests {
                     matmul_at(level, &x, m, &w, &mut y).unwrap();
                     for r in 0..m {
                         for c in 0..n {
-                            let terms = (0..k).map(|i| wd[c * k + i] as f64 * (xq.d[r * k / QK_K + i / QK_K] * xq.q[r * k + i] as f32) as f64);
+                            let terms = (0..k).map(|i| wd[c * k + i] as f64 * (xq.d[r * k / QK_K + i / QK_K] * xq.quant(r, i, k) as f32) as f64);
                             let (want, abs) = terms.fold((0f64, 0f64), |(s, a), t| (s + t, a + t.abs()));
                             let got = y[r * n + c] as f64;
                             let tol = abs * 64.0 * f32::EPSILON as f64;
