@@ -210,6 +210,14 @@ impl Q8K {
     /// Quantizes `x` (`rows x k`, row-major). A super-block holding a NaN or an infinity gets a NaN
     /// scale, so its outputs are NaN as an f32 product's would be.
     pub fn quantize(x: &[f32], rows: usize, k: usize) -> Result<Self> {
+        Self::quantize_at(crate::base::cpu::level(), x, rows, k)
+    }
+
+    /// [`Q8K::quantize`] with the code of `level` (AVX-512 from [`SimdLevel::Avx512Vnni`] on; the
+    /// same bits at every level).
+    pub fn quantize_at(level: SimdLevel, x: &[f32], rows: usize, k: usize) -> Result<Self> {
+        ensure!(level <= crate::base::cpu::detected(), "Q8_K activations: level {level} is above this CPU's");
+        let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
         ensure!(k % QK_K == 0, "Q8_K activations: width {k} is not a whole number of {QK_K}-value super-blocks");
         ensure!(x.len() == rows * k, "Q8_K activations: {} values, not {rows} x {k}", x.len());
         let sbs = k / QK_K;
@@ -254,7 +262,14 @@ impl Q8K {
                         std::slice::from_raw_parts_mut(gp.0.add(u * GROUPS), GROUPS),
                     )
                 };
-                one(((&x[u * QK_K..(u + 1) * QK_K], qs), (ds, gs)));
+                let xs = &x[u * QK_K..(u + 1) * QK_K];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the level says the CPU has AVX-512 F and BW; every slice holds its
+                // super-block's values.
+                if simd && unsafe { vnni::quantize_block(xs, qs, ds, gs) } {
+                    continue;
+                }
+                one(((xs, qs), (ds, gs)));
             }
         });
         Ok(Self { q, d, gsum })
@@ -309,7 +324,7 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &KWeight, y: &mut [f3
     ensure!(level <= crate::base::cpu::detected(), "K-quant kernel: level {level} is above this CPU's");
     let n = w.n;
     ensure!(y.len() == m * n, "K-quant kernel: output has {} values, not {m} x {n}", y.len());
-    let xq = Q8K::quantize(x, m, w.k)?;
+    let xq = Q8K::quantize_at(level, x, m, w.k)?;
     let y_ptr = SendPtr(y.as_mut_ptr());
     let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
@@ -375,7 +390,7 @@ unsafe fn tile(vnni: bool, x: &Q8K, r0: usize, rows: usize, w: &KWeight, prep: &
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{block_scales, Kind, KWeight, Prepared, Q8K, GROUPS, QK_K};
+    use super::{Kind, KWeight, Prepared, Q8K, GROUPS, QK_K};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -415,33 +430,111 @@ mod vnni {
         }
     }
 
+    /// A super-block's four 64-byte vectors from value order into lane order ([`super::lane_pos`]):
+    /// out[t] word j = in[j / 4] word 4 (j % 4) + t. Words 0..8 come from vectors 0 and 1 (one
+    /// two-source permute), 8..16 from vectors 2 and 3.
+    #[inline(always)]
+    unsafe fn to_lane_order(n: [__m512i; 4]) -> [__m512i; 4] {
+        std::array::from_fn(|t| {
+            let w: [i32; 16] = std::array::from_fn(|j| if j < 8 { (16 * (j / 4) + 4 * (j % 4) + t) as i32 } else { 0 });
+            let idx: __m512i = std::mem::transmute(w);
+            let a = _mm512_permutex2var_epi32(n[0], idx, n[1]);
+            let b = _mm512_permutex2var_epi32(n[2], idx, n[3]);
+            _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b)
+        })
+    }
+
+    /// One super-block of activations quantized as [`super::Q8K::quantize`]'s portable code does
+    /// it (the same f32 operations, round half to even), quants in lane order. Returns false,
+    /// writing nothing, for a super-block with a NaN, an infinity or only zeros (the portable code
+    /// handles those).
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantize_block(x: &[f32], q: &mut [i8], d: &mut [f32], gsum: &mut [f32]) -> bool {
+        debug_assert!(x.len() == QK_K && q.len() == QK_K && d.len() == 1 && gsum.len() == GROUPS);
+        let v: [__m512; GROUPS] = std::array::from_fn(|g| _mm512_loadu_ps(x.as_ptr().wrapping_add(16 * g)));
+        let mut amax = _mm512_setzero_ps();
+        let mut fin: u16 = 0xffff;
+        for vg in &v {
+            // finite iff x - x == 0
+            fin &= _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_sub_ps(*vg, *vg), _mm512_setzero_ps());
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(*vg));
+        }
+        let amax = _mm512_reduce_max_ps(amax);
+        if fin != 0xffff || amax == 0.0 {
+            return false;
+        }
+        let id = _mm512_set1_ps(127.0 / amax);
+        let dx = amax / 127.0;
+        d[0] = dx;
+        let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+        let mut nat = [_mm512_setzero_si512(); 4];
+        for (g, vg) in v.iter().enumerate() {
+            let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(*vg, id));
+            let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+            gsum[g] = dx * _mm512_reduce_add_epi32(r) as f32;
+            // group g's 16 bytes are 128-bit lane g % 4 of value-order vector g / 4
+            let b = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(r));
+            nat[g / 4] = match g % 4 {
+                0 => _mm512_inserti32x4::<0>(nat[g / 4], _mm512_castsi512_si128(b)),
+                1 => _mm512_inserti32x4::<1>(nat[g / 4], _mm512_castsi512_si128(b)),
+                2 => _mm512_inserti32x4::<2>(nat[g / 4], _mm512_castsi512_si128(b)),
+                _ => _mm512_inserti32x4::<3>(nat[g / 4], _mm512_castsi512_si128(b)),
+            };
+        }
+        for (t, o) in to_lane_order(nat).iter().enumerate() {
+            _mm512_storeu_si512(q.as_mut_ptr().add(64 * t) as *mut __m512i, *o);
+        }
+        true
+    }
+
+    /// A super-block's sixteen group scales `d sc_g` and offsets `c_g` (the f32 operations of
+    /// [`super::block_scales`] and [`super::dot_portable`], so the same bits).
+    #[inline(always)]
+    unsafe fn scales(kind: Kind, blk: *const u8, scale: *mut f32, offset: *mut f32) {
+        let f16_at = |i: usize| half::f16::from_bits(u16::from_le_bytes([*blk.add(i), *blk.add(i + 1)])).to_f32();
+        match kind {
+            Kind::Q4K => {
+                // ggml's unpacking of the 6-bit scales and minimums (kmask1..3): bytes 0..8 of
+                // `u` the scales of the eight sub-blocks, bytes 8..16 their minimums.
+                let (d, dmin) = (f16_at(0), f16_at(2));
+                let mut u = [0u32; 4];
+                std::ptr::copy_nonoverlapping(blk.add(4), u.as_mut_ptr() as *mut u8, 12);
+                let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+                u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+                let aux = u[1] & k1;
+                u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+                u[2] = aux;
+                u[0] &= k1;
+                let v: __m128i = std::mem::transmute(u);
+                // each sub-block's value twice: groups 2j and 2j + 1
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(v, v)));
+                let m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(v, v)));
+                _mm512_storeu_ps(scale, _mm512_mul_ps(_mm512_set1_ps(d), sc));
+                _mm512_storeu_ps(offset, _mm512_mul_ps(_mm512_set1_ps(-dmin), m));
+            }
+            Kind::Q6K => {
+                let d = f16_at(208);
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(192) as *const __m128i)));
+                _mm512_storeu_ps(scale, _mm512_mul_ps(_mm512_set1_ps(d), sc));
+                _mm512_storeu_ps(offset, _mm512_mul_ps(_mm512_set1_ps(-32.0 * d), sc));
+            }
+        }
+    }
+
     /// Unpacks weight rows `c0..c1` into `p`: quants in lane order, the group scales `d sc_g` and
     /// the offsets.
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn prepare(w: &KWeight, c0: usize, c1: usize, p: &mut Prepared) {
         let sbs = w.sbs();
         p.resize(c1 - c0, sbs);
-        // Lane order: out[t] word j = value-order vector j / 4, word 4 (j % 4) + t. Words 0..8
-        // come from vectors 0 and 1 (one two-source permute), 8..16 from vectors 2 and 3.
-        let idx: [__m512i; 4] = std::array::from_fn(|t| {
-            let w: [i32; 16] = std::array::from_fn(|j| if j < 8 { (16 * (j / 4) + 4 * (j % 4) + t) as i32 } else { 0 });
-            std::mem::transmute(w)
-        });
         for c in c0..c1 {
             for s in 0..sbs {
                 let blk = w.block(c, s);
-                let (sc, d, off) = block_scales(w.kind, blk);
                 let i = (c - c0) * sbs + s;
-                for g in 0..GROUPS {
-                    p.scale[i * GROUPS + g] = d * sc[g] as f32;
-                }
-                p.offset[i * GROUPS..(i + 1) * GROUPS].copy_from_slice(&off);
+                scales(w.kind, blk.as_ptr(), p.scale.as_mut_ptr().add(i * GROUPS), p.offset.as_mut_ptr().add(i * GROUPS));
                 let n: [__m512i; 4] = std::array::from_fn(|v| unpack(w.kind, blk.as_ptr(), v));
-                for (t, idx) in idx.iter().enumerate() {
-                    let a = _mm512_permutex2var_epi32(n[0], *idx, n[1]);
-                    let b = _mm512_permutex2var_epi32(n[2], *idx, n[3]);
-                    let o = _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b);
-                    _mm512_storeu_si512(p.u.as_mut_ptr().add(i * QK_K + 64 * t) as *mut __m512i, o);
+                for (t, o) in to_lane_order(n).iter().enumerate() {
+                    _mm512_storeu_si512(p.u.as_mut_ptr().add(i * QK_K + 64 * t) as *mut __m512i, *o);
                 }
             }
         }
@@ -621,6 +714,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX-512 quantizer gives the portable one's bits: quants, scales and group sums, with a
+    /// zero super-block, a non-finite one and values on the rounding ties.
+    #[test]
+    fn activation_quantizer_is_the_same_at_every_level() {
+        let (rows, k) = (3, 1024);
+        let mut x = normal(rows * k, 21, 3.0);
+        x[256..512].fill(0.0);
+        x[700] = f32::NAN;
+        // amax 127: every x.5 is a tie of round-half-to-even
+        x[1024] = 127.0;
+        for (i, v) in x[1025..1100].iter_mut().enumerate() {
+            *v = i as f32 - 37.5;
+        }
+        let want = Q8K::quantize_at(SimdLevel::Portable, &x, rows, k).unwrap();
+        for level in crate::base::cpu::level().up_to() {
+            let got = Q8K::quantize_at(level, &x, rows, k).unwrap();
+            assert_eq!(got.q, want.q, "{level}: quants");
+            assert_eq!(got.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{level}: scales");
+            assert_eq!(got.gsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.gsum.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{level}: group sums");
+        }
+        assert_eq!(want.quant(1, 1, k), -38, "-37.5 rounds to even");
+        assert_eq!(want.quant(1, 2, k), -36, "-36.5 rounds to even");
     }
 
     /// Against the unquantized product: the error is the activations' 8-bit rounding only.
