@@ -327,29 +327,26 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &KWeight, y: &mut [f3
     let xq = Q8K::quantize_at(level, x, m, w.k)?;
     let y_ptr = SendPtr(y.as_mut_ptr());
     let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
+    super::qgemm::par_tasks(n.div_ceil(ROWS_PER_TASK), Prepared::default, |prep, t| {
         let y = y_ptr;
-        let mut prep = Prepared::default();
-        for t in tasks {
-            let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: the level says the CPU has AVX-512 VNNI and BW; rows start..end exist.
-                unsafe { vnni::prepare(w, start, end, &mut prep) };
+        let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            // SAFETY: the level says the CPU has AVX-512 VNNI and BW; rows start..end exist.
+            unsafe { vnni::prepare(w, start, end, prep) };
+        }
+        let mut c0 = start;
+        while c0 < end {
+            let cols = TILE_COLS.min(end - c0);
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = TILE_ROWS.min(m - r0);
+                // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values
+                // and the tile's rows and columns are in range; `prep` holds start..end.
+                unsafe { tile(vnni, &xq, r0, rows, w, prep, c0 - start, c0, cols, y.0.add(r0 * n + c0), n) };
+                r0 += rows;
             }
-            let mut c0 = start;
-            while c0 < end {
-                let cols = TILE_COLS.min(end - c0);
-                let mut r0 = 0;
-                while r0 < m {
-                    let rows = TILE_ROWS.min(m - r0);
-                    // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values
-                    // and the tile's rows and columns are in range; `prep` holds start..end.
-                    unsafe { tile(vnni, &xq, r0, rows, w, &prep, c0 - start, c0, cols, y.0.add(r0 * n + c0), n) };
-                    r0 += rows;
-                }
-                c0 += cols;
-            }
+            c0 += cols;
         }
     });
     Ok(())

@@ -162,11 +162,12 @@ impl PackedQ8 {
     }
 
     /// Weight rows `c0..c1` of a five-bit weight in the eight-bit layout (prefill: once per task).
-    fn unpack_rows(&self, vnni: bool, c0: usize, c1: usize) -> Self {
+    fn unpack_rows(&self, vnni: bool, c0: usize, c1: usize, out: &mut Self) {
         let (nbp, rows) = (self.nbp, c1 - c0);
-        let mut quants = vec![0u8; rows * nbp * BLOCK];
+        // Every byte of rows c0..c1 is written below; the buffer is reused from task to task.
+        out.quants.resize(rows * nbp * BLOCK, 0);
         for c in c0..c1 {
-            let dst = &mut quants[(c - c0) * nbp * BLOCK..(c - c0 + 1) * nbp * BLOCK];
+            let dst = &mut out.quants[(c - c0) * nbp * BLOCK..(c - c0 + 1) * nbp * BLOCK];
             #[cfg(target_arch = "x86_64")]
             if vnni {
                 // SAFETY: `vnni` says the CPU has AVX-512 VNNI and VL; row c exists.
@@ -182,9 +183,15 @@ impl PackedQ8 {
                 }
             }
         }
-        let mut scales_f16 = self.scales_f16[c0 * nbp..c1 * nbp].to_vec();
-        scales_f16.extend_from_slice(&[0; GROUP]);
-        Self { rows, k: self.k, nbp, quants, q5_nib: Vec::new(), q5_hi: Vec::new(), scales_f16, scales: Vec::new(), corr: Vec::new() }
+        out.scales_f16.clear();
+        out.scales_f16.extend_from_slice(&self.scales_f16[c0 * nbp..c1 * nbp]);
+        out.scales_f16.extend_from_slice(&[0; GROUP]);
+        (out.rows, out.k, out.nbp) = (rows, self.k, nbp);
+    }
+
+    /// An empty matrix: the scratch buffer of [`PackedQ8::unpack_rows`].
+    fn scratch() -> Self {
+        Self { rows: 0, k: 0, nbp: 0, quants: Vec::new(), q5_nib: Vec::new(), q5_hi: Vec::new(), scales_f16: Vec::new(), scales: Vec::new(), corr: Vec::new() }
     }
 
     /// `rows x k` f32 activations quantized as candle quantizes a Q8_0 matmul's input
@@ -302,28 +309,27 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     // candle's worker pool, as in `qgemm::matmul_xwt` (its workers spin between candle's ops).
     // Prefill on a five-bit weight: each task's rows unpacked once to eight bits.
     let unpack = w.is_five_bit() && m > SMALL_M;
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
+    super::qgemm::par_tasks(n.div_ceil(ROWS_PER_TASK), PackedQ8::scratch, |scratch, t| {
         let y = y_ptr;
-        for t in tasks {
-            let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
-            let tmp = unpack.then(|| w.unpack_rows(vnni, start, end));
-            let (wt, base) = match &tmp {
-                Some(u) => (u, start),
-                None => (w, 0),
-            };
-            let mut c0 = start;
-            while c0 < end {
-                let cols = tile_cols.min(end - c0);
-                let mut r0 = 0;
-                while r0 < m {
-                    let rows = TILE_ROWS.min(m - r0);
-                    // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values
-                    // and the tile's rows and columns are in range (of `wt`: rows from `base`).
-                    unsafe { tile(vnni, &xq, r0, rows, wt, c0 - base, cols, y.0.add(r0 * n + c0), n) };
-                    r0 += rows;
-                }
-                c0 += cols;
+        let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
+        let (wt, base) = if unpack {
+            w.unpack_rows(vnni, start, end, scratch);
+            (&*scratch, start)
+        } else {
+            (w, 0)
+        };
+        let mut c0 = start;
+        while c0 < end {
+            let cols = tile_cols.min(end - c0);
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = TILE_ROWS.min(m - r0);
+                // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values
+                // and the tile's rows and columns are in range (of `wt`: rows from `base`).
+                unsafe { tile(vnni, &xq, r0, rows, wt, c0 - base, cols, y.0.add(r0 * n + c0), n) };
+                r0 += rows;
             }
+            c0 += cols;
         }
     });
     Ok(())
