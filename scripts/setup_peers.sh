@@ -9,7 +9,8 @@
 # Only PyPI is used. torch's PyPI wheel pulls its CUDA runtime wheels (~5 GiB in all); no
 # CPU-only torch wheel is on PyPI. llama-cpp-python has no wheel on PyPI: it is built from its
 # sdist (~11 min on 2 cores, at nice 19) with llama.cpp's tests/examples/tools/server off,
-# GGML_NATIVE=ON (so the library is tuned to, and only runs on, this kind of CPU), the build
+# GGML_NATIVE=ON (so the library is tuned to, and only runs on, this kind of CPU; on a CPU with
+# AMX, the AVX-512 instructions without ggml's AMX code, see below), the build
 # tools pinned by scripts/peer_build_constraints.txt. The built wheel is kept in
 # $INTERP_KIT_CACHE/peer_wheels and reused on the next run. Idempotent.
 set -euo pipefail
@@ -46,6 +47,13 @@ else
   if ! ls "$WHEELS"/llama_cpp_python-"$LCP_VERSION"-*.whl >/dev/null 2>&1; then
     log "building llama-cpp-python $LCP_VERSION from source (nice 19; ~11 min on 2 cores)"
     export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON"
+    # A CPU with AMX (Intel Sapphire Rapids and later): the native build turns on ggml's AMX
+    # code, which segfaulted in the first decode on such a host (a VM; session 22). Build for
+    # the same AVX-512 / VNNI / BF16 instructions without AMX instead.
+    if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+      log "CPU has AMX: building llama.cpp for AVX-512/VNNI/BF16 without its AMX code"
+      CMAKE_ARGS="${CMAKE_ARGS/-DGGML_NATIVE=ON/-DGGML_NATIVE=OFF} -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    fi
     export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
     bc=()
     if "${PIP[@]}" install --help 2>/dev/null | grep -q -- '--build-constraint'; then
