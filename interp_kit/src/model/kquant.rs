@@ -19,8 +19,9 @@
 //! intermediates. One convert, one multiply of `d_x` by the weight's sixteen group scales
 //! `d sc_g` (f32) and one FMA per super-block finish it into f32 lanes; the offset terms are one
 //! f32 dot product of 16 values per super-block (`d_x · group sums` against `c_g`). The weight's
-//! bits are unpacked from the GGUF bytes per call into a transient, L2-sized buffer per task
-//! (its [`ROWS_PER_TASK`] rows): no repacked copy and no f32 copy of the weight.
+//! bits are unpacked from the GGUF bytes per call, a task's [`ROWS_PER_TASK`] rows at a time, into
+//! an L2-sized scratch buffer that each thread reuses: no repacked copy and no f32 copy of the
+//! weight.
 //!
 //! **Numerics.** Only the activations are rounded (to 8 bits per 256 values, as llama.cpp and
 //! candle do for a K-quant dot product); the weight enters as stored. [`dot_portable`] is the same
@@ -276,8 +277,9 @@ impl Q8K {
     }
 }
 
-/// Per task: its weight rows unpacked for the kernel (transient, L2-sized: [`ROWS_PER_TASK`]
-/// rows), so that each super-block is unpacked once per call, not once per tile of input rows.
+/// A task's weight rows unpacked for the kernel (L2-sized: [`ROWS_PER_TASK`] rows; one buffer per
+/// thread, reused from task to task), so that each super-block is unpacked once per call, not
+/// once per tile of input rows.
 #[derive(Default)]
 struct Prepared {
     sbs: usize,
@@ -707,6 +709,39 @@ mod tests {
                             let p = portable[r * n + c] as f64;
                             assert!((got - p).abs() <= tol, "{dtype:?} {level} ({m},{n},{k}) [{r},{c}]: {got} vs portable {p}");
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The VNNI `prepare` against the portable decoder (itself checked against candle): quants in
+    /// lane order, and group scales `d sc_g` and offsets with the bits of `block_scales`.
+    #[test]
+    fn prepare_matches_the_decoder() {
+        if crate::base::cpu::level() < SimdLevel::Avx512Vnni {
+            eprintln!("SKIP: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let (n, k) = (7, 768);
+            let q = quantized(dtype, n, k, 5);
+            let data = q.data().unwrap();
+            let w = KWeight::new(Kind::of(dtype).unwrap(), n, k, &data).unwrap();
+            let mut p = Prepared::default();
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the level check above; rows 2..7 exist.
+            unsafe { vnni::prepare(&w, 2, n, &mut p) };
+            for c in 2..n {
+                for s in 0..w.sbs() {
+                    let b = decode(w.kind, w.block(c, s));
+                    let i = (c - 2) * w.sbs() + s;
+                    for v in 0..QK_K {
+                        assert_eq!(p.u[i * QK_K + lane_pos(v)], b.u[v], "{dtype:?} row {c} sb {s} value {v}");
+                    }
+                    for g in 0..GROUPS {
+                        assert_eq!(p.scale[i * GROUPS + g].to_bits(), (b.d * b.sc[g] as f32).to_bits(), "{dtype:?} scale {g}");
+                        assert_eq!(p.offset[i * GROUPS + g].to_bits(), b.offset[g].to_bits(), "{dtype:?} offset {g}");
                     }
                 }
             }
