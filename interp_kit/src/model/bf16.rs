@@ -137,6 +137,7 @@ impl PackedA {
 }
 
 /// A right-hand matrix (`depth x cols`) in bf16, packed as the module doc says.
+#[derive(Debug, PartialEq)]
 pub struct PackedB {
     depth: usize,
     cols: usize,
@@ -367,14 +368,93 @@ pub enum Bf16Weight {
 
 impl Bf16Weight {
     /// From the f32 (or other dtype) dense `W` on its device; `packed` picks the kit's kernel
-    /// layout (host memory only).
+    /// layout (host memory only). An f32 host tensor is read in place.
     pub fn new(w: &Tensor, packed: bool) -> Result<Self> {
         let (n, k) = w.dims2()?;
         if !packed {
             return Ok(Bf16Weight::Tensor(w.to_dtype(DType::BF16)?.contiguous()?));
         }
-        let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Bf16Weight::Packed { n, k, fwd: PackedB::from_w_t(&v, n, k)?, bwd: PackedB::from_w(&v, n, k)? })
+        let w = w.to_dtype(DType::F32)?.contiguous()?;
+        let (st, l) = w.storage_and_layout();
+        let v = match (&*st, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => &v[a..b],
+            _ => anyhow::bail!("bf16 weight: the packed layout needs a host tensor, got one on {:?}", w.device().location()),
+        };
+        Self::packed_from_rows(crate::base::cpu::level(), n, k, |r, out| out.copy_from_slice(&v[r * k..(r + 1) * k]))
+    }
+
+    /// The packed layout of `W` (`[n, k]`) whose row `r` `row(r, out)` writes into `out`
+    /// (`k` values): both directions in one pass over the rows, sixteen at a time on candle's
+    /// worker pool, so that neither an f32 copy of `W` nor a second pass over it is needed (a
+    /// quantized weight is dequantized row by row, [`super::layers::Weight::bf16`]). The same
+    /// bits as [`PackedB::from_w_t`] and [`PackedB::from_w`] (tested).
+    pub fn packed_from_rows(level: SimdLevel, n: usize, k: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Result<Self> {
+        ensure!(n > 0 && k > 0, "bf16 weight: an empty {n} x {k} matrix");
+        let (fwd_pairs, bwd_pairs) = (k.div_ceil(2), n.div_ceil(2));
+        let (fwd_panels, bwd_panels) = (n.div_ceil(PANEL), k.div_ceil(PANEL));
+        // Every value of both buffers is written below: a task writes its panel of the forward
+        // layout and its eight depth pairs of every panel of the backward one, padding included.
+        let mut fwd = super::qgemm::uninit::<u16>(fwd_panels * fwd_pairs * PANEL * 2);
+        let mut bwd = super::qgemm::uninit::<u16>(bwd_panels * bwd_pairs * PANEL * 2);
+        let (fp, bp) = (SendPtr(fwd.as_mut_ptr()), SendPtr(bwd.as_mut_ptr()));
+        let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
+        candle_core::utils::barrier_pool().execute_chunked(fwd_panels, |ps| {
+            let (fp, bp) = (&fp, &bp);
+            let mut f32_row = vec![0f32; k];
+            // Rows 16p..16p+16 as bf16 pairs (word i of a row: values 2i and 2i+1); zeros past n.
+            let mut words = vec![0u32; PANEL * fwd_pairs];
+            for p in ps {
+                for (j, w) in words.chunks_exact_mut(fwd_pairs).enumerate() {
+                    let r = p * PANEL + j;
+                    if r >= n {
+                        w.fill(0);
+                        continue;
+                    }
+                    row(r, &mut f32_row);
+                    let mut done = 0;
+                    #[cfg(target_arch = "x86_64")]
+                    if simd {
+                        // SAFETY: the level says the CPU has AVX-512 BF16; `w` holds k/2 words.
+                        done = unsafe { avx::round_row(&f32_row, w) };
+                    }
+                    for i in done / 2..fwd_pairs {
+                        let lo = to_bf16(f32_row[2 * i]) as u32;
+                        let hi = f32_row.get(2 * i + 1).map_or(0, |v| to_bf16(*v) as u32);
+                        w[i] = lo | (hi << 16);
+                    }
+                }
+                // SAFETY: forward panel p (pairs x 16 x 2 values) is written by this task alone.
+                let f = unsafe { std::slice::from_raw_parts_mut(fp.0.add(p * fwd_pairs * PANEL * 2), fwd_pairs * PANEL * 2) };
+                for i in 0..fwd_pairs {
+                    for j in 0..PANEL {
+                        let w = words[j * fwd_pairs + i];
+                        f[(i * PANEL + j) * 2] = w as u16;
+                        f[(i * PANEL + j) * 2 + 1] = (w >> 16) as u16;
+                    }
+                }
+                // Backward: depth pairs 8p..8p+8 are rows (2i, 2i+1) of this task's sixteen.
+                let half = |j: usize, c: usize| (words[j * fwd_pairs + c / 2] >> (16 * (c % 2))) as u16;
+                for ib in 8 * p..bwd_pairs.min(8 * p + PANEL / 2) {
+                    let j0 = 2 * ib - PANEL * p;
+                    for q in 0..bwd_panels {
+                        // SAFETY: pair ib of backward panel q is written by this task alone.
+                        let b = unsafe { std::slice::from_raw_parts_mut(bp.0.add((q * bwd_pairs + ib) * PANEL * 2), PANEL * 2) };
+                        for jj in 0..PANEL {
+                            let c = q * PANEL + jj;
+                            let (lo, hi) = if c < k { (half(j0, c), half(j0 + 1, c)) } else { (0, 0) };
+                            b[2 * jj] = lo;
+                            b[2 * jj + 1] = hi;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Bf16Weight::Packed {
+            n,
+            k,
+            fwd: PackedB { depth: k, cols: n, pairs: fwd_pairs, panels: fwd_panels, data: fwd },
+            bwd: PackedB { depth: n, cols: k, pairs: bwd_pairs, panels: bwd_panels, data: bwd },
+        })
     }
 }
 
@@ -474,6 +554,33 @@ mod tests {
                 assert_eq!(same, y.len(), "{level} ({m},{n},{k}): {} of {} outputs differ in bits from the portable sum", y.len() - same, y.len());
             }
         }
+    }
+
+    /// The one-pass packer of a weight gives the bits of the two reference packings, at every
+    /// level, on shapes off every edge (rows and columns not multiples of 16, odd sizes, sizes
+    /// below and above the 32 values that the AVX-512 rounding takes at a time, subnormals and
+    /// ties among the values).
+    #[test]
+    fn packed_from_rows_equals_the_reference_packings() {
+        for &(n, k) in &[(1, 1), (1, 2), (2, 1), (3, 5), (16, 32), (17, 33), (31, 64), (33, 95), (40, 130), (128, 896)] {
+            let mut w = normal(n * k, (n * 13 + k) as u64, 0.7);
+            for (i, v) in w.iter_mut().enumerate().step_by(7) {
+                *v = match i % 3 {
+                    0 => 1e-40,                            // subnormal: flushed
+                    1 => f32::from_bits(0x3f80_8000),      // a tie: to even
+                    _ => -f32::from_bits(0x3f81_8000),     // a tie, upwards to even
+                };
+            }
+            let (fwd, bwd) = (PackedB::from_w_t(&w, n, k).unwrap(), PackedB::from_w(&w, n, k).unwrap());
+            for level in crate::base::cpu::level().up_to() {
+                let got = Bf16Weight::packed_from_rows(level, n, k, |r, out| out.copy_from_slice(&w[r * k..(r + 1) * k])).unwrap();
+                let Bf16Weight::Packed { n: gn, k: gk, fwd: gf, bwd: gb } = got else { panic!("not packed") };
+                assert_eq!((gn, gk), (n, k));
+                assert!(gf == fwd, "{level} ({n}, {k}): forward packing differs");
+                assert!(gb == bwd, "{level} ({n}, {k}): backward packing differs");
+            }
+        }
+        assert!(Bf16Weight::packed_from_rows(SimdLevel::Portable, 0, 3, |_, _| {}).is_err());
     }
 
     #[test]

@@ -244,6 +244,14 @@ impl Weight {
                 Weight::Dense(t, _) => Bf16Weight::new(t, packed)?,
                 Weight::Quant { q, dense, .. } => match dense.get() {
                     Some(t) => Bf16Weight::new(t, packed)?,
+                    // Packed straight from the quantized rows: no f32 copy of the matrix.
+                    None if packed => {
+                        let (n, k) = q.shape().dims2()?;
+                        match with_dequantized_rows(q, |row| Bf16Weight::packed_from_rows(crate::base::cpu::level(), n, k, row))? {
+                            Some(w) => w,
+                            None => Bf16Weight::new(&dequantize_par(q)?, packed)?,
+                        }
+                    }
                     None => Bf16Weight::new(&dequantize_par(q)?, packed)?,
                 },
             };
@@ -279,17 +287,7 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
     use candle_core::quantized::GgmlDType;
     use rayon::prelude::*;
     fn par<T: GgmlType + Sync>(data: &[u8], n_out: usize) -> Option<Vec<f32>> {
-        let size = std::mem::size_of::<T>();
-        if data.len() % size != 0 || (data.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
-            return None;
-        }
-        let n_blocks = data.len() / size;
-        if n_blocks * T::BLCK_SIZE != n_out {
-            return None;
-        }
-        // SAFETY: length and alignment checked above; the block types are plain old data
-        // (`#[repr(C)]` structs of integers and f16) and any bit pattern is a valid value.
-        let blocks: &[T] = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, n_blocks) };
+        let blocks = as_blocks::<T>(data).filter(|b| b.len() * T::BLCK_SIZE == n_out)?;
         let mut out = vec![0f32; n_out];
         const CHUNK: usize = 64;
         out.par_chunks_mut(T::BLCK_SIZE * CHUNK)
@@ -314,6 +312,48 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
         Some(v) => Ok(Tensor::from_vec(v, q.shape().dims(), &Device::Cpu)?),
         None => Ok(q.dequantize(&q.device())?),
     }
+}
+
+/// `data` as GGML blocks of type `T`, where its length and alignment allow.
+fn as_blocks<T: candle_core::quantized::k_quants::GgmlType>(data: &[u8]) -> Option<&[T]> {
+    let size = std::mem::size_of::<T>();
+    if data.len() % size != 0 || (data.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+        return None;
+    }
+    // SAFETY: length and alignment checked above; the block types are plain old data
+    // (`#[repr(C)]` structs of integers and f16) and any bit pattern is a valid value.
+    Some(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, data.len() / size) })
+}
+
+/// Calls `f` with a function that writes row `r` of the 2-d host matrix `q` (`[n, k]`),
+/// dequantized, into its `k`-value output, by the code [`dequantize_par`] runs (so the same bits),
+/// and returns what `f` returns; `None` (without calling `f`) where `dequantize_par` leaves the
+/// tensor to candle (other block types, other devices).
+pub fn with_dequantized_rows<R>(q: &QTensor, f: impl FnOnce(&(dyn Fn(usize, &mut [f32]) + Sync)) -> Result<R>) -> Result<Option<R>> {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};
+    use candle_core::quantized::GgmlDType;
+    if q.shape().rank() != 2 || dequant_path(q.device().location(), q.dtype(), 2) == DequantPath::Candle {
+        return Ok(None);
+    }
+    let (n, k) = q.shape().dims2()?;
+    let data = q.data()?;
+    fn rows_of<T: GgmlType + Sync, R>(data: &[u8], n: usize, k: usize, f: impl FnOnce(&(dyn Fn(usize, &mut [f32]) + Sync)) -> Result<R>) -> Result<R> {
+        let b = as_blocks::<T>(data).filter(|b| k % T::BLCK_SIZE == 0 && b.len() * T::BLCK_SIZE == n * k);
+        let b = b.with_context(|| format!("{:?} matrix {n} x {k}: {} bytes are not whole rows of {}-value blocks", T::DTYPE, data.len(), T::BLCK_SIZE))?;
+        let per = k / T::BLCK_SIZE;
+        f(&|r, out| T::to_float(&b[r * per..(r + 1) * per], out))
+    }
+    Ok(Some(match q.dtype() {
+        GgmlDType::Q8_0 => {
+            let rb = k / 32 * 34;
+            anyhow::ensure!(k % 32 == 0 && data.len() == n * rb, "Q8_0 matrix {n} x {k}: {} bytes do not hold whole rows of 32-value blocks", data.len());
+            f(&|r, out| qgemm::dequant_blocks(&data[r * rb..(r + 1) * rb], out))?
+        }
+        GgmlDType::Q4K => rows_of::<BlockQ4K, R>(&data, n, k, f)?,
+        GgmlDType::Q5K => rows_of::<BlockQ5K, R>(&data, n, k, f)?,
+        GgmlDType::Q6K => rows_of::<BlockQ6K, R>(&data, n, k, f)?,
+        _ => return Ok(None),
+    }))
 }
 
 /// Which dequantizer [`dequantize_par`] uses.
@@ -972,6 +1012,46 @@ mod tests {
         assert_eq!(dequant_path(cpu, GgmlDType::Q4_0, 2), Candle);
         assert_eq!(dequant_path(CUDA, GgmlDType::Q8_0, 2), Candle);
         assert_eq!(dequant_path(DeviceLocation::Metal { gpu_id: 0 }, GgmlDType::Q8_0, 2), Candle);
+    }
+
+    /// A quantized weight's bf16 packing, made row by row from its blocks, has the bits of the
+    /// packing of its dequantized copy (Q8_0, Q4_K, Q5_K, Q6_K); other block types are left to
+    /// `dequantize_par`.
+    #[test]
+    fn bf16_weight_from_quantized_rows_equals_packing_the_dense_copy() {
+        use candle_core::quantized::GgmlDType;
+        let mut rng = crate::base::rng::Rng::new(11);
+        let (n, k) = (37, 512);
+        let v: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap();
+        for t in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            let q = Arc::new(QTensor::quantize(&x, t).unwrap());
+            let dense = dequantize_par(&q).unwrap();
+            let rows = with_dequantized_rows(&q, |row| {
+                let mut out = vec![f32::NAN; n * k];
+                for (r, o) in out.chunks_exact_mut(k).enumerate() {
+                    row(r, o);
+                }
+                Ok(out)
+            })
+            .unwrap()
+            .expect("a host 2-d matrix of this type");
+            assert_eq!(rows, dense.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{t:?} rows");
+            if !bf16_packs(DeviceLocation::Cpu, crate::base::cpu::level()) {
+                continue;
+            }
+            let w = Weight::quant(q.clone(), DType::F32).unwrap();
+            let from_rows = w.bf16().unwrap();
+            let from_dense = Bf16Weight::new(&dense, true).unwrap();
+            match (&*from_rows, &from_dense) {
+                (Bf16Weight::Packed { fwd: a, bwd: b, .. }, Bf16Weight::Packed { fwd: c, bwd: d, .. }) => {
+                    assert!(a == c && b == d, "{t:?}: the packings differ")
+                }
+                _ => panic!("{t:?}: not packed"),
+            }
+        }
+        let q4 = QTensor::quantize(&x, GgmlDType::Q4_0).unwrap();
+        assert!(with_dequantized_rows(&q4, |_| Ok(())).unwrap().is_none(), "Q4_0 goes to candle");
     }
 
     /// `dequantize_par` agrees with candle on every path it takes on the CPU (the GPU path *is*

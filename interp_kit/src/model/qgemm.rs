@@ -239,7 +239,8 @@ fn dot_rows_portable(xq: &[u8], rows: usize, w: &[u8], out: &mut [f32]) {
     }
 }
 
-fn dequant_blocks(b: &[u8], out: &mut [f32]) {
+/// Q8_0 blocks (34 bytes each) into f32 values, 32 per block.
+pub(crate) fn dequant_blocks(b: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if level() >= SimdLevel::Avx2 {
         // SAFETY: the features are present; out holds 32 values per 34-byte block.
@@ -361,6 +362,7 @@ impl Plain for f32 {}
 impl Plain for u32 {}
 impl Plain for i32 {}
 impl Plain for u8 {}
+impl Plain for u16 {}
 impl Plain for i8 {}
 
 /// A buffer of `len` numbers left as the allocator gives it (as candle's `alloc_uninit`): for
