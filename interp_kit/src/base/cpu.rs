@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `portable` | nothing | plain Rust loops, the reference |
 //! | `avx2` | AVX2 + FMA | Q8_0 dot products (`vpmaddubsw` + `vpmaddwd`), dequantization |
-//! | `avx512vnni` | the above + AVX-512 VNNI and VL, F16C | Q8_0 dot products in one `vpdpbusd` per block; the packed int8 kernel (`model::q8_packed`) |
+//! | `avx512vnni` | the above + AVX-512 VNNI and VL, F16C | Q8_0 dot products in one `vpdpbusd` per block; the packed int8 kernels (`model::q8_packed`, `model::kquant`); the f32 gradient path's frozen products (`model::f32mm`, AVX-512F) |
 //! | `avx512bf16` | the above + AVX-512 BW and BF16 | the bf16 gemm of the gradient path's opt-in bf16 compute (`model::bf16`) |
 //!
 //! `INTERP_KIT_SIMD=portable|avx2|avx512vnni|avx512bf16` lowers the level (it never raises it above what the

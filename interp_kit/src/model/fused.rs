@@ -445,8 +445,18 @@ fn by_column_blocks(m: usize, cols: usize, f: impl Fn(*mut f32, usize, usize) + 
 /// panels of `W` (the forward's weight is the packed operand: its rows are not contiguous along
 /// the output); split by weight rows, each panel is packed once, and no rayon thread competes
 /// with the pool's workers.
+///
+/// On CPUs with AVX-512 the kit's own kernel runs it instead, reading `W` in place with no
+/// packing ([`super::f32mm::xwt`]).
 pub(crate) fn xwt_pooled(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
     assert!(x.len() == m * k && w.len() == n * k, "xwt_pooled: x {} / W {} values for m {m}, n {n}, k {k}", x.len(), w.len());
+    let level = crate::base::cpu::level();
+    if super::f32mm::applies(level) {
+        // every value is written by the kernel
+        let mut y = super::qgemm::uninit(m * n);
+        super::f32mm::xwt(level, x, m, w, n, k, &mut y);
+        return y;
+    }
     by_column_blocks(m, n, |y, c0, c1| {
         // SAFETY: columns c0..c1 of `y` (m x n) belong to this task; strides stay in the slices.
         unsafe {
@@ -461,8 +471,16 @@ pub(crate) fn xwt_pooled(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> 
 
 /// `dx = g W` (`g` `[m, n]`, `W` `[n, k]` row-major) on candle's worker pool: one task per block
 /// of W's columns (each reads all of `g`, so keep this to moderate `n`).
+/// On CPUs with AVX-512, [`super::f32mm::xw`] instead.
 pub(crate) fn xw_pooled(g: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
     assert!(g.len() == m * n && w.len() == n * k, "xw_pooled: g {} / W {} values for m {m}, n {n}, k {k}", g.len(), w.len());
+    let level = crate::base::cpu::level();
+    if super::f32mm::applies(level) {
+        // every value is written by the kernel
+        let mut dx = super::qgemm::uninit(m * k);
+        super::f32mm::xw(level, g, m, w, n, k, &mut dx);
+        return dx;
+    }
     by_column_blocks(m, k, |dx, c0, c1| {
         // SAFETY: columns c0..c1 of `dx` (m x k) belong to this task; strides stay in the slices.
         unsafe {

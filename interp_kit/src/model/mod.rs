@@ -13,6 +13,7 @@ mod arch;
 pub mod bf16;
 pub mod config;
 pub mod decoder;
+pub mod f32mm;
 pub mod forward;
 pub mod fused;
 pub mod gemma2;
