@@ -196,6 +196,16 @@ impl PackedB {
     }
 }
 
+/// Rows per task and tasks per column group when `m` rows (in tiles of `mr`) times `groups`
+/// column groups are split into tasks: about eight per thread in all, each a whole number of
+/// tiles. Shared with [`super::f32mm::xw`].
+pub(crate) fn row_chunks(groups: usize, m: usize, mr: usize) -> (usize, usize) {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let chunks = (8 * threads).div_ceil(groups.max(1)).clamp(1, m.div_ceil(mr).max(1));
+    let rows_per = m.div_ceil(chunks).div_ceil(mr) * mr;
+    (rows_per, m.div_ceil(rows_per.max(1)))
+}
+
 /// `C = A B` (`m x cols`, f32) at the given kernel level (see the module doc).
 pub fn gemm_at(level: SimdLevel, a: &PackedA, b: &PackedB) -> Result<Vec<f32>> {
     let mut c = vec![0f32; a.m * b.cols];
@@ -214,10 +224,7 @@ pub fn gemm_into(level: SimdLevel, a: &PackedA, b: &PackedB, c: &mut [f32]) -> R
     let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
     // Tasks: groups of NV panels x chunks of rows; enough of them for the pool to balance.
     let groups = b.panels.div_ceil(NV);
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let chunks = (8 * threads).div_ceil(groups).clamp(1, m.div_ceil(MR));
-    let rows_per = m.div_ceil(chunks).div_ceil(MR) * MR;
-    let chunks = m.div_ceil(rows_per);
+    let (rows_per, chunks) = row_chunks(groups, m, MR);
     let out = SendPtr(c.as_mut_ptr());
     let task = |t: usize| {
         let out = &out;

@@ -108,10 +108,7 @@ pub fn xw(level: SimdLevel, g: &[f32], m: usize, w: &[f32], n: usize, k: usize, 
     // Tasks: groups of 48 columns x chunks of rows, enough of them for the pool to balance.
     let width = BV * 16;
     let groups = k.div_ceil(width);
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let chunks = (8 * threads).div_ceil(groups).clamp(1, m.div_ceil(BR));
-    let rows_per = m.div_ceil(chunks).div_ceil(BR) * BR;
-    let chunks = m.div_ceil(rows_per);
+    let (rows_per, chunks) = super::bf16::row_chunks(groups, m, BR);
     let out = SendPtr(dx.as_mut_ptr());
     candle_core::utils::barrier_pool().execute_chunked(groups * chunks, |ts| {
         for t in ts {

@@ -244,15 +244,18 @@ impl Weight {
                 Weight::Dense(t, _) => Bf16Weight::new(t, packed)?,
                 Weight::Quant { q, dense, .. } => match dense.get() {
                     Some(t) => Bf16Weight::new(t, packed)?,
-                    // Packed straight from the quantized rows: no f32 copy of the matrix.
-                    None if packed => {
-                        let (n, k) = q.shape().dims2()?;
-                        match with_dequantized_rows(q, |row| Bf16Weight::packed_from_rows(crate::base::cpu::level(), n, k, row))? {
+                    None => {
+                        // Packed straight from the quantized rows where the block type allows:
+                        // no f32 copy of the matrix.
+                        let from_rows = match (packed, q.shape().dims2()) {
+                            (true, Ok((n, k))) => with_dequantized_rows(q, |row| Bf16Weight::packed_from_rows(crate::base::cpu::level(), n, k, row))?,
+                            _ => None,
+                        };
+                        match from_rows {
                             Some(w) => w,
                             None => Bf16Weight::new(&dequantize_par(q)?, packed)?,
                         }
                     }
-                    None => Bf16Weight::new(&dequantize_par(q)?, packed)?,
                 },
             };
             let _ = slot.set(Arc::new(w));
@@ -336,7 +339,6 @@ pub fn with_dequantized_rows<R>(q: &QTensor, f: impl FnOnce(&(dyn Fn(usize, &mut
         return Ok(None);
     }
     let (n, k) = q.shape().dims2()?;
-    let data = q.data()?;
     fn rows_of<T: GgmlType + Sync, R>(data: &[u8], n: usize, k: usize, f: impl FnOnce(&(dyn Fn(usize, &mut [f32]) + Sync)) -> Result<R>) -> Result<R> {
         let b = as_blocks::<T>(data).filter(|b| k % T::BLCK_SIZE == 0 && b.len() * T::BLCK_SIZE == n * k);
         let b = b.with_context(|| format!("{:?} matrix {n} x {k}: {} bytes are not whole rows of {}-value blocks", T::DTYPE, data.len(), T::BLCK_SIZE))?;
@@ -345,13 +347,13 @@ pub fn with_dequantized_rows<R>(q: &QTensor, f: impl FnOnce(&(dyn Fn(usize, &mut
     }
     Ok(Some(match q.dtype() {
         GgmlDType::Q8_0 => {
-            let rb = k / 32 * 34;
-            anyhow::ensure!(k % 32 == 0 && data.len() == n * rb, "Q8_0 matrix {n} x {k}: {} bytes do not hold whole rows of 32-value blocks", data.len());
+            let (_, _, data) = qgemm::q8_0_rows(q)?;
+            let rb = qgemm::row_bytes(k);
             f(&|r, out| qgemm::dequant_blocks(&data[r * rb..(r + 1) * rb], out))?
         }
-        GgmlDType::Q4K => rows_of::<BlockQ4K, R>(&data, n, k, f)?,
-        GgmlDType::Q5K => rows_of::<BlockQ5K, R>(&data, n, k, f)?,
-        GgmlDType::Q6K => rows_of::<BlockQ6K, R>(&data, n, k, f)?,
+        GgmlDType::Q4K => rows_of::<BlockQ4K, R>(&q.data()?, n, k, f)?,
+        GgmlDType::Q5K => rows_of::<BlockQ5K, R>(&q.data()?, n, k, f)?,
+        GgmlDType::Q6K => rows_of::<BlockQ6K, R>(&q.data()?, n, k, f)?,
         _ => return Ok(None),
     }))
 }

@@ -48,13 +48,18 @@ pub fn kernel_applies(loc: DeviceLocation, dtype: GgmlDType, rank: usize) -> boo
 }
 
 /// The `[n, k]` dims and raw blocks of a Q8_0 matrix, checked.
-fn q8_0_rows(w: &QTensor) -> Result<(usize, usize, std::borrow::Cow<'_, [u8]>)> {
+pub(crate) fn q8_0_rows(w: &QTensor) -> Result<(usize, usize, std::borrow::Cow<'_, [u8]>)> {
     ensure!(supports(w), "Q8_0 kernel: weight is {:?} {:?} on {:?}", w.dtype(), w.shape(), w.device().location());
     let (n, k) = w.shape().dims2()?;
     ensure!(k % BLOCK == 0, "Q8_0 kernel: in-dim {k} is not a whole number of {BLOCK}-value blocks");
     let data = w.data()?;
     ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q8_0 kernel: {} bytes for {n} x {k}", data.len());
     Ok((n, k, data))
+}
+
+/// Bytes of one Q8_0 row of `k` values.
+pub(crate) fn row_bytes(k: usize) -> usize {
+    k / BLOCK * BLOCK_BYTES
 }
 
 /// `y[m, n] = x[m, k] · W[n, k]^T` for a Q8_0 `W`; `x`, `y` row-major f32.
