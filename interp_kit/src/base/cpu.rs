@@ -8,12 +8,14 @@
 //! | `avx2` | AVX2 + FMA | Q8_0 dot products (`vpmaddubsw` + `vpmaddwd`), dequantization |
 //! | `avx512vnni` | the above + AVX-512 VNNI and VL, F16C | Q8_0 dot products in one `vpdpbusd` per block; the packed int8 kernels (`model::q8_packed`, `model::kquant`); the f32 gradient path's frozen products (`model::f32mm`, AVX-512F) |
 //! | `avx512bf16` | the above + AVX-512 BW and BF16 | the bf16 gemm of the gradient path's opt-in bf16 compute (`model::bf16`) |
+//! | `amx` | the above + AMX-TILE, AMX-BF16 and AMX-INT8 (Sapphire Rapids and later), and Linux's leave to use the tile registers (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once here) | that bf16 gemm in 16 x 16 tiles (`tdpbf16ps`) |
 //!
-//! `INTERP_KIT_SIMD=portable|avx2|avx512vnni|avx512bf16` lowers the level (it never raises it above what the
+//! `INTERP_KIT_SIMD=portable|avx2|avx512vnni|avx512bf16|amx` lowers the level (it never raises it above what the
 //! CPU has); an unknown value is reported once on stderr and ignored. The Q8_0 kernels give
 //! bit-identical results at every level (the K-quant kernel's integer sums are exact, its f32 sums
 //! in another order than its reference's), and the bf16 kernel sums in the order of its portable
-//! reference (the tests compare them).
+//! reference (the tests compare them); the AMX tiles sum in their own order, tested against an f64
+//! sum within the bound that the module states.
 
 use anyhow::{bail, Result};
 use std::sync::OnceLock;
@@ -25,11 +27,12 @@ pub enum SimdLevel {
     Avx2,
     Avx512Vnni,
     Avx512Bf16,
+    Amx,
 }
 
 impl SimdLevel {
     /// Every level, slowest first.
-    pub const ALL: [SimdLevel; 4] = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512Vnni, SimdLevel::Avx512Bf16];
+    pub const ALL: [SimdLevel; 5] = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512Vnni, SimdLevel::Avx512Bf16, SimdLevel::Amx];
 
     /// The name `INTERP_KIT_SIMD` takes.
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl SimdLevel {
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512Vnni => "avx512vnni",
             SimdLevel::Avx512Bf16 => "avx512bf16",
+            SimdLevel::Amx => "amx",
         }
     }
 
@@ -55,7 +59,8 @@ impl std::str::FromStr for SimdLevel {
             "avx2" => Ok(SimdLevel::Avx2),
             "avx512vnni" | "vnni" => Ok(SimdLevel::Avx512Vnni),
             "avx512bf16" | "avx512" | "bf16" => Ok(SimdLevel::Avx512Bf16),
-            other => bail!("INTERP_KIT_SIMD={other:?}: use portable, avx2, avx512vnni or avx512bf16"),
+            "amx" => Ok(SimdLevel::Amx),
+            other => bail!("INTERP_KIT_SIMD={other:?}: use portable, avx2, avx512vnni, avx512bf16 or amx"),
         }
     }
 }
@@ -82,6 +87,7 @@ fn detect() -> SimdLevel {
         && is_x86_feature_detected!("f16c");
     let bf16 = is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16");
     match (avx2, vnni, bf16) {
+        (true, true, true) if amx_cpuid() && amx_permitted() => SimdLevel::Amx,
         (true, true, true) => SimdLevel::Avx512Bf16,
         (true, true, false) => SimdLevel::Avx512Vnni,
         (true, false, _) => SimdLevel::Avx2,
@@ -92,6 +98,33 @@ fn detect() -> SimdLevel {
 #[cfg(not(target_arch = "x86_64"))]
 fn detect() -> SimdLevel {
     SimdLevel::Portable
+}
+
+/// CPUID leaf 7 lists AMX-BF16 (EDX bit 22), AMX-TILE (24) and AMX-INT8 (25).
+#[cfg(target_arch = "x86_64")]
+fn amx_cpuid() -> bool {
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID leaf 7 exists on every x86-64 CPU with AVX-512 (checked before this call).
+    let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+    [22, 24, 25].iter().all(|b| edx >> b & 1 == 1)
+}
+
+/// Asks Linux, once per process, for leave to use the AMX tile data registers (their 8 KiB of
+/// state is saved per thread only for processes that asked: `ARCH_REQ_XCOMP_PERM` for
+/// `XFEATURE_XTILEDATA`); false where it is refused, or on another OS.
+pub fn amx_permitted() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a system call with two integer arguments; it changes no memory of ours.
+            unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    })
 }
 
 /// `detected` lowered to the level `request` names (never raised above it).
@@ -125,6 +158,8 @@ mod tests {
         assert_eq!(capped(Avx512Vnni, None).unwrap(), Avx512Vnni);
         assert_eq!(capped(Avx512Bf16, Some("avx512vnni")).unwrap(), Avx512Vnni);
         assert_eq!(capped(Avx512Vnni, Some("avx512bf16")).unwrap(), Avx512Vnni);
+        assert_eq!(capped(Amx, Some("avx512bf16")).unwrap(), Avx512Bf16);
+        assert_eq!(capped(Avx512Bf16, Some("amx")).unwrap(), Avx512Bf16);
         assert_eq!(capped(Avx512Vnni, Some("")).unwrap(), Avx512Vnni);
         assert_eq!(capped(Avx512Vnni, Some("avx2")).unwrap(), Avx2);
         assert_eq!(capped(Avx512Vnni, Some(" Scalar ")).unwrap(), Portable);
@@ -146,7 +181,10 @@ mod tests {
         let Some(flags) = info.lines().find(|l| l.starts_with("flags")) else { return };
         let has = |f: &str| flags.split_whitespace().any(|x| x == f);
         let vnni = has("avx2") && has("fma") && has("avx512f") && has("avx512vl") && has("avx512_vnni") && has("f16c");
-        let want = if vnni && has("avx512bw") && has("avx512_bf16") {
+        let amx = has("amx_tile") && has("amx_bf16") && has("amx_int8") && amx_permitted();
+        let want = if vnni && has("avx512bw") && has("avx512_bf16") && amx {
+            SimdLevel::Amx
+        } else if vnni && has("avx512bw") && has("avx512_bf16") {
             SimdLevel::Avx512Bf16
         } else if vnni {
             SimdLevel::Avx512Vnni

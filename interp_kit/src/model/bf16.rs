@@ -222,16 +222,27 @@ pub fn gemm_into(level: SimdLevel, a: &PackedA, b: &PackedB, c: &mut [f32]) -> R
         return Ok(());
     }
     let simd = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Bf16;
-    // Tasks: groups of NV panels x chunks of rows; enough of them for the pool to balance.
-    let groups = b.panels.div_ceil(NV);
-    let (rows_per, chunks) = row_chunks(groups, m, MR);
+    let tiles = cfg!(target_arch = "x86_64") && level >= SimdLevel::Amx;
+    // Tasks: groups of panels (NV, or two for the AMX tiles) x chunks of rows; enough of them
+    // for the pool to balance.
+    let (per_group, row_unit) = if tiles { (2, 2 * amx::ROWS) } else { (NV, MR) };
+    let groups = b.panels.div_ceil(per_group);
+    let (rows_per, chunks) = row_chunks(groups, m, row_unit);
     let out = SendPtr(c.as_mut_ptr());
     let task = |t: usize| {
         let out = &out;
         let (g, ch) = (t % groups, t / groups);
-        let p0 = g * NV;
-        let nv = NV.min(b.panels - p0);
+        let p0 = g * per_group;
+        let nv = per_group.min(b.panels - p0);
         let (r0, r1) = (ch * rows_per, m.min((ch + 1) * rows_per));
+        #[cfg(target_arch = "x86_64")]
+        if tiles {
+            // SAFETY: the level says the CPU has AMX (and the process leave to use it) and
+            // AVX-512 BF16; rows r0..r1 and panels p0..p0+nv are in range, and this task alone
+            // writes that part of `c`.
+            unsafe { amx::task(a, r0..r1, b, p0, nv, out.0, n) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if simd {
             // Depth in blocks of KC pairs, each over all the task's rows, so that the block of
@@ -272,7 +283,7 @@ pub fn gemm_into(level: SimdLevel, a: &PackedA, b: &PackedB, c: &mut [f32]) -> R
             }
         }
     };
-    let _ = simd;
+    let _ = (simd, tiles);
     candle_core::utils::barrier_pool().execute_chunked(groups * chunks, |ts| ts.for_each(task));
     Ok(())
 }
@@ -360,6 +371,148 @@ mod avx {
             6 => by_v!(6),
             7 => by_v!(7),
             _ => by_v!(8),
+        }
+    }
+}
+
+/// The same product in AMX tiles (`tdpbf16ps`, Sapphire Rapids and later): a 32 x 32 block of
+/// `c` (two row halves x two panels) is four 16 x 16 f32 tiles, fed per step of 16 depth pairs
+/// by two tiles of `a` (16 rows x 16 pairs, read in place) and two of `b` (a panel's 16 pairs x
+/// 16 columns x 2 values: the packed layout is the tiles' pair-interleaved one, read in place).
+///
+/// **Numerics.** The tiles' own order of sums (Intel does not document it beyond "f32
+/// accumulation"), so not the portable order: tested against the f64 sum of the bf16 products
+/// within `depth x eps x sum |products|`, as the other levels, not bit for bit. Each row's sums
+/// depend on nothing but that row (a tile's rows are independent; a short last block configures
+/// shorter tiles rather than padding with other rows), so a row's output does not depend on the
+/// batch around it. Depth pairs past the last whole step of 16 go through the AVX-512 kernel.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{avx, PackedA, PackedB, KC, MR, PANEL};
+    use std::arch::asm;
+
+    /// Rows of a tile, and depth pairs per step (a tile row is 64 bytes: 16 pairs of bf16).
+    pub(super) const ROWS: usize = 16;
+    const STEP: usize = 16;
+
+    /// A tile configuration (palette 1): tmm0..3 the f32 sums (`c00 c01 c10 c11`: row half x
+    /// panel), tmm4/5 the rows of `a` of each half, tmm6/7 the two panels of `b`. `lo` and `hi`
+    /// are the rows of the two halves (`hi` 0: tiles 2, 3 and 5 unconfigured, unused).
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, PartialEq)]
+    struct Config([u8; 64]);
+
+    impl Config {
+        fn new(lo: usize, hi: usize) -> Self {
+            debug_assert!((1..=ROWS).contains(&lo) && hi <= ROWS);
+            let mut b = [0u8; 64];
+            b[0] = 1;
+            for (t, rows) in [lo, lo, hi, hi, lo, hi, STEP, STEP].into_iter().enumerate() {
+                if rows > 0 {
+                    b[16 + 2 * t] = 64; // bytes per tile row
+                    b[48 + t] = rows as u8;
+                }
+            }
+            Config(b)
+        }
+    }
+
+    /// One 32 x 32 block (`HI`: the second row half exists; `P1`: the second panel does) over
+    /// `steps` steps, its sums in `acc` (row stride 32 values), started from zero if `first`.
+    /// `a0`/`a1`: the rows of each half at the block's first pair, `lda` bytes apart; `b0`/`b1`:
+    /// each panel at that pair.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const HI: bool, const P1: bool>(a0: *const u32, a1: *const u32, lda: usize, b0: *const u16, b1: *const u16, steps: usize, acc: *mut f32, first: bool) {
+        const LDC: usize = 32 * 4;
+        let (c00, c01, c10, c11) = (acc, acc.wrapping_add(16), acc.wrapping_add(16 * 32), acc.wrapping_add(16 * 32 + 16));
+        if first {
+            asm!("tilezero tmm0", options(nostack));
+            if P1 { asm!("tilezero tmm1", options(nostack)) }
+            if HI { asm!("tilezero tmm2", options(nostack)) }
+            if HI && P1 { asm!("tilezero tmm3", options(nostack)) }
+        } else {
+            asm!("tileloadd tmm0, [{p} + {s}*1]", p = in(reg) c00, s = in(reg) LDC, options(nostack, readonly));
+            if P1 { asm!("tileloadd tmm1, [{p} + {s}*1]", p = in(reg) c01, s = in(reg) LDC, options(nostack, readonly)) }
+            if HI { asm!("tileloadd tmm2, [{p} + {s}*1]", p = in(reg) c10, s = in(reg) LDC, options(nostack, readonly)) }
+            if HI && P1 { asm!("tileloadd tmm3, [{p} + {s}*1]", p = in(reg) c11, s = in(reg) LDC, options(nostack, readonly)) }
+        }
+        const LDB: usize = 64;
+        for s in 0..steps {
+            let (pa0, pa1) = (a0.wrapping_add(s * STEP), a1.wrapping_add(s * STEP));
+            let (pb0, pb1) = (b0.wrapping_add(s * STEP * PANEL * 2), b1.wrapping_add(s * STEP * PANEL * 2));
+            asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) pb0, s = in(reg) LDB, options(nostack, readonly));
+            asm!("tileloadd tmm4, [{p} + {s}*1]", "tdpbf16ps tmm0, tmm4, tmm6", p = in(reg) pa0, s = in(reg) lda, options(nostack, readonly));
+            if P1 {
+                asm!("tileloadd tmm7, [{p} + {s}*1]", "tdpbf16ps tmm1, tmm4, tmm7", p = in(reg) pb1, s = in(reg) LDB, options(nostack, readonly));
+            }
+            if HI {
+                asm!("tileloadd tmm5, [{p} + {s}*1]", "tdpbf16ps tmm2, tmm5, tmm6", p = in(reg) pa1, s = in(reg) lda, options(nostack, readonly));
+                if P1 { asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem)) }
+            }
+        }
+        asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) c00, s = in(reg) LDC, options(nostack));
+        if P1 { asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) c01, s = in(reg) LDC, options(nostack)) }
+        if HI { asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) c10, s = in(reg) LDC, options(nostack)) }
+        if HI && P1 { asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) c11, s = in(reg) LDC, options(nostack)) }
+    }
+
+    /// Rows `rows` of `a` against panels `p0..p0+nv` (`nv` 1 or 2) of `b`, written into
+    /// row-major `c` (`ldc` columns, masked at the last column): the whole steps of 16 pairs in
+    /// tiles, depth in blocks of KC pairs over all the rows (as the AVX-512 kernel, so that the
+    /// block of `b` stays in L2), then the remaining pairs with the AVX-512 kernel.
+    ///
+    /// SAFETY: the CPU has AMX-BF16 and AVX-512 BF16 and the process has leave to use the tiles
+    /// (`SimdLevel::Amx`); the rows and panels are in range; no other thread writes these
+    /// outputs.
+    pub(super) unsafe fn task(a: &PackedA, rows: std::ops::Range<usize>, b: &PackedB, p0: usize, nv: usize, c: *mut f32, ldc: usize) {
+        debug_assert!((1..=2).contains(&nv) && rows.end <= a.m);
+        let (r0, r1) = (rows.start, rows.end);
+        let whole = a.pairs / STEP * STEP;
+        let mut acc = vec![0f32; (r1 - r0).div_ceil(2 * ROWS) * 2 * ROWS * 32];
+        let lda = a.pairs * 4;
+        let mut current: Option<Config> = None;
+        let mut i0 = 0;
+        while i0 < whole {
+            let i1 = whole.min(i0 + KC);
+            let mut r = r0;
+            while r < r1 {
+                let (lo, hi) = ((r1 - r).min(ROWS), (r1 - r).saturating_sub(ROWS).min(ROWS));
+                let cfg = Config::new(lo, hi);
+                if current != Some(cfg) {
+                    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+                    current = Some(cfg);
+                }
+                let a0 = a.data.as_ptr().wrapping_add(r * a.pairs + i0);
+                let a1 = a0.wrapping_add(ROWS * a.pairs);
+                let b0 = b.data.as_ptr().wrapping_add((p0 * b.pairs + i0) * PANEL * 2);
+                let b1 = b0.wrapping_add(b.pairs * PANEL * 2);
+                let (steps, sums, first) = ((i1 - i0) / STEP, acc.as_mut_ptr().wrapping_add((r - r0) * 32), i0 == 0);
+                match (hi > 0, nv == 2) {
+                    (true, true) => block::<true, true>(a0, a1, lda, b0, b1, steps, sums, first),
+                    (true, false) => block::<true, false>(a0, a1, lda, b0, b1, steps, sums, first),
+                    (false, true) => block::<false, true>(a0, a1, lda, b0, b1, steps, sums, first),
+                    (false, false) => block::<false, false>(a0, a1, lda, b0, b1, steps, sums, first),
+                }
+                r += 2 * ROWS;
+            }
+            i0 = i1;
+        }
+        if current.is_some() {
+            asm!("tilerelease", options(nostack, nomem));
+        }
+        let cols = (p0 * PANEL)..b.cols.min((p0 + nv) * PANEL);
+        for r in r0..r1 {
+            let src = &acc[(r - r0) * 32..(r - r0) * 32 + cols.len()];
+            std::ptr::copy_nonoverlapping(src.as_ptr(), c.add(r * ldc + cols.start), cols.len());
+        }
+        if whole < a.pairs {
+            let mut r = r0;
+            while r < r1 {
+                let mr = MR.min(r1 - r);
+                avx::tile_dispatch(mr, nv, a, r, b, p0, c, ldc, whole..a.pairs);
+                r += mr;
+            }
         }
     }
 }
@@ -530,7 +683,7 @@ mod tests {
     /// kernel against the portable arithmetic.
     #[test]
     fn gemm_matches_reference_at_every_level() {
-        for &(m, n, k) in &[(1, 16, 2), (3, 17, 7), (8, 48, 64), (9, 50, 33), (20, 131, 96), (17, 5, 300), (100, 64, 896), (10, 40, 2100)] {
+        for &(m, n, k) in &[(1, 16, 2), (3, 17, 7), (8, 48, 64), (9, 50, 33), (20, 131, 96), (17, 5, 300), (100, 64, 896), (10, 40, 2100), (33, 70, 1090), (64, 32, 32), (47, 16, 1024 + 62)] {
             let x = normal(m * k, (m * 31 + k) as u64, 1.0);
             let w = normal(n * k, (n * 7 + k) as u64, 0.5);
             let r = |v: f32| from_bf16(to_bf16(v)) as f64;
@@ -557,8 +710,17 @@ mod tests {
                 };
                 check("y", &y, n, k, &|i, t| x[i * k + t], &|t, j| w[j * k + t]);
                 check("dx", &dx, k, n, &|i, j| g[i * n + j], &|j, t| w[j * k + t]);
-                let same = y.iter().zip(&portable).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
-                assert_eq!(same, y.len(), "{level} ({m},{n},{k}): {} of {} outputs differ in bits from the portable sum", y.len() - same, y.len());
+                // The AVX-512 kernel sums in the portable order; the AMX tiles in their own.
+                if level < SimdLevel::Amx {
+                    let same = y.iter().zip(&portable).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+                    assert_eq!(same, y.len(), "{level} ({m},{n},{k}): {} of {} outputs differ in bits from the portable sum", y.len() - same, y.len());
+                }
+                // Each row's outputs do not depend on the rows around it: rows computed alone.
+                for i in [0, m / 2, m - 1] {
+                    let mut alone = vec![f32::NAN; n];
+                    gemm_into(level, &PackedA::new_at(level, &x[i * k..(i + 1) * k], 1, k).unwrap(), &fwd, &mut alone).unwrap();
+                    assert!(alone.iter().zip(&y[i * n..(i + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()), "{level} ({m},{n},{k}): row {i} alone differs");
+                }
             }
         }
     }

@@ -220,7 +220,7 @@ fn dot_rows_at(level: SimdLevel, xq: &[u8], rows: usize, w: &[u8], out: &mut [f3
     match level {
         // SAFETY: the level's features are present (it is at most the detected level); xq holds
         // rows x w.len() bytes of whole blocks.
-        SimdLevel::Avx512Vnni | SimdLevel::Avx512Bf16 => return unsafe { by_rows!(avx::dot_rows_vnni) },
+        SimdLevel::Avx512Vnni | SimdLevel::Avx512Bf16 | SimdLevel::Amx => return unsafe { by_rows!(avx::dot_rows_vnni) },
         SimdLevel::Avx2 => return unsafe { by_rows!(avx::dot_rows) },
         SimdLevel::Portable => {}
     }
