@@ -8,7 +8,7 @@
 //! | `avx2` | AVX2 + FMA | Q8_0 dot products (`vpmaddubsw` + `vpmaddwd`), dequantization |
 //! | `avx512vnni` | the above + AVX-512 VNNI and VL, F16C | Q8_0 dot products in one `vpdpbusd` per block; the packed int8 kernels (`model::q8_packed`, `model::kquant`); the f32 gradient path's frozen products (`model::f32mm`, AVX-512F) |
 //! | `avx512bf16` | the above + AVX-512 BW and BF16 | the bf16 gemm of the gradient path's opt-in bf16 compute (`model::bf16`) |
-//! | `amx` | the above + AMX-TILE, AMX-BF16 and AMX-INT8 (Sapphire Rapids and later), and Linux's leave to use the tile registers (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once here) | that bf16 gemm in 16 x 16 tiles (`tdpbf16ps`) |
+//! | `amx` | the above + AMX-TILE, AMX-BF16 and AMX-INT8 (Sapphire Rapids and later), and Linux's leave to use the tile registers (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once here) | that bf16 gemm in 16 x 16 tiles (`tdpbf16ps`); the Q8_0 prefill's integer block sums in int8 tiles (`tdpbssd`, `model::q8_packed`) |
 //!
 //! `INTERP_KIT_SIMD=portable|avx2|avx512vnni|avx512bf16|amx` lowers the level (it never raises it above what the
 //! CPU has); an unknown value is reported once on stderr and ignored. The Q8_0 kernels give

@@ -32,7 +32,9 @@
 //! is grouped differently (a block's whole product goes to one of eight lanes; candle spreads
 //! each block over all eight), so results agree with candle's to f32 rounding, not bit for bit.
 //! [`tile_portable`] is the same arithmetic in plain Rust, lane for lane; the VNNI kernel equals it
-//! bit for bit. A row's output does not depend on the other rows of the call.
+//! bit for bit, and so does the AMX prefill kernel (`amx`, from 9 rows on; its block sums come
+//! from int8 tiles, its f32 arithmetic is the portable one). A row's output does not depend on the
+//! other rows of the call.
 use anyhow::{ensure, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
@@ -205,6 +207,12 @@ impl PackedQ8 {
     /// arithmetic as candle's scalar loop, so the same bits; a block with a non-finite value
     /// takes candle's loop) or candle's own.
     pub fn activations_at(level: SimdLevel, x: &[f32], rows: usize, k: usize) -> Result<Self> {
+        Self::activations_in(level, x, rows, k, false)
+    }
+
+    /// [`PackedQ8::activations_at`], the quants in the interleaved layout or, if `plain`, in
+    /// block order (block `b` of row `r` at bytes `(r nbp + b) 32..`: the AMX kernel's).
+    fn activations_in(level: SimdLevel, x: &[f32], rows: usize, k: usize, plain: bool) -> Result<Self> {
         ensure!(k % BLOCK == 0, "Q8_0 activations: width {k} is not a whole number of {BLOCK}-value blocks");
         ensure!(x.len() == rows * k, "Q8_0 activations: {} values, not {rows} x {k}", x.len());
         ensure!(level <= crate::base::cpu::detected(), "Q8_0 activations: level {level} is above this CPU's");
@@ -226,12 +234,20 @@ impl PackedQ8 {
                 if !done {
                     blk.copy_from_slice(&super::qgemm::quantize_rows(xb, 1, BLOCK));
                 }
-                interleave(&blk, b, nbp, 0, q);
+                if plain {
+                    q[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(&blk[2..]);
+                } else {
+                    interleave(&blk, b, nbp, 0, q);
+                }
                 s[b] = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                 c[b] = -128 * blk[2..].iter().map(|&v| v as i8 as i32).sum::<i32>();
             }
             for b in nb..nbp {
-                interleave(&[0; BLOCK_BYTES], b, nbp, 0, q);
+                if plain {
+                    q[b * BLOCK..(b + 1) * BLOCK].fill(0);
+                } else {
+                    interleave(&[0; BLOCK_BYTES], b, nbp, 0, q);
+                }
                 (s[b], c[b]) = (0.0, 0);
             }
         };
@@ -302,8 +318,13 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     ensure!(level <= crate::base::cpu::detected(), "Q8_0 packed kernel: level {level} is above this CPU's");
     let (n, k) = (w.rows, w.k);
     ensure!(y.len() == m * n, "Q8_0 packed kernel: output has {} values, not {m} x {n}", y.len());
-    let xq = PackedQ8::activations_at(level, x, m, k)?;
     let y_ptr = SendPtr(y.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Amx && m > SMALL_M {
+        amx::matmul(&PackedQ8::activations_in(level, x, m, k, true)?, w, y_ptr);
+        return Ok(());
+    }
+    let xq = PackedQ8::activations_at(level, x, m, k)?;
     let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
     let tile_cols = if m <= SMALL_M { 1 } else { TILE_COLS };
     // candle's worker pool, as in `qgemm::matmul_xwt` (its workers spin between candle's ops).
@@ -420,6 +441,180 @@ pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
         acc[j] = d.mul_add(dot as f32, acc[j]);
     }
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Prefill on AMX (`tdpbssd`, Sapphire Rapids and later), bit for bit the arithmetic of
+/// [`tile_portable`]: each block's exact integer dot product comes from a 16 x 16 int32 tile
+/// (16 activation rows x 16 weight rows, depth one block of 32 signed bytes, so a tile op is
+/// half as deep as it could be: the block scales need per-block sums), stored to a buffer; then
+/// AVX-512 applies the scales and sums the blocks in the portable order, 16 weight rows per
+/// vector (lane `b % 8` of the portable sum is accumulator `b % 8` here).
+///
+/// The tiles want each block's 32 bytes in a row: the activations are quantized in plain block
+/// order for this kernel, and each task (16 weight rows) lays its rows out as the tiles' right-hand
+/// operand (`[block][4-byte group t][weight row][4]`, signed: the stored offset 128 removed,
+/// so no correction term), from the eight-bit layout or its five-bit one unpacked.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{PackedQ8, BLOCK, GROUP};
+    use crate::model::qgemm::SendPtr;
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// Weight rows per task (one tile's columns) and activation rows per tile.
+    const N: usize = 16;
+    const M: usize = 16;
+    /// Bytes of one block's right-hand tile (8 rows of 16 x 4 bytes).
+    const B_TILE: usize = BLOCK * N;
+
+    /// Palette 1: tmm0/1 the int32 sums (`rows` x 16), tmm4/5 the activation blocks (`rows` x
+    /// 32 bytes), tmm6/7 the weight blocks (8 x 64 bytes); two of each, for two blocks in flight.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    fn config(rows: usize) -> Config {
+        let mut b = [0u8; 64];
+        b[0] = 1;
+        for (t, (colsb, r)) in [(64, rows), (64, rows), (0, 0), (0, 0), (32, rows), (32, rows), (64, 8), (64, 8)].into_iter().enumerate() {
+            b[16 + 2 * t] = colsb as u8;
+            b[48 + t] = r as u8;
+        }
+        Config(b)
+    }
+
+    struct Scratch {
+        unpack: PackedQ8,
+        b: Vec<u8>,
+        ws: Vec<f32>,
+        dots: Vec<i32>,
+    }
+
+    /// `y = x W^T` for quantized activations `xq` (`m` rows) and a packed weight, into `y`
+    /// (`m x n`, every value written).
+    pub(super) fn matmul(xq: &PackedQ8, w: &PackedQ8, y: SendPtr<f32>) {
+        let (m, n, nbp) = (xq.rows, w.rows, w.nbp);
+        let xp = &xq.quants;
+        let init = || Scratch { unpack: PackedQ8::scratch(), b: vec![0; nbp * B_TILE], ws: vec![0.0; nbp * N], dots: vec![0; nbp * M * N] };
+        crate::model::qgemm::par_tasks(n.div_ceil(N), init, |s, task| {
+            let y = y;
+            let (c0, c1) = (task * N, n.min((task + 1) * N));
+            let cols = c1 - c0;
+            let (src, base) = if w.is_five_bit() {
+                w.unpack_rows(true, c0, c1, &mut s.unpack);
+                (&s.unpack.quants, 0)
+            } else {
+                (&w.quants, c0)
+            };
+            for b in 0..nbp {
+                for c in 0..N {
+                    s.ws[b * N + c] = if c < cols { half::f16::from_bits(w.scales_f16[(c0 + c) * nbp + b]).to_f32() } else { 0.0 };
+                }
+            }
+            // SAFETY: AVX-512 (the level); rows base..base+cols of `src` exist, `s.b` holds nbp
+            // blocks.
+            unsafe { lay_out_weights(src, nbp, base, cols, &mut s.b) };
+            let mut current = 0;
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = M.min(m - r0);
+                // SAFETY: the level says the CPU has AMX-INT8 and AVX-512 and the process has
+                // leave to use the tiles; every pointer below stays inside its buffer (rows
+                // r0..r0+rows of `xp` and `y`, this task's columns c0..c1 of `y`, which no other
+                // task writes).
+                unsafe {
+                    if rows != current {
+                        asm!("ldtilecfg [{}]", in(reg) config(rows).0.as_ptr(), options(nostack, readonly));
+                        current = rows;
+                    }
+                    dots(xp.as_ptr().add(r0 * nbp * BLOCK), nbp * BLOCK, s.b.as_ptr(), nbp, s.dots.as_mut_ptr());
+                    epilogue(&s.dots, nbp, &xq.scales[r0 * nbp..], &s.ws, rows, y.0.add(r0 * n + c0), n, cols);
+                }
+                r0 += rows;
+            }
+            // SAFETY: as above.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        });
+    }
+
+    /// Weight rows `r0..r0+rows` (at most 16) of an eight-bit interleaved quant array as the
+    /// tiles' right-hand operand: block `b`, group `t` of row `c` at `b 512 + t 64 + 4 c`,
+    /// signed (offset 128 removed); rows past `rows` zero. One gather per block and group.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lay_out_weights(q: &[u8], nbp: usize, r0: usize, rows: usize, out: &mut [u8]) {
+        debug_assert!(rows <= N && q.len() >= (r0 + rows) * nbp * BLOCK && out.len() >= nbp * B_TILE);
+        let stride = (nbp * BLOCK) as i32;
+        let idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride));
+        let mask: __mmask16 = if rows >= 16 { 0xffff } else { (1u16 << rows) - 1 };
+        let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
+        let base = q.as_ptr().add(r0 * nbp * BLOCK);
+        for b in 0..nbp {
+            let (g0, j) = (b / GROUP * GROUP, b % GROUP);
+            let g = GROUP.min(nbp - g0);
+            for t in 0..8 {
+                let p = base.add(g0 * BLOCK + t * 4 * g + j * 4);
+                let v = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, p as *const i32);
+                let v = _mm512_maskz_xor_epi32(mask, v, flip);
+                _mm512_storeu_si512(out.as_mut_ptr().add(b * B_TILE + t * 4 * N) as *mut __m512i, v);
+            }
+        }
+    }
+
+    /// Block `b`'s int32 tile into `dots[b]` (16 x 16, row stride 16), two blocks at a time
+    /// (`nbp` is a multiple of four).
+    #[inline(always)]
+    unsafe fn dots(x: *const u8, ldx: usize, b: *const u8, nbp: usize, dots: *mut i32) {
+        const LD: usize = 64;
+        let mut blk = 0;
+        while blk < nbp {
+            let (x0, x1) = (x.add(blk * BLOCK), x.add((blk + 1) * BLOCK));
+            let (b0, b1) = (b.add(blk * B_TILE), b.add((blk + 1) * B_TILE));
+            let (d0, d1) = (dots.add(blk * M * N), dots.add((blk + 1) * M * N));
+            asm!(
+                "tileloadd tmm4, [{x0} + {ldx}*1]",
+                "tileloadd tmm6, [{b0} + {ld}*1]",
+                "tilezero tmm0",
+                "tdpbssd tmm0, tmm4, tmm6",
+                "tileloadd tmm5, [{x1} + {ldx}*1]",
+                "tileloadd tmm7, [{b1} + {ld}*1]",
+                "tilezero tmm1",
+                "tdpbssd tmm1, tmm5, tmm7",
+                "tilestored [{d0} + {ld}*1], tmm0",
+                "tilestored [{d1} + {ld}*1], tmm1",
+                x0 = in(reg) x0, x1 = in(reg) x1, b0 = in(reg) b0, b1 = in(reg) b1, d0 = in(reg) d0, d1 = in(reg) d1,
+                ldx = in(reg) ldx, ld = in(reg) LD,
+                options(nostack),
+            );
+            blk += 2;
+        }
+    }
+
+    /// Rows `0..rows` of the outputs from the blocks' int32 sums: per block `d_x d_w` (one
+    /// vector of 16 weight rows), fused into accumulator `b % 8`, then the portable final sum;
+    /// the first `cols` lanes stored.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn epilogue(dots: &[i32], nbp: usize, xs: &[f32], ws: &[f32], rows: usize, out: *mut f32, ldo: usize, cols: usize) {
+        let mask: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
+        for r in 0..rows {
+            let mut acc = [_mm512_setzero_ps(); GROUP];
+            let mut g0 = 0;
+            while g0 < nbp {
+                let g = GROUP.min(nbp - g0);
+                for (j, a) in acc.iter_mut().enumerate().take(g) {
+                    let b = g0 + j;
+                    let v = _mm512_cvtepi32_ps(_mm512_loadu_epi32(dots.as_ptr().add((b * M + r) * N)));
+                    let d = _mm512_mul_ps(_mm512_set1_ps(*xs.get_unchecked(r * nbp + b)), _mm512_loadu_ps(ws.as_ptr().add(b * N)));
+                    *a = _mm512_fmadd_ps(d, v, *a);
+                }
+                g0 += g;
+            }
+            let s = _mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
+                _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
+            );
+            _mm512_mask_storeu_ps(out.add(r * ldo), mask, s);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -623,9 +818,21 @@ mod tests {
 
     /// (m, n, k): one and many rows, rows and columns off the tile grid, `n` off the task grid,
     /// and block counts of whole groups (8, 16), a four-block tail (4, 28 = the embedded model's
-    /// 896) and a padded tail (1, 3, 5 blocks).
-    const SHAPES: [(usize, usize, usize); 9] =
-        [(1, 7, 32), (2, 30, 96), (3, 25, 160), (4, 3, 128), (5, 50, 256), (9, 4, 512), (17, 27, 896), (1, 49, 896), (6, 5, 136 * 4)];
+    /// 896) and a padded tail (1, 3, 5 blocks). From 9 rows on, the AMX kernel where the CPU has
+    /// it (row blocks of 16 and a shorter last one, weight rows in tasks of 16, padded blocks).
+    const SHAPES: [(usize, usize, usize); 11] = [
+        (1, 7, 32),
+        (2, 30, 96),
+        (3, 25, 160),
+        (4, 3, 128),
+        (5, 50, 256),
+        (9, 4, 512),
+        (17, 27, 896),
+        (1, 49, 896),
+        (6, 5, 136 * 4),
+        (12, 20, 160),
+        (40, 33, 96),
+    ];
 
     /// Within f32 rounding of candle's `vec_dot` of the same quantized rows (the integers are the
     /// same; only the f32 sum is grouped differently): |diff| <= 1e-6 x sum over blocks of |term|.
