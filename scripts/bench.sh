@@ -97,7 +97,7 @@ if [ -r /proc/cpuinfo ]; then
   field() { grep -m1 "^$1[[:space:]]*:" /proc/cpuinfo | cut -d: -f2- | xargs; }
   flags=" $(field flags) "
   has=""
-  for f in avx2 avx512f avx512_vnni avx512_bf16; do
+  for f in avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8; do
     case "$flags" in *" $f "*) has="$has $f" ;; esac
   done
   note="$note; CPU $(field 'model name') (family $(field 'cpu family') model $(field model)), has:${has:- none of avx2/avx512}${INTERP_KIT_SIMD:+; INTERP_KIT_SIMD=$INTERP_KIT_SIMD}"
