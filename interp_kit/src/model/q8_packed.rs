@@ -32,7 +32,7 @@
 //! is grouped differently (a block's whole product goes to one of eight lanes; candle spreads
 //! each block over all eight), so results agree with candle's to f32 rounding, not bit for bit.
 //! [`tile_portable`] is the same arithmetic in plain Rust, lane for lane; the VNNI kernel equals it
-//! bit for bit, and so does the AMX prefill kernel (`amx`, from 9 rows on; its block sums come
+//! bit for bit, and so does the AMX prefill kernel (`amx`, from 32 rows on; its block sums come
 //! from int8 tiles, its f32 arithmetic is the portable one). A row's output does not depend on the
 //! other rows of the call.
 use anyhow::{ensure, Result};
@@ -57,6 +57,10 @@ const TILE_COLS: usize = 3;
 const SMALL_M: usize = 8;
 /// Weight rows per parallel task (a multiple of [`TILE_COLS`]).
 const ROWS_PER_TASK: usize = 8 * TILE_COLS;
+/// From this many input rows on, the AMX kernel where the CPU has it: at 16 and 24 rows it was
+/// 8-25 % slower than the VNNI tiles on the embedded model's shapes, at 32 as fast or faster, at
+/// 48 up to 1.3x (`examples/qkernels`, BENCHMARKS.md).
+const AMX_MIN_ROWS: usize = 32;
 
 /// A Q8_0 matrix (`rows x k`) in the interleaved layout of the module doc: weights (quants
 /// offset by 128, f16 scales) or a call's activations (signed quants, f32 scales, corrections).
@@ -320,7 +324,7 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     ensure!(y.len() == m * n, "Q8_0 packed kernel: output has {} values, not {m} x {n}", y.len());
     let y_ptr = SendPtr(y.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    if level >= SimdLevel::Amx && m > SMALL_M {
+    if level >= SimdLevel::Amx && m >= AMX_MIN_ROWS {
         amx::matmul(&PackedQ8::activations_in(level, x, m, k, true)?, w, y_ptr);
         return Ok(());
     }
@@ -818,7 +822,7 @@ mod tests {
 
     /// (m, n, k): one and many rows, rows and columns off the tile grid, `n` off the task grid,
     /// and block counts of whole groups (8, 16), a four-block tail (4, 28 = the embedded model's
-    /// 896) and a padded tail (1, 3, 5 blocks). From 9 rows on, the AMX kernel where the CPU has
+    /// 896) and a padded tail (1, 3, 5 blocks). From 32 rows on, the AMX kernel where the CPU has
     /// it (row blocks of 16 and a shorter last one, weight rows in tasks of 16, padded blocks).
     const SHAPES: [(usize, usize, usize); 11] = [
         (1, 7, 32),
@@ -830,7 +834,7 @@ mod tests {
         (17, 27, 896),
         (1, 49, 896),
         (6, 5, 136 * 4),
-        (12, 20, 160),
+        (35, 20, 160),
         (40, 33, 96),
     ];
 
