@@ -39,9 +39,9 @@ PEER_KEY = {FWD64_I8: FWD64, FWD256_I8: FWD256}
 ROWS = [
     ("load (model + tokenizer)", "load", "s"),
     ("forward, 64 tokens, last-position logits (default: f32 prefill)", FWD64, "s"),
-    ("forward, 64 tokens, int8 prefill (`int8_prefill`, VNNI)", FWD64_I8, "s"),
+    ("forward, 64 tokens, int8 prefill (`int8_prefill`; VNNI, or AMX tiles where the CPU has them)", FWD64_I8, "s"),
     ("forward, 256 tokens, last-position logits (default: f32 prefill)", FWD256, "s"),
-    ("forward, 256 tokens, int8 prefill (`int8_prefill`, VNNI)", FWD256_I8, "s"),
+    ("forward, 256 tokens, int8 prefill (`int8_prefill`; VNNI, or AMX tiles where the CPU has them)", FWD256_I8, "s"),
     ("decode, batch 1 (16-token prompt, 32 steps, KV cache)", DEC1, "tok/s"),
     ("decode, batch 8, aggregate", DEC8, "tok/s"),
     ("generate on the steering study's prompts (batch 8, 80 new tokens, sampled)", STUDY, "tok/s"),
