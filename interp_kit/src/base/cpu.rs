@@ -181,7 +181,10 @@ mod tests {
         let Some(flags) = info.lines().find(|l| l.starts_with("flags")) else { return };
         let has = |f: &str| flags.split_whitespace().any(|x| x == f);
         let vnni = has("avx2") && has("fma") && has("avx512f") && has("avx512vl") && has("avx512_vnni") && has("f16c");
-        let amx = has("amx_tile") && has("amx_bf16") && has("amx_int8") && amx_permitted();
+        let detected = detected(); // asks for the tile permission where CPUID lists AMX
+        // The permission as the kernel records it (`ARCH_GET_XCOMP_PERM`), not as
+        // `amx_permitted` remembers it.
+        let amx = has("amx_tile") && has("amx_bf16") && has("amx_int8") && tile_data_permitted();
         let want = if vnni && has("avx512bw") && has("avx512_bf16") && amx {
             SimdLevel::Amx
         } else if vnni && has("avx512bw") && has("avx512_bf16") {
@@ -193,6 +196,20 @@ mod tests {
         } else {
             SimdLevel::Portable
         };
-        assert_eq!(detected(), want, "{flags}");
+        assert_eq!(detected, want, "{flags}");
+    }
+
+    /// Bit 18 (`XFEATURE_XTILEDATA`) of the features this process may use, read back from Linux.
+    fn tile_data_permitted() -> bool {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            const ARCH_GET_XCOMP_PERM: libc::c_long = 0x1022;
+            let mut mask: u64 = 0;
+            // SAFETY: the call writes one u64 through the pointer, which points at `mask`.
+            let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mut mask as *mut u64) };
+            rc == 0 && mask >> 18 & 1 == 1
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
     }
 }

@@ -389,32 +389,20 @@ mod avx {
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::{avx, PackedA, PackedB, KC, MR, PANEL};
+    use crate::model::amx::{release, TileConfig};
     use std::arch::asm;
 
     /// Rows of a tile, and depth pairs per step (a tile row is 64 bytes: 16 pairs of bf16).
     pub(super) const ROWS: usize = 16;
     const STEP: usize = 16;
 
-    /// A tile configuration (palette 1): tmm0..3 the f32 sums (`c00 c01 c10 c11`: row half x
-    /// panel), tmm4/5 the rows of `a` of each half, tmm6/7 the two panels of `b`. `lo` and `hi`
-    /// are the rows of the two halves (`hi` 0: tiles 2, 3 and 5 unconfigured, unused).
-    #[repr(C, align(64))]
-    #[derive(Clone, Copy, PartialEq)]
-    struct Config([u8; 64]);
-
-    impl Config {
-        fn new(lo: usize, hi: usize) -> Self {
-            debug_assert!((1..=ROWS).contains(&lo) && hi <= ROWS);
-            let mut b = [0u8; 64];
-            b[0] = 1;
-            for (t, rows) in [lo, lo, hi, hi, lo, hi, STEP, STEP].into_iter().enumerate() {
-                if rows > 0 {
-                    b[16 + 2 * t] = 64; // bytes per tile row
-                    b[48 + t] = rows as u8;
-                }
-            }
-            Config(b)
-        }
+    /// The tiles (palette 1): tmm0..3 the f32 sums (`c00 c01 c10 c11`: row half x panel),
+    /// tmm4/5 the rows of `a` of each half, tmm6/7 the two panels of `b`. `lo` and `hi` are the
+    /// rows of the two halves (`hi` 0: tiles 2, 3 and 5 unconfigured, unused).
+    fn config(lo: usize, hi: usize) -> TileConfig {
+        debug_assert!((1..=ROWS).contains(&lo) && hi <= ROWS);
+        let t = |rows: usize| if rows > 0 { (64, rows) } else { (0, 0) };
+        TileConfig::new([t(lo), t(lo), t(hi), t(hi), t(lo), t(hi), t(STEP), t(STEP)])
     }
 
     /// One 32 x 32 block (`HI`: the second row half exists; `P1`: the second panel does) over
@@ -471,16 +459,16 @@ mod amx {
         let whole = a.pairs / STEP * STEP;
         let mut acc = vec![0f32; (r1 - r0).div_ceil(2 * ROWS) * 2 * ROWS * 32];
         let lda = a.pairs * 4;
-        let mut current: Option<Config> = None;
+        let mut current: Option<TileConfig> = None;
         let mut i0 = 0;
         while i0 < whole {
             let i1 = whole.min(i0 + KC);
             let mut r = r0;
             while r < r1 {
                 let (lo, hi) = ((r1 - r).min(ROWS), (r1 - r).saturating_sub(ROWS).min(ROWS));
-                let cfg = Config::new(lo, hi);
+                let cfg = config(lo, hi);
                 if current != Some(cfg) {
-                    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+                    cfg.load();
                     current = Some(cfg);
                 }
                 let a0 = a.data.as_ptr().wrapping_add(r * a.pairs + i0);
@@ -499,7 +487,7 @@ mod amx {
             i0 = i1;
         }
         if current.is_some() {
-            asm!("tilerelease", options(nostack, nomem));
+            release();
         }
         let cols = (p0 * PANEL)..b.cols.min((p0 + nv) * PANEL);
         for r in r0..r1 {

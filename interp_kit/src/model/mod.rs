@@ -9,6 +9,8 @@
 //! let h = out.activations.row(HookPoint::resid_post(3), 0)?; // [1, d_model]
 //! # anyhow::Ok(())
 //! ```
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod arch;
 pub mod bf16;
 pub mod config;

@@ -461,6 +461,7 @@ pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::{PackedQ8, BLOCK, GROUP};
+    use crate::model::amx::{release, TileConfig};
     use crate::model::qgemm::SendPtr;
     use std::arch::asm;
     use std::arch::x86_64::*;
@@ -471,19 +472,11 @@ mod amx {
     /// Bytes of one block's right-hand tile (8 rows of 16 x 4 bytes).
     const B_TILE: usize = BLOCK * N;
 
-    /// Palette 1: tmm0/1 the int32 sums (`rows` x 16), tmm4/5 the activation blocks (`rows` x
-    /// 32 bytes), tmm6/7 the weight blocks (8 x 64 bytes); two of each, for two blocks in flight.
-    #[repr(C, align(64))]
-    struct Config([u8; 64]);
-
-    fn config(rows: usize) -> Config {
-        let mut b = [0u8; 64];
-        b[0] = 1;
-        for (t, (colsb, r)) in [(64, rows), (64, rows), (0, 0), (0, 0), (32, rows), (32, rows), (64, 8), (64, 8)].into_iter().enumerate() {
-            b[16 + 2 * t] = colsb as u8;
-            b[48 + t] = r as u8;
-        }
-        Config(b)
+    /// The tiles (palette 1): tmm0/1 the int32 sums (`rows` x 16), tmm4/5 the activation blocks
+    /// (`rows` x 32 bytes), tmm6/7 the weight blocks (8 x 64 bytes); two of each, for two blocks
+    /// in flight.
+    fn config(rows: usize) -> TileConfig {
+        TileConfig::new([(64, rows), (64, rows), (0, 0), (0, 0), (32, rows), (32, rows), (64, 8), (64, 8)])
     }
 
     struct Scratch {
@@ -527,7 +520,7 @@ mod amx {
                 // task writes).
                 unsafe {
                     if rows != current {
-                        asm!("ldtilecfg [{}]", in(reg) config(rows).0.as_ptr(), options(nostack, readonly));
+                        config(rows).load();
                         current = rows;
                     }
                     dots(xp.as_ptr().add(r0 * nbp * BLOCK), nbp * BLOCK, s.b.as_ptr(), nbp, s.dots.as_mut_ptr());
@@ -536,7 +529,7 @@ mod amx {
                 r0 += rows;
             }
             // SAFETY: as above.
-            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+            unsafe { release() };
         });
     }
 
