@@ -183,6 +183,11 @@ impl<'a> FwdCtx<'a> {
         Ok(mask)
     }
 
+    /// Whether an adapter of this call targets the module `name`.
+    pub fn lora_targets(&self, name: &str) -> bool {
+        self.hooks.lora.iter().any(|u| u.adapter.targets(name))
+    }
+
     /// `y + Σ scaling · B A dropout(x)` over the call's adapters that target module `name`
     /// (`x`: `[.., in]`, `y`: `[.., out]`). The delta is computed in f32 (f64 for an f64 model)
     /// and added in `y`'s dtype; dropout acts only for adapters in training mode

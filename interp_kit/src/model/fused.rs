@@ -905,6 +905,25 @@ mod tests {
         assert!(rope(x.as_tensor(), &cos.narrow(1, 0, 5).unwrap(), &sin).is_err());
     }
 
+    /// The inference path runs `rms_norm` and `rope` in place of candle-nn's ops (which run on
+    /// rayon): the same bits, on rows enough for candle-nn's parallel branch (> 32 rows).
+    #[test]
+    fn rms_norm_and_rope_are_candle_nns_bit_for_bit() {
+        let mut rng = Rng::new(9);
+        let bits = |t: &Tensor| vals(t).into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let (b, h, t, d) = (2, 3, 40, 64);
+        let x = randn(&mut rng, &[b, t, 96], 3.0);
+        let w = randn(&mut rng, &[96], 1.0);
+        let theirs = candle_nn::ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
+        assert_eq!(bits(&rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap()), bits(&theirs));
+        let x = randn(&mut rng, &[b, h, t, d], 1.0);
+        let ang: Vec<f32> = (0..b * t * d / 2).map(|i| (i as f32 * 0.61).cos() * 40.0).collect();
+        let a = Tensor::from_vec(ang, (b, t, d / 2), &Device::Cpu).unwrap();
+        let (cos, sin) = (a.cos().unwrap(), a.sin().unwrap());
+        let theirs = candle_nn::rotary_emb::rope(x.as_tensor(), &cos, &sin).unwrap();
+        assert_eq!(bits(&rope(x.as_tensor(), &cos, &sin).unwrap()), bits(&theirs));
+    }
+
     /// Attention fused against candle's composed ops (as `layers::Attention` runs them on the
     /// gradient path) with grouped-query heads, left padding, a sliding window and a cached
     /// prefix (`S > T`): value and the gradients of `q`, `k` and `v`.

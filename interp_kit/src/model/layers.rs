@@ -514,13 +514,7 @@ impl Linear {
                     QuantPath::Dense => x.broadcast_matmul(&self.weight.dense()?.t()?)?,
                     // Batched decode: each Q8_0 weight block loaded once for up to 8 rows.
                     QuantPath::Q8_0Kernel => x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?,
-                    QuantPath::Q8_0Packed => {
-                        if packed.get().is_none() {
-                            let _ = packed.set(q8_packed::PackedQ8::from_qtensor(q)?);
-                        }
-                        let p = packed.get().expect("set above");
-                        x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedMatMul(p))?
-                    }
+                    QuantPath::Q8_0Packed => x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedMatMul(packed_q8(q, packed)?))?,
                     QuantPath::KQuantInt8 => x.contiguous()?.apply_op1_no_bwd(&kquant::KQuantMatMul(q))?,
                     QuantPath::DequantGemm => {
                         // Prefill: candle's quantized matmul re-reads every weight row per token;
@@ -551,12 +545,36 @@ impl Linear {
         })
     }
 
+    /// The packed Q8_0 weight, if the layer inside this forward call is that weight's product
+    /// alone on [`QuantPath::Q8_0Packed`] for `x`: no gradient, no bias, no LoRA adapter of the
+    /// call on it. [`Mlp::forward`] then runs the gate and up products as one op.
+    fn packed_q8_alone(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Option<&q8_packed::PackedQ8>> {
+        let Weight::Quant { q, packed, .. } = &self.weight else { return Ok(None) };
+        if ctx.grad || self.bias.is_some() || ctx.lora_targets(&self.name) {
+            return Ok(None);
+        }
+        let rows = x.elem_count() / self.in_dim().max(1);
+        let path = quant_path(q.device().location(), q.dtype(), q.shape().rank(), x.dtype(), rows, ctx.dense, ctx.int8_prefill, crate::base::cpu::level());
+        Ok(match path {
+            QuantPath::Q8_0Packed => Some(packed_q8(q, packed)?),
+            _ => None,
+        })
+    }
+
     /// The layer inside a forward call: the base output plus the deltas of the call's LoRA
     /// adapters that target this module (see [`FwdCtx::lora_delta`]).
     pub fn forward_ctx(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
         let y = self.forward_with(x, ctx.grad, ctx.dense, ctx.int8_prefill, ctx.compute)?;
         ctx.lora_delta(&self.name, x, y).with_context(|| format!("LoRA on {}", self.name))
     }
+}
+
+/// A Q8_0 weight repacked for [`q8_packed`] (made on first use, shared by clones).
+fn packed_q8<'a>(q: &QTensor, packed: &'a OnceLock<q8_packed::PackedQ8>) -> Result<&'a q8_packed::PackedQ8> {
+    if packed.get().is_none() {
+        let _ = packed.set(q8_packed::PackedQ8::from_qtensor(q)?);
+    }
+    Ok(packed.get().expect("set above"))
 }
 
 /// RMSNorm (`x / rms(x) * w`). Gemma's `(1 + w)` is folded into `w` at load time.
@@ -572,8 +590,11 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
-        if grad && fused::applies(&[x, &self.weight]) {
-            // One op with its backward (`fused::rms_norm`); the same expressions as below.
+        if fused::applies(&[x, &self.weight]) {
+            // One op with its backward (`fused::rms_norm`): the same expressions as below, and
+            // bit for bit those of `candle_nn::ops::rms_norm` (the inference path's op until
+            // now), but on candle's worker pool instead of rayon's: rayon's threads would share
+            // the cores with the pool's workers, which spin between ops.
             return fused::rms_norm(x, &self.weight, self.eps);
         }
         if grad || x.dtype() != DType::F32 {
@@ -684,7 +705,10 @@ impl Rope {
             // cat along the last dim can leave odd strides (T = 1): matmul needs contiguity.
             return Ok(Tensor::cat(&[&rot, &pass.contiguous()?], D::Minus1)?.contiguous()?);
         }
-        if grad && fused::applies(&[x, cos, sin]) {
+        if fused::applies(&[x, cos, sin]) && (grad || x.dim(2)? > 1) {
+            // Also at inference, except for one new token (candle's loop, serial): bit for bit
+            // `candle_nn::rotary_emb::rope`, on candle's worker pool instead of rayon's (see
+            // `RmsNorm::forward`).
             return fused::rope(x, cos, sin);
         }
         if grad {
@@ -885,6 +909,14 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
+        if let (Some(gate), Act::Silu) = (&self.gate, self.act) {
+            if let (Some(g), Some(u)) = (gate.packed_q8_alone(x, ctx)?, self.up.packed_q8_alone(x, ctx)?) {
+                // Both products on the packed Q8_0 kernel: one op, the same bits as the two
+                // products and `fused::swiglu` below (`q8_packed::swiglu_at`).
+                let h = x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedSwiGlu(g, u))?;
+                return self.down.forward_ctx(&h, ctx);
+            }
+        }
         let up = self.up.forward_ctx(x, ctx)?;
         let h = match &self.gate {
             Some(g) => {

@@ -322,42 +322,124 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     ensure!(level <= crate::base::cpu::detected(), "Q8_0 packed kernel: level {level} is above this CPU's");
     let (n, k) = (w.rows, w.k);
     ensure!(y.len() == m * n, "Q8_0 packed kernel: output has {} values, not {m} x {n}", y.len());
-    let y_ptr = SendPtr(y.as_mut_ptr());
-    #[cfg(target_arch = "x86_64")]
-    if level >= SimdLevel::Amx && m >= AMX_MIN_ROWS {
-        amx::matmul(&PackedQ8::activations_in(level, x, m, k, true)?, w, y_ptr);
-        return Ok(());
-    }
-    let xq = PackedQ8::activations_at(level, x, m, k)?;
-    let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
-    let tile_cols = if m <= SMALL_M { 1 } else { TILE_COLS };
-    // candle's worker pool, as in `qgemm::matmul_xwt` (its workers spin between candle's ops).
-    // Prefill on a five-bit weight: each task's rows unpacked once to eight bits.
-    let unpack = w.is_five_bit() && m > SMALL_M;
-    super::qgemm::par_tasks(n.div_ceil(ROWS_PER_TASK), PackedQ8::scratch, |scratch, t| {
-        let y = y_ptr;
-        let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
-        let (wt, base) = if unpack {
-            w.unpack_rows(vnni, start, end, scratch);
-            (&*scratch, start)
-        } else {
-            (w, 0)
-        };
-        let mut c0 = start;
-        while c0 < end {
-            let cols = tile_cols.min(end - c0);
-            let mut r0 = 0;
-            while r0 < m {
-                let rows = TILE_ROWS.min(m - r0);
-                // SAFETY: columns c0..c0+cols belong to this task only; y holds m x n values
-                // and the tile's rows and columns are in range (of `wt`: rows from `base`).
-                unsafe { tile(vnni, &xq, r0, rows, wt, c0 - base, cols, y.0.add(r0 * n + c0), n) };
-                r0 += rows;
-            }
-            c0 += cols;
+    let y = SendPtr(y.as_mut_ptr());
+    let xq = Activations::quantize(level, x, m, k)?;
+    xq.by_columns(n, || (), |columns, (), c0, _| {
+        let y = y; // the whole `SendPtr`, not its field
+        // Each task writes columns c0..c1 of `y` (m x n), its own.
+        columns(w, y.0.wrapping_add(c0), n)
+    });
+    Ok(())
+}
+
+/// `y[m, n] = silu(x gateᵀ) ⊙ (x upᵀ)`: the gated MLP's hidden layer (SwiGLU) from two packed
+/// weights of one shape, bit for bit [`matmul_at`] for each and then [`vmath::silu_mul`], but with
+/// the activations quantized once, and each task's columns of both products kept in a buffer of
+/// its own (`m x` a task's columns) instead of two `m x n` outputs and a pass over them.
+///
+/// [`vmath::silu_mul`]: crate::base::vmath::silu_mul
+pub fn swiglu_at(level: SimdLevel, x: &[f32], m: usize, gate: &PackedQ8, up: &PackedQ8, y: &mut [f32]) -> Result<()> {
+    ensure!(level <= crate::base::cpu::detected(), "Q8_0 packed SwiGLU: level {level} is above this CPU's");
+    ensure!(
+        (gate.rows, gate.k) == (up.rows, up.k),
+        "Q8_0 packed SwiGLU: gate [{}, {}] and up [{}, {}] differ in shape",
+        gate.rows,
+        gate.k,
+        up.rows,
+        up.k
+    );
+    let (n, k) = (gate.rows, gate.k);
+    ensure!(y.len() == m * n, "Q8_0 packed SwiGLU: output has {} values, not {m} x {n}", y.len());
+    let y = SendPtr(y.as_mut_ptr());
+    let xq = Activations::quantize(level, x, m, k)?;
+    xq.by_columns(n, || (Vec::new(), Vec::new()), |columns, (g, u), c0, c1| {
+        let y = y; // the whole `SendPtr`, not its field
+        let cols = c1 - c0;
+        // Every value is written below (the products fill their buffers).
+        for buf in [&mut *g, &mut *u] {
+            buf.clear();
+            buf.resize(m * cols, 0f32);
+        }
+        // The buffers hold m x cols values.
+        columns(gate, g.as_mut_ptr(), cols);
+        columns(up, u.as_mut_ptr(), cols);
+        for r in 0..m {
+            // SAFETY: row r of columns c0..c1 of `y` (m x n) is this task's alone.
+            let out = unsafe { std::slice::from_raw_parts_mut(y.0.add(r * n + c0), cols) };
+            crate::base::vmath::silu_mul(&g[r * cols..(r + 1) * cols], &u[r * cols..(r + 1) * cols], out);
         }
     });
     Ok(())
+}
+
+/// Quantized activations and the kernel that reads them: the AMX tiles from
+/// [`AMX_MIN_ROWS`] rows on (plain block order), else the VNNI or portable tiles (interleaved).
+struct Activations {
+    level: SimdLevel,
+    xq: PackedQ8,
+    amx: bool,
+}
+
+impl Activations {
+    fn quantize(level: SimdLevel, x: &[f32], m: usize, k: usize) -> Result<Self> {
+        let amx = cfg!(target_arch = "x86_64") && level >= SimdLevel::Amx && m >= AMX_MIN_ROWS;
+        Ok(Self { level, xq: PackedQ8::activations_in(level, x, m, k, amx)?, amx })
+    }
+
+    /// One task per block of output columns `c0..c1` (of `n`) on candle's worker pool (its
+    /// workers spin between candle's ops, as in `qgemm::matmul_xwt`): `f(columns, state, c0, c1)`,
+    /// where `columns(w, out, ldo)` writes columns `c0..c1` of `x wᵀ` at `out` (row `r` at
+    /// `out + r ldo`, column `c0` first), and `state` is the thread's own (from `init`).
+    ///
+    /// `columns` writes through `out` unchecked (a private contract of this module): `out` must
+    /// hold those rows and columns, which no other task writes; `w` has this product's `k` and at
+    /// least `c1` rows.
+    fn by_columns<S>(
+        &self,
+        n: usize,
+        init: impl Fn() -> S + Sync,
+        f: impl Fn(&mut dyn FnMut(&PackedQ8, *mut f32, usize), &mut S, usize, usize) + Sync,
+    ) {
+        let (xq, m) = (&self.xq, self.xq.rows);
+        #[cfg(target_arch = "x86_64")]
+        if self.amx {
+            let init = || (amx::Scratch::new(xq.nbp), init());
+            super::qgemm::par_tasks(n.div_ceil(amx::N), init, |(scratch, state), t| {
+                let (c0, c1) = (t * amx::N, n.min((t + 1) * amx::N));
+                // SAFETY: the level has AMX (`Activations::quantize`); the caller's contract.
+                f(&mut |w, out, ldo| unsafe { amx::columns(scratch, xq, w, c0, c1, out, ldo) }, state, c0, c1);
+            });
+            return;
+        }
+        let vnni = cfg!(target_arch = "x86_64") && self.level >= SimdLevel::Avx512Vnni;
+        let tile_cols = if m <= SMALL_M { 1 } else { TILE_COLS };
+        super::qgemm::par_tasks(n.div_ceil(ROWS_PER_TASK), || (PackedQ8::scratch(), init()), |(scratch, state), t| {
+            let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
+            let mut columns = |w: &PackedQ8, out: *mut f32, ldo: usize| {
+                // Prefill on a five-bit weight: each task's rows unpacked once to eight bits.
+                let (wt, base) = if w.is_five_bit() && m > SMALL_M {
+                    w.unpack_rows(vnni, start, end, scratch);
+                    (&*scratch, start)
+                } else {
+                    (w, 0)
+                };
+                let mut c0 = start;
+                while c0 < end {
+                    let cols = tile_cols.min(end - c0);
+                    let mut r0 = 0;
+                    while r0 < m {
+                        let rows = TILE_ROWS.min(m - r0);
+                        // SAFETY: the tile's rows and columns are in range (of `wt`: rows from
+                        // `base`); `out` per the caller's contract.
+                        unsafe { tile(vnni, xq, r0, rows, wt, c0 - base, cols, out.add(r0 * ldo + c0 - start), ldo) };
+                        r0 += rows;
+                    }
+                    c0 += cols;
+                }
+            };
+            f(&mut columns, state, start, end);
+        });
+    }
 }
 
 /// [`matmul`] as a candle op on an f32 input `[.., k]` (inference only: no backward; CPU only,
@@ -370,6 +452,20 @@ impl candle_core::CustomOp1 for PackedMatMul<'_> {
     }
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         super::qgemm::cpu_fwd_xwt("q8_0 packed matmul", s, l, self.0.rows, self.0.k, |x, m, y| matmul(x, m, self.0, y))
+    }
+}
+
+/// [`swiglu_at`] as a candle op on an f32 input `[.., k]`: `(gate, up)`, of one shape
+/// (inference only, CPU only, as [`PackedMatMul`]).
+pub struct PackedSwiGlu<'a>(pub &'a PackedQ8, pub &'a PackedQ8);
+
+impl candle_core::CustomOp1 for PackedSwiGlu<'_> {
+    fn name(&self) -> &'static str {
+        "q8_0-packed-swiglu-f32"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let level = crate::base::cpu::level();
+        super::qgemm::cpu_fwd_xwt("q8_0 packed swiglu", s, l, self.0.rows, self.0.k, |x, m, y| swiglu_at(level, x, m, self.0, self.1, y))
     }
 }
 
@@ -462,12 +558,11 @@ pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
 mod amx {
     use super::{PackedQ8, BLOCK, GROUP};
     use crate::model::amx::{release, TileConfig};
-    use crate::model::qgemm::SendPtr;
     use std::arch::asm;
     use std::arch::x86_64::*;
 
     /// Weight rows per task (one tile's columns) and activation rows per tile.
-    const N: usize = 16;
+    pub(super) const N: usize = 16;
     const M: usize = 16;
     /// Bytes of one block's right-hand tile (8 rows of 16 x 4 bytes).
     const B_TILE: usize = BLOCK * N;
@@ -479,58 +574,58 @@ mod amx {
         TileConfig::new([(64, rows), (64, rows), (0, 0), (0, 0), (32, rows), (32, rows), (64, 8), (64, 8)])
     }
 
-    struct Scratch {
+    pub(super) struct Scratch {
         unpack: PackedQ8,
         b: Vec<u8>,
         ws: Vec<f32>,
         dots: Vec<i32>,
     }
 
-    /// `y = x W^T` for quantized activations `xq` (`m` rows) and a packed weight, into `y`
-    /// (`m x n`, every value written).
-    pub(super) fn matmul(xq: &PackedQ8, w: &PackedQ8, y: SendPtr<f32>) {
-        let (m, n, nbp) = (xq.rows, w.rows, w.nbp);
+    impl Scratch {
+        pub(super) fn new(nbp: usize) -> Self {
+            Scratch { unpack: PackedQ8::scratch(), b: vec![0; nbp * B_TILE], ws: vec![0.0; nbp * N], dots: vec![0; nbp * M * N] }
+        }
+    }
+
+    /// Columns `c0..c1` (at most [`N`]) of `x W^T` for the quantized activations `xq` (plain
+    /// block order) into `out` (row `r` at `out + r ldo`, column `c0` first; every value written).
+    ///
+    /// # Safety
+    /// The CPU has AMX-INT8 and AVX-512 and the process has leave to use the tiles
+    /// (`SimdLevel::Amx`); `w` has `xq`'s depth and at least `c1` rows; `out` holds `xq.rows`
+    /// rows of `c1 - c0` values at stride `ldo`.
+    pub(super) unsafe fn columns(s: &mut Scratch, xq: &PackedQ8, w: &PackedQ8, c0: usize, c1: usize, out: *mut f32, ldo: usize) {
+        let (m, nbp) = (xq.rows, w.nbp);
         let xp = &xq.quants;
-        let init = || Scratch { unpack: PackedQ8::scratch(), b: vec![0; nbp * B_TILE], ws: vec![0.0; nbp * N], dots: vec![0; nbp * M * N] };
-        crate::model::qgemm::par_tasks(n.div_ceil(N), init, |s, task| {
-            let y = y;
-            let (c0, c1) = (task * N, n.min((task + 1) * N));
-            let cols = c1 - c0;
-            let (src, base) = if w.is_five_bit() {
-                w.unpack_rows(true, c0, c1, &mut s.unpack);
-                (&s.unpack.quants, 0)
-            } else {
-                (&w.quants, c0)
-            };
-            for b in 0..nbp {
-                for c in 0..N {
-                    s.ws[b * N + c] = if c < cols { half::f16::from_bits(w.scales_f16[(c0 + c) * nbp + b]).to_f32() } else { 0.0 };
-                }
+        let cols = c1 - c0;
+        debug_assert!(cols <= N && xq.nbp == nbp && s.dots.len() >= nbp * M * N);
+        let (src, base) = if w.is_five_bit() {
+            w.unpack_rows(true, c0, c1, &mut s.unpack);
+            (&s.unpack.quants, 0)
+        } else {
+            (&w.quants, c0)
+        };
+        for b in 0..nbp {
+            for c in 0..N {
+                s.ws[b * N + c] = if c < cols { half::f16::from_bits(w.scales_f16[(c0 + c) * nbp + b]).to_f32() } else { 0.0 };
             }
-            // SAFETY: AVX-512 (the level); rows base..base+cols of `src` exist, `s.b` holds nbp
-            // blocks.
-            unsafe { lay_out_weights(src, nbp, base, cols, &mut s.b) };
-            let mut current = 0;
-            let mut r0 = 0;
-            while r0 < m {
-                let rows = M.min(m - r0);
-                // SAFETY: the level says the CPU has AMX-INT8 and AVX-512 and the process has
-                // leave to use the tiles; every pointer below stays inside its buffer (rows
-                // r0..r0+rows of `xp` and `y`, this task's columns c0..c1 of `y`, which no other
-                // task writes).
-                unsafe {
-                    if rows != current {
-                        config(rows).load();
-                        current = rows;
-                    }
-                    dots(xp.as_ptr().add(r0 * nbp * BLOCK), nbp * BLOCK, s.b.as_ptr(), nbp, s.dots.as_mut_ptr());
-                    epilogue(&s.dots, nbp, &xq.scales[r0 * nbp..], &s.ws, rows, y.0.add(r0 * n + c0), n, cols);
-                }
-                r0 += rows;
+        }
+        // rows base..base+cols of `src` exist, `s.b` holds nbp blocks.
+        lay_out_weights(src, nbp, base, cols, &mut s.b);
+        let mut current = 0;
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = M.min(m - r0);
+            // Every pointer below stays inside its buffer (rows r0..r0+rows of `xp` and `out`).
+            if rows != current {
+                config(rows).load();
+                current = rows;
             }
-            // SAFETY: as above.
-            unsafe { release() };
-        });
+            dots(xp.as_ptr().add(r0 * nbp * BLOCK), nbp * BLOCK, s.b.as_ptr(), nbp, s.dots.as_mut_ptr());
+            epilogue(&s.dots, nbp, &xq.scales[r0 * nbp..], &s.ws, rows, out.add(r0 * ldo), ldo, cols);
+            r0 += rows;
+        }
+        release();
     }
 
     /// Weight rows `r0..r0+rows` (at most 16) of an eight-bit interleaved quant array as the
@@ -975,6 +1070,41 @@ mod tests {
     /// the GGUF, and gives the eight-bit layout's results bit for bit at every level, in decode
     /// (up to 8 rows: unpacked in registers) and prefill (unpacked per task), and the portable
     /// reference's; a weight with one quant outside -16..=15 stays eight-bit.
+    /// The fused SwiGLU is the two products and `vmath::silu_mul` bit for bit, at every level,
+    /// on eight-bit and five-bit weights, with row counts on both sides of the AMX threshold and
+    /// column counts that leave a short last task.
+    #[test]
+    fn swiglu_is_the_two_products_then_silu_mul() {
+        for (m, n, k, five) in [(5, 50, 256, false), (40, 33, 96, false), (35, 20, 160, true), (64, 50, 896, true), (9, 7, 128, true)] {
+            let weight = |seed: u64| {
+                let t = Tensor::from_vec(normal(n, k, seed), (n, k), &Device::Cpu).unwrap();
+                let q = if five {
+                    crate::model::load::q5_0_to_q8_0(QTensor::quantize(&t, GgmlDType::Q5_0).unwrap(), &Device::Cpu).unwrap()
+                } else {
+                    QTensor::quantize(&t, GgmlDType::Q8_0).unwrap()
+                };
+                let p = PackedQ8::from_qtensor(&q).unwrap();
+                assert_eq!(p.is_five_bit(), five);
+                p
+            };
+            let (gate, up) = (weight(11 + k as u64), weight(12 + n as u64));
+            let x: Vec<f32> = normal(m, k, 13 + m as u64).iter().map(|v| 3.0 * v).collect();
+            for lvl in crate::base::cpu::detected().up_to() {
+                let (mut g, mut u, mut want) = (vec![0f32; m * n], vec![0f32; m * n], vec![0f32; m * n]);
+                matmul_at(lvl, &x, m, &gate, &mut g).unwrap();
+                matmul_at(lvl, &x, m, &up, &mut u).unwrap();
+                crate::base::vmath::silu_mul(&g, &u, &mut want);
+                let mut got = vec![f32::NAN; m * n]; // every output is written
+                swiglu_at(lvl, &x, m, &gate, &up, &mut got).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "level {lvl}, m={m} n={n} k={k}, five-bit {five}");
+            }
+        }
+        let (a, b) = (PackedQ8::from_qtensor(&q8(&normal(4, 64, 1), 4, 64)).unwrap(), PackedQ8::from_qtensor(&q8(&normal(5, 64, 2), 5, 64)).unwrap());
+        let err = swiglu_at(SimdLevel::Portable, &[0.0; 64], 1, &a, &b, &mut [0.0; 4]).unwrap_err();
+        assert!(format!("{err:#}").contains("differ in shape"), "{err:#}");
+    }
+
     #[test]
     fn five_bit_layout_matches_eight_bit() {
         for (n, k) in [(50, 896), (7, 256), (9, 160)] {
