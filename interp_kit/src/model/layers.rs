@@ -546,11 +546,12 @@ impl Linear {
     }
 
     /// The packed Q8_0 weight, if the layer inside this forward call is that weight's product
-    /// alone on [`QuantPath::Q8_0Packed`] for `x`: no gradient, no bias, no LoRA adapter of the
-    /// call on it. [`Mlp::forward`] then runs the gate and up products as one op.
+    /// (plus the bias, if any) on [`QuantPath::Q8_0Packed`] for `x`: no gradient, no LoRA adapter
+    /// of the call on it. [`Mlp::forward`] then runs the gate and up products as one op, and
+    /// [`QkvProj`] its three projections.
     fn packed_q8_alone(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Option<&q8_packed::PackedQ8>> {
         let Weight::Quant { q, packed, .. } = &self.weight else { return Ok(None) };
-        if ctx.grad || self.bias.is_some() || ctx.lora_targets(&self.name) {
+        if ctx.grad || ctx.lora_targets(&self.name) {
             return Ok(None);
         }
         let rows = x.elem_count() / self.in_dim().max(1);
@@ -747,7 +748,23 @@ impl QkvProj {
     /// `(q, k, v)` projections of `x` `[B, T, d]`, each `[B, T, heads*head_dim]`.
     fn forward(&self, x: &Tensor, ctx: &FwdCtx, q_dim: usize, kv_dim: usize) -> Result<(Tensor, Tensor, Tensor)> {
         Ok(match self {
-            QkvProj::Split { q, k, v } => (q.forward_ctx(x, ctx)?, k.forward_ctx(x, ctx)?, v.forward_ctx(x, ctx)?),
+            QkvProj::Split { q, k, v } => {
+                if let (Some(pq), Some(pk), Some(pv)) = (q.packed_q8_alone(x, ctx)?, k.packed_q8_alone(x, ctx)?, v.packed_q8_alone(x, ctx)?) {
+                    // All three on the packed Q8_0 kernel: one op (`q8_packed::side_by_side_at`,
+                    // the same bits as three), then each bias as `Linear::forward_with` adds it.
+                    let y = x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedSideBySide(vec![pq, pk, pv]))?;
+                    let part = |l: &Linear, at: usize, n: usize| -> Result<Tensor> {
+                        let y = y.narrow(D::Minus1, at, n)?;
+                        Ok(match &l.bias {
+                            Some(b) => y.broadcast_add(b)?,
+                            None => y,
+                        })
+                    };
+                    let (nq, nk, nv) = (pq.rows(), pk.rows(), pv.rows());
+                    return Ok((part(q, 0, nq)?, part(k, nq, nk)?, part(v, nq + nk, nv)?));
+                }
+                (q.forward_ctx(x, ctx)?, k.forward_ctx(x, ctx)?, v.forward_ctx(x, ctx)?)
+            }
             QkvProj::Fused(l) => {
                 let y = l.forward_ctx(x, ctx)?;
                 (
@@ -909,7 +926,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, ctx: &FwdCtx) -> Result<Tensor> {
-        if let (Some(gate), Act::Silu) = (&self.gate, self.act) {
+        let unbiased = self.gate.as_ref().is_some_and(|g| g.bias.is_none()) && self.up.bias.is_none();
+        if let (Some(gate), Act::Silu, true) = (&self.gate, self.act, unbiased) {
             if let (Some(g), Some(u)) = (gate.packed_q8_alone(x, ctx)?, self.up.packed_q8_alone(x, ctx)?) {
                 // Both products on the packed Q8_0 kernel: one op, the same bits as the two
                 // products and `fused::swiglu` below (`q8_packed::swiglu_at`).

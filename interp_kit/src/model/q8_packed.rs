@@ -324,10 +324,34 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &PackedQ8, y: &mut [f
     ensure!(y.len() == m * n, "Q8_0 packed kernel: output has {} values, not {m} x {n}", y.len());
     let y = SendPtr(y.as_mut_ptr());
     let xq = Activations::quantize(level, x, m, k)?;
-    xq.by_columns(n, || (), |columns, (), c0, _| {
+    xq.by_columns(&[n], || (), |columns, (), _, c0, _| {
         let y = y; // the whole `SendPtr`, not its field
         // Each task writes columns c0..c1 of `y` (m x n), its own.
         columns(w, y.0.wrapping_add(c0), n)
+    });
+    Ok(())
+}
+
+/// `y = [x w_0ᵀ, x w_1ᵀ, ..]` (`m x Σ n_p`, the products side by side, as one weight of the
+/// stacked rows would give them): the attention's q, k and v projections of one input, bit for bit
+/// [`matmul_at`] for each, with the activations quantized once and one pass of tasks over all the
+/// products' columns.
+pub fn side_by_side_at(level: SimdLevel, x: &[f32], m: usize, ws: &[&PackedQ8], y: &mut [f32]) -> Result<()> {
+    ensure!(level <= crate::base::cpu::detected(), "Q8_0 packed products: level {level} is above this CPU's");
+    let Some(k) = ws.first().map(|w| w.k) else { anyhow::bail!("Q8_0 packed products: no weights") };
+    for (p, w) in ws.iter().enumerate() {
+        ensure!(w.k == k, "Q8_0 packed products: weight {p} has depth {}, weight 0 has {k}", w.k);
+    }
+    let ns: Vec<usize> = ws.iter().map(|w| w.rows).collect();
+    let total: usize = ns.iter().sum();
+    ensure!(y.len() == m * total, "Q8_0 packed products: output has {} values, not {m} x {total}", y.len());
+    let offsets: Vec<usize> = ns.iter().scan(0, |acc, n| Some(std::mem::replace(acc, *acc + n))).collect();
+    let y = SendPtr(y.as_mut_ptr());
+    let xq = Activations::quantize(level, x, m, k)?;
+    xq.by_columns(&ns, || (), |columns, (), p, c0, _| {
+        let y = y; // the whole `SendPtr`, not its field
+        // Each task writes columns c0..c1 of product p, columns offsets[p] + c0.. of `y`, its own.
+        columns(ws[p], y.0.wrapping_add(offsets[p] + c0), total)
     });
     Ok(())
 }
@@ -352,7 +376,7 @@ pub fn swiglu_at(level: SimdLevel, x: &[f32], m: usize, gate: &PackedQ8, up: &Pa
     ensure!(y.len() == m * n, "Q8_0 packed SwiGLU: output has {} values, not {m} x {n}", y.len());
     let y = SendPtr(y.as_mut_ptr());
     let xq = Activations::quantize(level, x, m, k)?;
-    xq.by_columns(n, || (Vec::new(), Vec::new()), |columns, (g, u), c0, c1| {
+    xq.by_columns(&[n], || (Vec::new(), Vec::new()), |columns, (g, u), _, c0, c1| {
         let y = y; // the whole `SendPtr`, not its field
         let cols = c1 - c0;
         // Every value is written below (the products fill their buffers).
@@ -386,35 +410,47 @@ impl Activations {
         Ok(Self { level, xq: PackedQ8::activations_in(level, x, m, k, amx)?, amx })
     }
 
-    /// One task per block of output columns `c0..c1` (of `n`) on candle's worker pool (its
-    /// workers spin between candle's ops, as in `qgemm::matmul_xwt`): `f(columns, state, c0, c1)`,
-    /// where `columns(w, out, ldo)` writes columns `c0..c1` of `x wᵀ` at `out` (row `r` at
-    /// `out + r ldo`, column `c0` first), and `state` is the thread's own (from `init`).
+    /// One task per block of output columns `c0..c1` of each product `p` (`ns[p]` columns) on
+    /// candle's worker pool (its workers spin between candle's ops, as in `qgemm::matmul_xwt`):
+    /// `f(columns, state, p, c0, c1)`, where `columns(w, out, ldo)` writes columns `c0..c1` of
+    /// `x wᵀ` at `out` (row `r` at `out + r ldo`, column `c0` first), and `state` is the thread's
+    /// own (from `init`).
     ///
     /// `columns` writes through `out` unchecked (a private contract of this module): `out` must
     /// hold those rows and columns, which no other task writes; `w` has this product's `k` and at
     /// least `c1` rows.
     fn by_columns<S>(
         &self,
-        n: usize,
+        ns: &[usize],
         init: impl Fn() -> S + Sync,
-        f: impl Fn(&mut dyn FnMut(&PackedQ8, *mut f32, usize), &mut S, usize, usize) + Sync,
+        f: impl Fn(&mut dyn FnMut(&PackedQ8, *mut f32, usize), &mut S, usize, usize, usize) + Sync,
     ) {
         let (xq, m) = (&self.xq, self.xq.rows);
+        // Task `t` -> (product, its first column, its end) for `per` columns per task.
+        let split = |per: usize, mut t: usize| {
+            for (p, &n) in ns.iter().enumerate() {
+                if t < n.div_ceil(per) {
+                    return (p, t * per, n.min((t + 1) * per));
+                }
+                t -= n.div_ceil(per);
+            }
+            unreachable!("task past the last product")
+        };
+        let tasks = |per: usize| ns.iter().map(|n| n.div_ceil(per)).sum::<usize>();
         #[cfg(target_arch = "x86_64")]
         if self.amx {
             let init = || (amx::Scratch::new(xq.nbp), init());
-            super::qgemm::par_tasks(n.div_ceil(amx::N), init, |(scratch, state), t| {
-                let (c0, c1) = (t * amx::N, n.min((t + 1) * amx::N));
+            super::qgemm::par_tasks(tasks(amx::N), init, |(scratch, state), t| {
+                let (p, c0, c1) = split(amx::N, t);
                 // SAFETY: the level has AMX (`Activations::quantize`); the caller's contract.
-                f(&mut |w, out, ldo| unsafe { amx::columns(scratch, xq, w, c0, c1, out, ldo) }, state, c0, c1);
+                f(&mut |w, out, ldo| unsafe { amx::columns(scratch, xq, w, c0, c1, out, ldo) }, state, p, c0, c1);
             });
             return;
         }
         let vnni = cfg!(target_arch = "x86_64") && self.level >= SimdLevel::Avx512Vnni;
         let tile_cols = if m <= SMALL_M { 1 } else { TILE_COLS };
-        super::qgemm::par_tasks(n.div_ceil(ROWS_PER_TASK), || (PackedQ8::scratch(), init()), |(scratch, state), t| {
-            let (start, end) = (t * ROWS_PER_TASK, n.min((t + 1) * ROWS_PER_TASK));
+        super::qgemm::par_tasks(tasks(ROWS_PER_TASK), || (PackedQ8::scratch(), init()), |(scratch, state), t| {
+            let (p, start, end) = split(ROWS_PER_TASK, t);
             let mut columns = |w: &PackedQ8, out: *mut f32, ldo: usize| {
                 // Prefill on a five-bit weight: each task's rows unpacked once to eight bits.
                 let (wt, base) = if w.is_five_bit() && m > SMALL_M {
@@ -437,7 +473,7 @@ impl Activations {
                     c0 += cols;
                 }
             };
-            f(&mut columns, state, start, end);
+            f(&mut columns, state, p, start, end);
         });
     }
 }
@@ -452,6 +488,21 @@ impl candle_core::CustomOp1 for PackedMatMul<'_> {
     }
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         super::qgemm::cpu_fwd_xwt("q8_0 packed matmul", s, l, self.0.rows, self.0.k, |x, m, y| matmul(x, m, self.0, y))
+    }
+}
+
+/// [`side_by_side_at`] as a candle op on an f32 input `[.., k]` (inference only, CPU only, as
+/// [`PackedMatMul`]).
+pub struct PackedSideBySide<'a>(pub Vec<&'a PackedQ8>);
+
+impl candle_core::CustomOp1 for PackedSideBySide<'_> {
+    fn name(&self) -> &'static str {
+        "q8_0-packed-side-by-side-f32"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let level = crate::base::cpu::level();
+        let (n, k) = (self.0.iter().map(|w| w.rows).sum(), self.0.first().map_or(0, |w| w.k));
+        super::qgemm::cpu_fwd_xwt("q8_0 packed side by side", s, l, n, k, |x, m, y| side_by_side_at(level, x, m, &self.0, y))
     }
 }
 
@@ -1070,6 +1121,46 @@ mod tests {
     /// the GGUF, and gives the eight-bit layout's results bit for bit at every level, in decode
     /// (up to 8 rows: unpacked in registers) and prefill (unpacked per task), and the portable
     /// reference's; a weight with one quant outside -16..=15 stays eight-bit.
+    /// Products side by side are each product bit for bit, at every level, with eight-bit and
+    /// five-bit weights of different row counts (tasks that end inside a product) and row counts
+    /// on both sides of the AMX threshold.
+    #[test]
+    fn side_by_side_is_each_product() {
+        for (m, k) in [(1, 96), (5, 256), (9, 160), (40, 96), (64, 896)] {
+            let weight = |n: usize, five: bool, seed: u64| {
+                let t = Tensor::from_vec(normal(n, k, seed), (n, k), &Device::Cpu).unwrap();
+                let q = if five {
+                    crate::model::load::q5_0_to_q8_0(QTensor::quantize(&t, GgmlDType::Q5_0).unwrap(), &Device::Cpu).unwrap()
+                } else {
+                    QTensor::quantize(&t, GgmlDType::Q8_0).unwrap()
+                };
+                PackedQ8::from_qtensor(&q).unwrap()
+            };
+            let ws = [weight(50, true, 21), weight(7, false, 22), weight(33, true, 23)];
+            let x = normal(m, k, 24 + m as u64);
+            let total: usize = ws.iter().map(|w| w.rows).sum();
+            for lvl in crate::base::cpu::detected().up_to() {
+                let mut want = vec![0f32; m * total];
+                let mut at = 0;
+                for w in &ws {
+                    let mut y = vec![0f32; m * w.rows];
+                    matmul_at(lvl, &x, m, w, &mut y).unwrap();
+                    for r in 0..m {
+                        want[r * total + at..r * total + at + w.rows].copy_from_slice(&y[r * w.rows..(r + 1) * w.rows]);
+                    }
+                    at += w.rows;
+                }
+                let mut got = vec![f32::NAN; m * total]; // every output is written
+                side_by_side_at(lvl, &x, m, &ws.iter().collect::<Vec<_>>(), &mut got).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "level {lvl}, m={m} k={k}");
+            }
+        }
+        let (a, b) = (PackedQ8::from_qtensor(&q8(&normal(4, 64, 1), 4, 64)).unwrap(), PackedQ8::from_qtensor(&q8(&normal(4, 96, 2), 4, 96)).unwrap());
+        let err = side_by_side_at(SimdLevel::Portable, &[0.0; 64], 1, &[&a, &b], &mut [0.0; 8]).unwrap_err();
+        assert!(format!("{err:#}").contains("weight 1 has depth 96"), "{err:#}");
+    }
+
     /// The fused SwiGLU is the two products and `vmath::silu_mul` bit for bit, at every level,
     /// on eight-bit and five-bit weights, with row counts on both sides of the AMX threshold and
     /// column counts that leave a short last task.
