@@ -7,21 +7,33 @@
 //! = 0`, `exp(inf) = inf`, NaN stays NaN, results below the normal range are flushed by the same
 //! rules as libm's (subnormals kept). libm's scalar `expf` takes a slow path for every underflowing
 //! argument; a masked attention score is one.
-use wide::f32x8;
+use wide::{f32x16, f32x8};
 
 #[inline(always)]
 fn load(c: &[f32]) -> f32x8 {
     f32x8::from(<[f32; 8]>::try_from(c).expect("8 lanes"))
 }
 
+#[inline(always)]
+fn load16(c: &[f32]) -> f32x16 {
+    f32x16::from(<[f32; 16]>::try_from(c).expect("16 lanes"))
+}
+
+/// The two halves of 16 lanes, in order (sums keep the order of eight-lane chunks).
+#[inline(always)]
+fn halves(v: f32x16) -> (f32x8, f32x8) {
+    let a = v.to_array();
+    (load(&a[..8]), load(&a[8..]))
+}
+
 /// `out[i] = exp(x[i] * scale + shift)`.
 pub fn exp_affine(x: &[f32], scale: f32, shift: f32, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
-    let (s8, b8) = (f32x8::splat(scale), f32x8::splat(shift));
-    let mut chunks = x.chunks_exact(8);
-    let mut outs = out.chunks_exact_mut(8);
+    let (s16, b16) = (f32x16::splat(scale), f32x16::splat(shift));
+    let mut chunks = x.chunks_exact(16);
+    let mut outs = out.chunks_exact_mut(16);
     for (c, o) in (&mut chunks).zip(&mut outs) {
-        o.copy_from_slice(&load(c).mul_add(s8, b8).exp().to_array());
+        o.copy_from_slice(&load16(c).mul_add(s16, b16).exp().to_array());
     }
     for (o, &v) in outs.into_remainder().iter_mut().zip(chunks.remainder()) {
         *o = (f32x8::splat(v.mul_add(scale, shift)).exp()).to_array()[0];
@@ -30,9 +42,17 @@ pub fn exp_affine(x: &[f32], scale: f32, shift: f32, out: &mut Vec<f32>) {
 
 /// `x[i] = exp(x[i] - shift)` in place; returns the sum of the results (f32, eight partial sums).
 pub fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
-    let s8 = f32x8::splat(shift);
+    let (s8, s16) = (f32x8::splat(shift), f32x16::splat(shift));
     let mut acc = f32x8::ZERO;
-    let mut chunks = x.chunks_exact_mut(8);
+    let whole = x.len() / 16 * 16;
+    for c in x[..whole].chunks_exact_mut(16) {
+        let e = (load16(c) - s16).exp();
+        let (lo, hi) = halves(e);
+        acc += lo;
+        acc += hi;
+        c.copy_from_slice(&e.to_array());
+    }
+    let mut chunks = x[whole..].chunks_exact_mut(8);
     for c in &mut chunks {
         let e = (load(c) - s8).exp();
         acc += e;
@@ -61,9 +81,15 @@ pub fn max(x: &[f32]) -> f32 {
 
 /// `sum exp(x[i] - shift)` (f32, eight partial sums); `x` is not changed.
 pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
-    let s8 = f32x8::splat(shift);
+    let (s8, s16) = (f32x8::splat(shift), f32x16::splat(shift));
     let mut acc = f32x8::ZERO;
-    let mut chunks = x.chunks_exact(8);
+    let whole = x.len() / 16 * 16;
+    for c in x[..whole].chunks_exact(16) {
+        let (lo, hi) = halves((load16(c) - s16).exp());
+        acc += lo;
+        acc += hi;
+    }
+    let mut chunks = x[whole..].chunks_exact(8);
     for c in &mut chunks {
         acc += (load(c) - s8).exp();
     }
@@ -74,10 +100,10 @@ pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
 /// `out[i] = exp(x[i] - shift) * scale` (equal lengths).
 pub fn exp_sub_scale(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "exp_sub_scale: lengths");
-    let (s8, k8) = (f32x8::splat(shift), f32x8::splat(scale));
-    let (mut xc, mut oc) = (x.chunks_exact(8), out.chunks_exact_mut(8));
+    let (s16, k16) = (f32x16::splat(shift), f32x16::splat(scale));
+    let (mut xc, mut oc) = (x.chunks_exact(16), out.chunks_exact_mut(16));
     for (c, o) in (&mut xc).zip(&mut oc) {
-        o.copy_from_slice(&((load(c) - s8).exp() * k8).to_array());
+        o.copy_from_slice(&((load16(c) - s16).exp() * k16).to_array());
     }
     for (o, &v) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
         *o = f32x8::splat(v - shift).exp().to_array()[0] * scale;
@@ -102,11 +128,11 @@ pub fn softmax_in_place(x: &mut [f32]) {
 /// `silu(g) * u = g / (1 + e^-g) * u` into `out` (equal lengths).
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     assert!(g.len() == u.len() && g.len() == out.len(), "silu_mul: lengths {} / {} / {}", g.len(), u.len(), out.len());
-    let one = f32x8::ONE;
-    let (mut gc, mut uc, mut oc) = (g.chunks_exact(8), u.chunks_exact(8), out.chunks_exact_mut(8));
+    let one = f32x16::ONE;
+    let (mut gc, mut uc, mut oc) = (g.chunks_exact(16), u.chunks_exact(16), out.chunks_exact_mut(16));
     for ((g, u), o) in (&mut gc).zip(&mut uc).zip(&mut oc) {
-        let g = load(g);
-        o.copy_from_slice(&(g / (one + (-g).exp()) * load(u)).to_array());
+        let g = load16(g);
+        o.copy_from_slice(&(g / (one + (-g).exp()) * load16(u)).to_array());
     }
     for ((g, u), o) in gc.remainder().iter().zip(uc.remainder()).zip(oc.into_remainder()) {
         let e = f32x8::splat(-*g).exp().to_array()[0];
@@ -126,8 +152,19 @@ pub fn silu_mul_backward(g: &[f32], u: &[f32], d: &[f32], dg: &mut [f32], du: &m
         let silu = g / (one + e);
         (d * u * (sig * (one - silu) + silu), d * silu)
     };
+    // The same expressions in 16 lanes (the same bits per value).
+    let one16 = f32x16::ONE;
+    let whole = n - n % 16;
+    for i in (0..whole).step_by(16) {
+        let (g, u, d) = (load16(&g[i..i + 16]), load16(&u[i..i + 16]), load16(&d[i..i + 16]));
+        let e = (-g).exp();
+        let sig = one16 / (one16 + e);
+        let silu = g / (one16 + e);
+        dg[i..i + 16].copy_from_slice(&(d * u * (sig * (one16 - silu) + silu)).to_array());
+        du[i..i + 16].copy_from_slice(&(d * silu).to_array());
+    }
     let full = n - n % 8;
-    for i in (0..full).step_by(8) {
+    for i in (whole..full).step_by(8) {
         let (a, b) = step(load(&g[i..i + 8]), load(&u[i..i + 8]), load(&d[i..i + 8]));
         dg[i..i + 8].copy_from_slice(&a.to_array());
         du[i..i + 8].copy_from_slice(&b.to_array());
@@ -146,6 +183,57 @@ mod tests {
     /// Distance in units in the last place between two finite f32 of one sign.
     fn ulps(a: f32, b: f32) -> u32 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    /// The 16-lane loops give the bits of eight-lane ones (the module's code before them): `wide`'s
+    /// `f32x16` and `f32x8` run the same `exp`, elementwise results do not depend on the width,
+    /// and the sums add the two halves of each 16 values in the order of eight-lane chunks.
+    #[test]
+    fn sixteen_lanes_give_the_bits_of_eight() {
+        let exp8 = |v: f32| f32x8::splat(v).exp().to_array()[0];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for n in [0usize, 5, 8, 13, 16, 29, 37, 64, 1003] {
+            let mut x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2003) as f32 / 10.0 - 110.0).collect();
+            if n > 20 {
+                x[3] = f32::NEG_INFINITY;
+                x[17] = 88.9; // overflows
+                x[19] = -0.0;
+            }
+            let (g, u, d): (Vec<f32>, Vec<f32>, Vec<f32>) = (x.iter().map(|v| v / 5.0).collect(), x.iter().map(|v| v / 50.0).collect(), x.iter().map(|v| 1.0 - v / 70.0).collect());
+            // elementwise: each value as one lane of the eight-lane code
+            let mut out = vec![];
+            exp_affine(&x, 0.5, 1.0, &mut out);
+            assert_eq!(bits(&out), bits(&x.iter().map(|&v| exp8(v.mul_add(0.5, 1.0))).collect::<Vec<_>>()), "exp_affine, n {n}");
+            let mut o = vec![0f32; n];
+            exp_sub_scale(&x, 2.0, 0.25, &mut o);
+            assert_eq!(bits(&o), bits(&x.iter().map(|&v| exp8(v - 2.0) * 0.25).collect::<Vec<_>>()), "exp_sub_scale, n {n}");
+            silu_mul(&g, &u, &mut o);
+            let want: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + exp8(-g)) * u).collect();
+            assert_eq!(bits(&o), bits(&want), "silu_mul, n {n}");
+            let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+            silu_mul_backward(&g, &u, &d, &mut dg, &mut du);
+            for i in 0..n {
+                let e = exp8(-g[i]);
+                let (sig, silu) = (1.0 / (1.0 + e), g[i] / (1.0 + e));
+                assert_eq!((dg[i].to_bits(), du[i].to_bits()), ((d[i] * u[i] * (sig * (1.0 - silu) + silu)).to_bits(), (d[i] * silu).to_bits()), "silu_mul_backward, n {n}, i {i}");
+            }
+        }
+        // Sums: eight-lane chunks in order, then the tail. Values of one size, and enough of them
+        // that a change in the order of the additions shows in the bits.
+        for n in [0usize, 13, 29, 37, 40_003] {
+            let x: Vec<f32> = (0..n as u64).map(|i| (i * 2_654_435_761 % 1_000_003) as f32 / 166_667.0 - 3.0).collect();
+            let full = n / 8 * 8;
+            let mut acc = f32x8::ZERO;
+            for c in x[..full].chunks_exact(8) {
+                acc += (load(c) - f32x8::splat(-1.0)).exp();
+            }
+            let tail: f32 = x[full..].iter().map(|&v| exp8(v + 1.0)).sum();
+            let want = acc.reduce_add() + tail;
+            assert_eq!(sum_exp(&x, -1.0).to_bits(), want.to_bits(), "sum_exp, n {n}");
+            let mut y = x.clone();
+            assert_eq!(exp_sub_sum(&mut y, -1.0).to_bits(), want.to_bits(), "exp_sub_sum, n {n}");
+            assert_eq!(bits(&y), bits(&x.iter().map(|&v| exp8(v - -1.0)).collect::<Vec<_>>()), "exp_sub_sum values, n {n}");
+        }
     }
 
     #[test]
