@@ -1,6 +1,9 @@
-//! Vectorized elementwise math on f32 slices: `exp` (through `wide`'s polynomial, eight lanes at a
-//! time), the softmax of a row, and SiLU-gated products with their backward. Used by the fused
-//! model ops (attention softmax, SwiGLU) and by generation's per-step softmax.
+//! Vectorized elementwise math on f32 slices: `exp` (through `wide`'s polynomial, sixteen lanes at
+//! a time, eight for a slice's tail), the softmax of a row, and SiLU-gated products with their
+//! backward. Used by the fused model ops (attention softmax, SwiGLU) and by generation's per-step
+//! softmax. `wide::f32x16::exp` is `f32x8::exp`'s code in 16 lanes (AVX-512 where the build has
+//! it), so a value's result does not depend on the width; the sums keep the order of eight-lane
+//! chunks.
 //!
 //! `wide::f32x8::exp` is a degree-7 polynomial after a two-constant `ln 2` range reduction: within
 //! 2 ulp of the correctly rounded value over the normal range (tested below against f64), `exp(-inf)
