@@ -733,29 +733,67 @@ mod amx {
 
     /// Rows `0..rows` of the outputs from the blocks' int32 sums: per block `d_x d_w` (one
     /// vector of 16 weight rows), fused into accumulator `b % 8`, then the portable final sum;
-    /// the first `cols` lanes stored.
+    /// the first `cols` lanes stored. Two rows at a time (their 16 accumulators stay in
+    /// registers and share each block's weight scales).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn epilogue(dots: &[i32], nbp: usize, xs: &[f32], ws: &[f32], rows: usize, out: *mut f32, ldo: usize, cols: usize) {
+        debug_assert!(nbp % 4 == 0 && dots.len() >= nbp * M * N && ws.len() >= nbp * N && xs.len() >= rows * nbp);
         let mask: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
-        for r in 0..rows {
-            let mut acc = [_mm512_setzero_ps(); GROUP];
-            let mut g0 = 0;
-            while g0 < nbp {
-                let g = GROUP.min(nbp - g0);
-                for (j, a) in acc.iter_mut().enumerate().take(g) {
-                    let b = g0 + j;
-                    let v = _mm512_cvtepi32_ps(_mm512_loadu_epi32(dots.as_ptr().add((b * M + r) * N)));
-                    let d = _mm512_mul_ps(_mm512_set1_ps(*xs.get_unchecked(r * nbp + b)), _mm512_loadu_ps(ws.as_ptr().add(b * N)));
-                    *a = _mm512_fmadd_ps(d, v, *a);
+        let mut r = 0;
+        while r + 2 <= rows {
+            epilogue_rows::<2>(dots.as_ptr(), nbp, xs.as_ptr(), ws.as_ptr(), r, out, ldo, mask);
+            r += 2;
+        }
+        if r < rows {
+            epilogue_rows::<1>(dots.as_ptr(), nbp, xs.as_ptr(), ws.as_ptr(), r, out, ldo, mask);
+        }
+    }
+
+    /// [`epilogue`] for rows `r..r + R`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn epilogue_rows<const R: usize>(dots: *const i32, nbp: usize, xs: *const f32, ws: *const f32, r: usize, out: *mut f32, ldo: usize, mask: __mmask16) {
+        let mut acc = [[_mm512_setzero_ps(); GROUP]; R];
+        // Block `b` into accumulator `j` (= b % 8) of each row.
+        macro_rules! step {
+            ($b:expr, $j:expr) => {{
+                let b = $b;
+                let w = _mm512_loadu_ps(ws.add(b * N));
+                for i in 0..R {
+                    let v = _mm512_cvtepi32_ps(_mm512_loadu_epi32(dots.add((b * M + r + i) * N)));
+                    let d = _mm512_mul_ps(_mm512_set1_ps(*xs.add((r + i) * nbp + b)), w);
+                    acc[i][$j] = _mm512_fmadd_ps(d, v, acc[i][$j]);
                 }
-                g0 += g;
-            }
+            }};
+        }
+        let full = nbp / GROUP * GROUP;
+        let mut g0 = 0;
+        while g0 < full {
+            step!(g0, 0);
+            step!(g0 + 1, 1);
+            step!(g0 + 2, 2);
+            step!(g0 + 3, 3);
+            step!(g0 + 4, 4);
+            step!(g0 + 5, 5);
+            step!(g0 + 6, 6);
+            step!(g0 + 7, 7);
+            g0 += GROUP;
+        }
+        // `nbp` is a multiple of four: at most one group of four is left.
+        if g0 < nbp {
+            step!(g0, 0);
+            step!(g0 + 1, 1);
+            step!(g0 + 2, 2);
+            step!(g0 + 3, 3);
+        }
+        for (i, a) in acc.iter().enumerate() {
             let s = _mm512_add_ps(
-                _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
-                _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
+                _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
             );
-            _mm512_mask_storeu_ps(out.add(r * ldo), mask, s);
+            _mm512_mask_storeu_ps(out.add((r + i) * ldo), mask, s);
         }
     }
 }
@@ -963,7 +1001,7 @@ mod tests {
     /// and block counts of whole groups (8, 16), a four-block tail (4, 28 = the embedded model's
     /// 896) and a padded tail (1, 3, 5 blocks). From 32 rows on, the AMX kernel where the CPU has
     /// it (row blocks of 16 and a shorter last one, weight rows in tasks of 16, padded blocks).
-    const SHAPES: [(usize, usize, usize); 11] = [
+    const SHAPES: [(usize, usize, usize); 13] = [
         (1, 7, 32),
         (2, 30, 96),
         (3, 25, 160),
@@ -975,6 +1013,9 @@ mod tests {
         (6, 5, 136 * 4),
         (35, 20, 160),
         (40, 33, 96),
+        // AMX with two full groups of eight blocks, and with one full group and four blocks.
+        (37, 18, 32 * 13),
+        (33, 17, 32 * 12),
     ];
 
     /// Within f32 rounding of candle's `vec_dot` of the same quantized rows (the integers are the
