@@ -23,6 +23,13 @@
 //! an L2-sized scratch buffer that each thread reuses: no repacked copy and no f32 copy of the
 //! weight.
 //!
+//! **AMX.** From [`AMX_MIN_ROWS`] input rows on, on CPUs with AMX (`SimdLevel::Amx`), the group
+//! scales go into the weight as two byte planes and each super-block is one chain of tile
+//! products (see the `amx` module below): the same integers, summed over the whole super-block
+//! before the f32 step ([`dot_amx_portable`], which that kernel equals bit for bit). So on such a
+//! CPU a row's output differs in its last bits between calls of fewer and of more rows than
+//! [`AMX_MIN_ROWS`]; within either kernel it does not depend on the other rows.
+//!
 //! **Numerics.** Only the activations are rounded (to 8 bits per 256 values, as llama.cpp and
 //! candle do for a K-quant dot product); the weight enters as stored. [`dot_portable`] is the same
 //! arithmetic in plain Rust (its integer sums are the kernel's; its f32 sums are in another order),
@@ -43,6 +50,8 @@ const TILE_ROWS: usize = 4;
 const TILE_COLS: usize = 3;
 /// Weight rows per parallel task (a multiple of [`TILE_COLS`]).
 const ROWS_PER_TASK: usize = 8 * TILE_COLS;
+/// From this many input rows on, the AMX kernel where the CPU has it (as `q8_packed`'s).
+const AMX_MIN_ROWS: usize = 32;
 
 /// The K-quant block types the kernel reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +328,57 @@ pub fn dot_portable(x: &Q8K, r: usize, w: &KWeight, c: usize) -> f32 {
     acc + off
 }
 
+/// A super-block's integers for the AMX arithmetic: the group scales `sc_g` and minimums `m_g`
+/// (per group of 16; Q6_K has no minimums), `d` and `dmin` (0 for Q6_K).
+fn block_ints(kind: Kind, blk: &[u8]) -> ([i32; GROUPS], [i32; GROUPS], f32, f32) {
+    let (mut sc, mut m) = ([0i32; GROUPS], [0i32; GROUPS]);
+    match kind {
+        Kind::Q4K => {
+            for j in 0..8 {
+                let (s, mn) = scale_min_k4(j, &blk[4..16]);
+                sc[2 * j..2 * j + 2].fill(s as i32);
+                m[2 * j..2 * j + 2].fill(mn as i32);
+            }
+            (sc, m, f16_at(blk, 0), f16_at(blk, 2))
+        }
+        Kind::Q6K => {
+            for (g, v) in sc.iter_mut().enumerate() {
+                *v = blk[192 + g] as i8 as i32;
+            }
+            (sc, m, f16_at(blk, 208), 0.0)
+        }
+    }
+}
+
+/// One output `x[r] · w[c]` in the AMX kernel's arithmetic (from [`AMX_MIN_ROWS`] rows on, on
+/// CPUs with AMX): per super-block the exact integers `P1 = Σ_i v_i q_i` with
+/// `v_i = sc_g u_i` (Q4_K) or `sc_g (u_i - 32)` (Q6_K), and `P2 = Σ_i m_g q_i` (Q4_K), then
+/// `acc = fma(d_x d, P1, acc)` and `acc = fma(-(d_x dmin), P2, acc)` in f32. The same weights and
+/// activations as [`dot_portable`]; only the f32 steps differ (one per super-block instead of one
+/// per group of 16), so the two agree to f32 rounding, not bit for bit.
+pub fn dot_amx_portable(x: &Q8K, r: usize, w: &KWeight, c: usize) -> f32 {
+    let sbs = w.sbs();
+    let mut acc = 0f32;
+    for s in 0..sbs {
+        let blk = w.block(c, s);
+        let u = decode(w.kind, blk).u;
+        let (sc, m, d, dmin) = block_ints(w.kind, blk);
+        let dx = x.d[r * sbs + s];
+        let (mut p1, mut p2) = (0i32, 0i32);
+        for (i, &ui) in u.iter().enumerate() {
+            let (q, g) = (x.quant(r, s * QK_K + i, w.k) as i32, i / 16);
+            let v = if w.kind == Kind::Q6K { sc[g] * (ui as i32 - 32) } else { sc[g] * ui as i32 };
+            p1 += v * q;
+            p2 += m[g] * q;
+        }
+        acc = (dx * d).mul_add(p1 as f32, acc);
+        if w.kind == Kind::Q4K {
+            acc = (-(dx * dmin)).mul_add(p2 as f32, acc);
+        }
+    }
+    acc
+}
+
 /// `y[m, n] = x[m, k] · W[n, k]^T` for a Q4_K / Q6_K `W` in its GGUF bytes; `x`, `y` row-major
 /// f32. The VNNI kernel where `level` allows it, else [`dot_portable`] output by output (slow: the
 /// reference).
@@ -328,6 +388,16 @@ pub fn matmul_at(level: SimdLevel, x: &[f32], m: usize, w: &KWeight, y: &mut [f3
     ensure!(y.len() == m * n, "K-quant kernel: output has {} values, not {m} x {n}", y.len());
     let xq = Q8K::quantize_at(level, x, m, w.k)?;
     let y_ptr = SendPtr(y.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if level >= SimdLevel::Amx && m >= AMX_MIN_ROWS {
+        super::qgemm::par_tasks(n.div_ceil(amx::N), amx::Scratch::default, |scratch, t| {
+            let (y, c0, c1) = (&y_ptr, t * amx::N, n.min((t + 1) * amx::N));
+            // SAFETY: the level has AMX (and AVX-512 BW); columns c0..c1 of y (m x n) belong to
+            // this task only.
+            unsafe { amx::columns(scratch, &xq, m, w, c0, c1, y.0.add(c0), n) };
+        });
+        return Ok(());
+    }
     let vnni = cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx512Vnni;
     super::qgemm::par_tasks(n.div_ceil(ROWS_PER_TASK), Prepared::default, |prep, t| {
         let y = y_ptr;
@@ -403,7 +473,7 @@ mod vnni {
 
     /// The unsigned quants of values `64v..64v+64` of a super-block, in order.
     #[inline(always)]
-    unsafe fn unpack(kind: Kind, blk: *const u8, v: usize) -> __m512i {
+    pub(super) unsafe fn unpack(kind: Kind, blk: *const u8, v: usize) -> __m512i {
         let lo4 = _mm512_set1_epi8(0x0f);
         match kind {
             Kind::Q4K => {
@@ -587,6 +657,270 @@ mod vnni {
     }
 }
 
+/// Prefill on AMX tiles at full depth ([`dot_amx_portable`]'s arithmetic). A group's integer
+/// scale goes into the weight: `v = sc_g u` (Q4_K, 0..=945) or `sc_g (u - 32)` (Q6_K,
+/// -4064..=4096) is split into two byte planes, `v = 64 H + L` with `L = v & 63` and `H = v >> 6`
+/// (-64..=64), so each plane is one chain of `tdpbssd` over a whole 256-value super-block, and
+/// `P1 = 64 ΣHq + ΣLq` is exact in int32 (at most 256 · 4096 · 127 in magnitude). Q4_K's minimums
+/// are a third plane (`m_g` at every value of group `g`), whose chain gives `P2`. Per super-block,
+/// 16 activation rows and 16 weight rows: 2 or 3 int32 tiles stored, then one f32 step per
+/// plane pair (the group-of-16 kernel needs 16 lanes of scaling per super-block and output).
+///
+/// Each task (16 weight rows) unpacks its rows and lays the planes out as the tiles' right-hand
+/// operands per call (`[super-block][H0 L0 H1 L1 H2 L2 H3 L3 M][16 x 64 bytes]`), in the lane
+/// order of [`Q8K`]'s quants: tile row `kr` of K-step `t` holds values `16 kr + 4 t ..+4` of each
+/// weight row, which are group `kr`. No copy of the weight stays resident.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{block_ints, KWeight, Kind, Q8K, GROUPS, QK_K};
+    use crate::model::amx::{release, TileConfig};
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// Weight rows per task (one tile's columns) and activation rows per tile.
+    pub(super) const N: usize = 16;
+    /// Bytes of one right-hand tile (16 rows of 64 bytes).
+    const TILE: usize = 1024;
+    /// Right-hand tiles per super-block: H and L of each of the four K-steps, then M.
+    const PER_SB: usize = 9;
+
+    /// tmm0/1/2 the int32 sums of H, L and M (`rows` x 16), tmm3 the M plane, tmm4/5 the
+    /// activations of two K-steps (`rows` x 64 bytes), tmm6/7 the H and L planes.
+    fn config(rows: usize) -> TileConfig {
+        TileConfig::new([(64, rows), (64, rows), (64, rows), (64, 16), (64, rows), (64, rows), (64, 16), (64, 16)])
+    }
+
+    #[derive(Default)]
+    pub(super) struct Scratch {
+        /// `N x sbs x 256` unsigned quants in value order.
+        nat: Vec<u8>,
+        /// `N x sbs x 16` group scales and minimums.
+        sc: Vec<i32>,
+        m: Vec<i32>,
+        /// `sbs x N`: each weight row's `d` and `dmin` per super-block.
+        d: Vec<f32>,
+        dmin: Vec<f32>,
+        /// The right-hand tiles, `sbs x PER_SB x TILE` bytes.
+        b: Vec<u8>,
+        /// One super-block's int32 tiles (H, L, M sums; 16 x 16 each).
+        dots: Vec<i32>,
+    }
+
+    /// Columns `c0..c1` (at most [`N`]) of `x W^T` for the `m` rows of `x` into `out` (row `r`
+    /// at `out + r ldo`, column `c0` first; every value written).
+    ///
+    /// # Safety
+    /// The CPU has AMX-INT8 and AVX-512 BW and the process has leave to use the tiles
+    /// (`SimdLevel::Amx`); `x` has `m` rows of `w.k` values; `w` has at least `c1` rows; `out`
+    /// holds `m` rows of `c1 - c0` values at stride `ldo`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn columns(s: &mut Scratch, x: &Q8K, m: usize, w: &KWeight, c0: usize, c1: usize, out: *mut f32, ldo: usize) {
+        let sbs = w.sbs();
+        prepare(s, w, c0, c1);
+        lay_out(s, w.kind, sbs);
+        let mut current = 0;
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = N.min(m - r0);
+            if rows != current {
+                config(rows).load();
+                current = rows;
+            }
+            chunk(s, x, r0, rows, sbs, w.k, w.kind == Kind::Q4K, out.add(r0 * ldo), ldo, c1 - c0);
+            r0 += rows;
+        }
+        release();
+    }
+
+    /// Weight rows `c0..c1` unpacked: quants in value order, the integer scales and minimums,
+    /// `d`, `dmin`; rows past `c1 - c0` zero.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    unsafe fn prepare(s: &mut Scratch, w: &KWeight, c0: usize, c1: usize) {
+        let sbs = w.sbs();
+        s.nat.resize(N * sbs * QK_K, 0);
+        s.sc.resize(N * sbs * GROUPS, 0);
+        s.m.resize(N * sbs * GROUPS, 0);
+        s.d.resize(sbs * N, 0.0);
+        s.dmin.resize(sbs * N, 0.0);
+        s.b.resize(sbs * PER_SB * TILE, 0);
+        s.dots.resize(3 * N * N, 0);
+        for c in 0..N {
+            for sb in 0..sbs {
+                let i = c * sbs + sb;
+                if c0 + c >= c1 {
+                    s.nat[i * QK_K..(i + 1) * QK_K].fill(0);
+                    s.sc[i * GROUPS..(i + 1) * GROUPS].fill(0);
+                    s.m[i * GROUPS..(i + 1) * GROUPS].fill(0);
+                    (s.d[sb * N + c], s.dmin[sb * N + c]) = (0.0, 0.0);
+                    continue;
+                }
+                let blk = w.block(c0 + c, sb);
+                for v in 0..4 {
+                    _mm512_storeu_si512(s.nat.as_mut_ptr().add(i * QK_K + 64 * v) as *mut __m512i, super::vnni::unpack(w.kind, blk.as_ptr(), v));
+                }
+                let (sc, m, d, dmin) = block_ints(w.kind, blk);
+                s.sc[i * GROUPS..(i + 1) * GROUPS].copy_from_slice(&sc);
+                s.m[i * GROUPS..(i + 1) * GROUPS].copy_from_slice(&m);
+                (s.d[sb * N + c], s.dmin[sb * N + c]) = (d, dmin);
+            }
+        }
+    }
+
+    /// The right-hand tiles from [`prepare`]'s arrays: row `kr` of K-step `t` of super-block `sb`
+    /// holds, at bytes `4c..4c+4`, weight row `c`'s values `16 kr + 4t ..+4` (group `kr`) as
+    /// H and L bytes; the M tile's row `kr` holds `m_kr` in all four bytes of each column.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    unsafe fn lay_out(s: &mut Scratch, kind: Kind, sbs: usize) {
+        let c16 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let nat_idx = _mm512_mullo_epi32(c16, _mm512_set1_epi32((sbs * QK_K) as i32));
+        let sc_idx = _mm512_mullo_epi32(c16, _mm512_set1_epi32((sbs * GROUPS) as i32));
+        // 16-bit lane l of a half takes column l / 4 (+ 8 for the upper half).
+        let rep: [i16; 32] = std::array::from_fn(|l| (l / 4) as i16);
+        let rep_lo: __m512i = std::mem::transmute(rep);
+        let rep_hi = _mm512_add_epi16(rep_lo, _mm512_set1_epi16(8));
+        let off = _mm512_set1_epi16(if kind == Kind::Q6K { 32 } else { 0 });
+        let low6 = _mm512_set1_epi16(63);
+        let (nat, scs, ms, b) = (s.nat.as_ptr(), s.sc.as_ptr(), s.m.as_ptr(), s.b.as_mut_ptr());
+        for sb in 0..sbs {
+            let tiles = b.add(sb * PER_SB * TILE);
+            for kr in 0..16 {
+                let scv = _mm512_i32gather_epi32::<4>(sc_idx, scs.add(sb * GROUPS + kr) as *const i32);
+                let sc16 = _mm512_castsi256_si512(_mm512_cvtepi32_epi16(scv));
+                let (sc_lo, sc_hi) = (_mm512_permutexvar_epi16(rep_lo, sc16), _mm512_permutexvar_epi16(rep_hi, sc16));
+                for t in 0..4 {
+                    let g = _mm512_i32gather_epi32::<1>(nat_idx, nat.add(sb * QK_K + 16 * kr + 4 * t) as *const i32);
+                    let lo = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(g)), off);
+                    let hi = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(g)), off);
+                    let (vlo, vhi) = (_mm512_mullo_epi16(lo, sc_lo), _mm512_mullo_epi16(hi, sc_hi));
+                    let bytes = |a: __m512i, c: __m512i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(a)), _mm512_cvtepi16_epi8(c));
+                    let h = bytes(_mm512_srai_epi16::<6>(vlo), _mm512_srai_epi16::<6>(vhi));
+                    let l = bytes(_mm512_and_si512(vlo, low6), _mm512_and_si512(vhi, low6));
+                    _mm512_storeu_si512(tiles.add(2 * t * TILE + 64 * kr) as *mut __m512i, h);
+                    _mm512_storeu_si512(tiles.add((2 * t + 1) * TILE + 64 * kr) as *mut __m512i, l);
+                }
+                if kind == Kind::Q4K {
+                    let mv = _mm512_i32gather_epi32::<4>(sc_idx, ms.add(sb * GROUPS + kr) as *const i32);
+                    _mm512_storeu_si512(tiles.add(8 * TILE + 64 * kr) as *mut __m512i, _mm512_mullo_epi32(mv, _mm512_set1_epi32(0x0101_0101)));
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r0+rows` (at most 16): per super-block the planes' int32 tiles, then
+    /// `acc = fma(d_x d, 64 H + L, acc)` (and `fma(-(d_x dmin), M, acc)` for Q4_K) per row, 16
+    /// weight rows per vector; the first `cols` lanes stored.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn chunk(s: &mut Scratch, x: &Q8K, r0: usize, rows: usize, sbs: usize, k: usize, q4: bool, out: *mut f32, ldo: usize, cols: usize) {
+        debug_assert!(rows <= N && x.d.len() >= (r0 + rows) * sbs && x.q.len() >= (r0 + rows) * k);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let xq = x.q.as_ptr().add(r0 * k) as *const u8;
+        let dots = s.dots.as_mut_ptr();
+        for sb in 0..sbs {
+            let a = xq.add(sb * QK_K);
+            let b = s.b.as_ptr().add(sb * PER_SB * TILE);
+            if q4 {
+                dots_3(a, k, b, dots);
+            } else {
+                dots_2(a, k, b, dots);
+            }
+            let (dv, dmv) = (_mm512_loadu_ps(s.d.as_ptr().add(sb * N)), _mm512_loadu_ps(s.dmin.as_ptr().add(sb * N)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                if r >= rows {
+                    break;
+                }
+                let dx = _mm512_set1_ps(*x.d.get_unchecked((r0 + r) * sbs + sb));
+                let h = _mm512_loadu_epi32(dots.add(r * N));
+                let l = _mm512_loadu_epi32(dots.add(N * N + r * N));
+                let p1 = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32::<6>(h), l));
+                *a = _mm512_fmadd_ps(_mm512_mul_ps(dx, dv), p1, *a);
+                if q4 {
+                    let p2 = _mm512_cvtepi32_ps(_mm512_loadu_epi32(dots.add(2 * N * N + r * N)));
+                    *a = _mm512_fnmadd_ps(_mm512_mul_ps(dx, dmv), p2, *a);
+                }
+            }
+        }
+        let mask: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
+        for (r, a) in acc.iter().enumerate().take(rows) {
+            _mm512_mask_storeu_ps(out.add(r * ldo), mask, *a);
+        }
+    }
+
+    /// One super-block's H and L chains (activations at `a`, row stride `lda`; tiles at `b`)
+    /// into `d` (H sums) and `d + 256` (L sums).
+    #[inline(always)]
+    unsafe fn dots_2(a: *const u8, lda: usize, b: *const u8, d: *mut i32) {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tileloadd tmm4, [{a} + {lda}*1]",
+            "tileloadd tmm6, [{b} + {ld}*1]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 1024]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {lda}*1 + 64]",
+            "tileloadd tmm6, [{b} + {ld}*1 + 2048]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 3072]",
+            "tdpbssd tmm0, tmm5, tmm6",
+            "tdpbssd tmm1, tmm5, tmm7",
+            "tileloadd tmm4, [{a} + {lda}*1 + 128]",
+            "tileloadd tmm6, [{b} + {ld}*1 + 4096]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 5120]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {lda}*1 + 192]",
+            "tileloadd tmm6, [{b} + {ld}*1 + 6144]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 7168]",
+            "tdpbssd tmm0, tmm5, tmm6",
+            "tdpbssd tmm1, tmm5, tmm7",
+            "tilestored [{d} + {ld}*1], tmm0",
+            "tilestored [{d} + {ld}*1 + 1024], tmm1",
+            a = in(reg) a, b = in(reg) b, d = in(reg) d, lda = in(reg) lda, ld = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+
+    /// [`dots_2`] and the M chain (M tile at `b + 8 TILE`) into `d + 512`.
+    #[inline(always)]
+    unsafe fn dots_3(a: *const u8, lda: usize, b: *const u8, d: *mut i32) {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tileloadd tmm3, [{b} + {ld}*1 + 8192]",
+            "tileloadd tmm4, [{a} + {lda}*1]",
+            "tileloadd tmm6, [{b} + {ld}*1]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 1024]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tdpbssd tmm2, tmm4, tmm3",
+            "tileloadd tmm5, [{a} + {lda}*1 + 64]",
+            "tileloadd tmm6, [{b} + {ld}*1 + 2048]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 3072]",
+            "tdpbssd tmm0, tmm5, tmm6",
+            "tdpbssd tmm1, tmm5, tmm7",
+            "tdpbssd tmm2, tmm5, tmm3",
+            "tileloadd tmm4, [{a} + {lda}*1 + 128]",
+            "tileloadd tmm6, [{b} + {ld}*1 + 4096]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 5120]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tdpbssd tmm2, tmm4, tmm3",
+            "tileloadd tmm5, [{a} + {lda}*1 + 192]",
+            "tileloadd tmm6, [{b} + {ld}*1 + 6144]",
+            "tileloadd tmm7, [{b} + {ld}*1 + 7168]",
+            "tdpbssd tmm0, tmm5, tmm6",
+            "tdpbssd tmm1, tmm5, tmm7",
+            "tdpbssd tmm2, tmm5, tmm3",
+            "tilestored [{d} + {ld}*1], tmm0",
+            "tilestored [{d} + {ld}*1 + 1024], tmm1",
+            "tilestored [{d} + {ld}*1 + 2048], tmm2",
+            a = in(reg) a, b = in(reg) b, d = in(reg) d, lda = in(reg) lda, ld = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
 /// [`matmul_at`] as a candle op on an f32 input `[.., k]` (inference only: no backward; host
 /// memory only).
 pub struct KQuantMatMul<'a>(pub &'a QTensor);
@@ -683,11 +1017,12 @@ mod tests {
 
     /// The kernel at every level against an f64 product of candle's dequantized weight and the
     /// quantized activations (a bound of f32 roundings), and the VNNI kernel against the portable
-    /// arithmetic; shapes off the tile grid (rows, columns, task size).
+    /// arithmetic; shapes off the tile grid (rows, columns, task size), one of them (33 rows) on
+    /// the AMX kernel where the CPU has it.
     #[test]
     fn matmul_matches_reference_at_every_level() {
         for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
-            for &(m, n, k, seed) in &[(1, 3, 256, 1u64), (5, 7, 512, 2), (9, 50, 768, 3), (17, 26, 256, 4)] {
+            for &(m, n, k, seed) in &[(1, 3, 256, 1u64), (5, 7, 512, 2), (9, 50, 768, 3), (17, 26, 256, 4), (33, 20, 512, 6)] {
                 let q = quantized(dtype, n, k, seed);
                 let wd = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let data = q.data().unwrap();
@@ -710,6 +1045,58 @@ mod tests {
                             assert!((got - p).abs() <= tol, "{dtype:?} {level} ({m},{n},{k}) [{r},{c}]: {got} vs portable {p}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The AMX kernel (from 32 rows on) gives [`dot_amx_portable`]'s bits: rows and columns off
+    /// the 16 x 16 tile grid, a zero super-block of activations, and super-blocks at the planes'
+    /// extremes (Q6_K: `sc = -128`, `u = 0`, so `v = 4096`, `H = 64`; Q4_K: `sc = m = 63`,
+    /// `u = 15`) against activations of ±127.
+    #[test]
+    fn amx_kernel_is_its_portable_arithmetic() {
+        if crate::base::cpu::level() < SimdLevel::Amx {
+            eprintln!("SKIP: no AMX on this CPU");
+            return;
+        }
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let kind = Kind::of(dtype).unwrap();
+            for &(m, n, k, seed) in &[(33, 20, 512, 7u64), (48, 16, 256, 8), (40, 37, 768, 9)] {
+                let mut data = quantized(dtype, n, k, seed).data().unwrap().to_vec();
+                let bb = kind.block_bytes();
+                // Row 0's first super-block and the last row's last one at the extremes.
+                for blk in [&mut data[..bb]] {
+                    match kind {
+                        Kind::Q6K => {
+                            blk[..192].fill(0);
+                            blk[192..208].fill(0x80);
+                        }
+                        Kind::Q4K => blk[4..144].fill(0xff),
+                    }
+                }
+                let last = data.len() - bb;
+                match kind {
+                    Kind::Q6K => data[last + 192..last + 208].fill(0x80),
+                    Kind::Q4K => data[last + 4..last + 16].fill(0xff),
+                }
+                let w = KWeight::new(kind, n, k, &data).unwrap();
+                let mut x = normal(m * k, seed + 200, 1.0);
+                x[k..k + QK_K].fill(0.0);
+                x[..QK_K].iter_mut().for_each(|v| *v = if *v >= 0.0 { 3.0 } else { -3.0 });
+                let xq = Q8K::quantize(&x, m, k).unwrap();
+                let mut y = vec![f32::NAN; m * n];
+                matmul_at(SimdLevel::Amx, &x, m, &w, &mut y).unwrap();
+                for r in 0..m {
+                    for c in 0..n {
+                        let want = dot_amx_portable(&xq, r, &w, c);
+                        assert_eq!(y[r * n + c].to_bits(), want.to_bits(), "{dtype:?} ({m},{n},{k}) [{r},{c}]: {} vs {want}", y[r * n + c]);
+                    }
+                }
+                // And the portable arithmetic is the group-of-16 one to f32 rounding.
+                for (r, c) in [(0, 0), (m - 1, n - 1), (1, n / 2)] {
+                    let (a, b) = (dot_amx_portable(&xq, r, &w, c), dot_portable(&xq, r, &w, c));
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{dtype:?} [{r},{c}]: {a} vs {b}");
                 }
             }
         }
