@@ -23,12 +23,12 @@
 //! an L2-sized scratch buffer that each thread reuses: no repacked copy and no f32 copy of the
 //! weight.
 //!
-//! **AMX.** From [`AMX_MIN_ROWS`] input rows on, on CPUs with AMX (`SimdLevel::Amx`), the group
+//! **AMX.** From `AMX_MIN_ROWS` (32) input rows on, on CPUs with AMX (`SimdLevel::Amx`), the group
 //! scales go into the weight as two byte planes and each super-block is one chain of tile
 //! products (see the `amx` module below): the same integers, summed over the whole super-block
 //! before the f32 step ([`dot_amx_portable`], which that kernel equals bit for bit). So on such a
 //! CPU a row's output differs in its last bits between calls of fewer and of more rows than
-//! [`AMX_MIN_ROWS`]; within either kernel it does not depend on the other rows.
+//! `AMX_MIN_ROWS`; within either kernel it does not depend on the other rows.
 //!
 //! **Numerics.** Only the activations are rounded (to 8 bits per 256 values, as llama.cpp and
 //! candle do for a K-quant dot product); the weight enters as stored. [`dot_portable`] is the same
