@@ -784,7 +784,7 @@ mod amx {
         for sb in 0..sbs {
             let tiles = b.add(sb * PER_SB * TILE);
             for kr in 0..16 {
-                let scv = _mm512_i32gather_epi32::<4>(sc_idx, scs.add(sb * GROUPS + kr) as *const i32);
+                let scv = _mm512_i32gather_epi32::<4>(sc_idx, scs.add(sb * GROUPS + kr));
                 let sc16 = _mm512_castsi256_si512(_mm512_cvtepi32_epi16(scv));
                 let (sc_lo, sc_hi) = (_mm512_permutexvar_epi16(rep_lo, sc16), _mm512_permutexvar_epi16(rep_hi, sc16));
                 for t in 0..4 {
@@ -799,7 +799,7 @@ mod amx {
                     _mm512_storeu_si512(tiles.add((2 * t + 1) * TILE + 64 * kr) as *mut __m512i, l);
                 }
                 if kind == Kind::Q4K {
-                    let mv = _mm512_i32gather_epi32::<4>(sc_idx, ms.add(sb * GROUPS + kr) as *const i32);
+                    let mv = _mm512_i32gather_epi32::<4>(sc_idx, ms.add(sb * GROUPS + kr));
                     _mm512_storeu_si512(tiles.add(8 * TILE + 64 * kr) as *mut __m512i, _mm512_mullo_epi32(mv, _mm512_set1_epi32(0x0101_0101)));
                 }
             }

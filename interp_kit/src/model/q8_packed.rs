@@ -738,7 +738,7 @@ mod amx {
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn epilogue(dots: &[i32], nbp: usize, xs: &[f32], ws: &[f32], rows: usize, out: *mut f32, ldo: usize, cols: usize) {
-        debug_assert!(nbp % 4 == 0 && dots.len() >= nbp * M * N && ws.len() >= nbp * N && xs.len() >= rows * nbp);
+        debug_assert!(nbp.is_multiple_of(4) && dots.len() >= nbp * M * N && ws.len() >= nbp * N && xs.len() >= rows * nbp);
         let mask: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
         let mut r = 0;
         while r + 2 <= rows {
