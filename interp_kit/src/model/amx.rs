@@ -42,6 +42,27 @@ pub(crate) unsafe fn release() {
     asm!("tilerelease", options(nostack, nomem));
 }
 
+/// `f(r0, rows)` for each chunk of at most 16 of `m` input rows, in order, with `config(rows)`
+/// loaded before the first chunk and again whenever a chunk's row count changes (only the last
+/// chunk's can), and the tiles released after the last chunk.
+///
+/// # Safety
+/// As [`TileConfig::load`]; `f` may use the tiles as `config` sets them up.
+pub(crate) unsafe fn for_row_chunks(m: usize, config: impl Fn(usize) -> TileConfig, mut f: impl FnMut(usize, usize)) {
+    let mut current = 0;
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = 16.min(m - r0);
+        if rows != current {
+            config(rows).load();
+            current = rows;
+        }
+        f(r0, rows);
+        r0 += rows;
+    }
+    release();
+}
+
 #[cfg(test)]
 mod tests {
     use super::TileConfig;

@@ -104,31 +104,36 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// The group scales, `d` and the offsets of a super-block, without its quants.
-fn block_scales(kind: Kind, blk: &[u8]) -> ([i16; GROUPS], f32, [f32; GROUPS]) {
-    let mut sc = [0i16; GROUPS];
-    let mut offset = [0f32; GROUPS];
+/// A super-block's integers: the group scales `sc_g` and minimums `m_g`
+/// (per group of 16; Q6_K has no minimums), `d` and `dmin` (0 for Q6_K).
+fn block_ints(kind: Kind, blk: &[u8]) -> ([i32; GROUPS], [i32; GROUPS], f32, f32) {
+    let (mut sc, mut m) = ([0i32; GROUPS], [0i32; GROUPS]);
     match kind {
         Kind::Q4K => {
-            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
             for j in 0..8 {
-                let (s, m) = scale_min_k4(j, &blk[4..16]);
-                for g in [2 * j, 2 * j + 1] {
-                    sc[g] = s as i16;
-                    offset[g] = -dmin * m as f32;
-                }
+                let (s, mn) = scale_min_k4(j, &blk[4..16]);
+                sc[2 * j..2 * j + 2].fill(s as i32);
+                m[2 * j..2 * j + 2].fill(mn as i32);
             }
-            (sc, d, offset)
+            (sc, m, f16_at(blk, 0), f16_at(blk, 2))
         }
         Kind::Q6K => {
-            let d = f16_at(blk, 208);
-            for g in 0..GROUPS {
-                sc[g] = blk[192 + g] as i8 as i16;
-                offset[g] = -32.0 * d * sc[g] as f32;
+            for (g, v) in sc.iter_mut().enumerate() {
+                *v = blk[192 + g] as i8 as i32;
             }
-            (sc, d, offset)
+            (sc, m, f16_at(blk, 208), 0.0)
         }
     }
+}
+
+/// The group scales, `d` and the offsets of a super-block, without its quants.
+fn block_scales(kind: Kind, blk: &[u8]) -> ([i16; GROUPS], f32, [f32; GROUPS]) {
+    let (sc, m, d, dmin) = block_ints(kind, blk);
+    let offset = std::array::from_fn(|g| match kind {
+        Kind::Q4K => -dmin * m[g] as f32,
+        Kind::Q6K => -32.0 * d * sc[g] as f32,
+    });
+    (sc.map(|v| v as i16), d, offset)
 }
 
 /// Decodes a super-block (the layouts of ggml's `dequantize_row_q4_K` / `_q6_K`): weight `i` is
@@ -326,28 +331,6 @@ pub fn dot_portable(x: &Q8K, r: usize, w: &KWeight, c: usize) -> f32 {
         }
     }
     acc + off
-}
-
-/// A super-block's integers for the AMX arithmetic: the group scales `sc_g` and minimums `m_g`
-/// (per group of 16; Q6_K has no minimums), `d` and `dmin` (0 for Q6_K).
-fn block_ints(kind: Kind, blk: &[u8]) -> ([i32; GROUPS], [i32; GROUPS], f32, f32) {
-    let (mut sc, mut m) = ([0i32; GROUPS], [0i32; GROUPS]);
-    match kind {
-        Kind::Q4K => {
-            for j in 0..8 {
-                let (s, mn) = scale_min_k4(j, &blk[4..16]);
-                sc[2 * j..2 * j + 2].fill(s as i32);
-                m[2 * j..2 * j + 2].fill(mn as i32);
-            }
-            (sc, m, f16_at(blk, 0), f16_at(blk, 2))
-        }
-        Kind::Q6K => {
-            for (g, v) in sc.iter_mut().enumerate() {
-                *v = blk[192 + g] as i8 as i32;
-            }
-            (sc, m, f16_at(blk, 208), 0.0)
-        }
-    }
 }
 
 /// One output `x[r] · w[c]` in the AMX kernel's arithmetic (from [`AMX_MIN_ROWS`] rows on, on
@@ -673,7 +656,7 @@ mod vnni {
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::{block_ints, KWeight, Kind, Q8K, GROUPS, QK_K};
-    use crate::model::amx::{release, TileConfig};
+    use crate::model::amx::{for_row_chunks, TileConfig};
     use std::arch::asm;
     use std::arch::x86_64::*;
 
@@ -718,18 +701,7 @@ mod amx {
         let sbs = w.sbs();
         prepare(s, w, c0, c1);
         lay_out(s, w.kind, sbs);
-        let mut current = 0;
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = N.min(m - r0);
-            if rows != current {
-                config(rows).load();
-                current = rows;
-            }
-            chunk(s, x, r0, rows, sbs, w.k, w.kind == Kind::Q4K, out.add(r0 * ldo), ldo, c1 - c0);
-            r0 += rows;
-        }
-        release();
+        for_row_chunks(m, config, |r0, rows| chunk(s, x, r0, rows, sbs, w.k, w.kind == Kind::Q4K, out.add(r0 * ldo), ldo, c1 - c0));
     }
 
     /// Weight rows `c0..c1` unpacked: quants in value order, the integer scales and minimums,
@@ -1066,14 +1038,12 @@ mod tests {
                 let mut data = quantized(dtype, n, k, seed).data().unwrap().to_vec();
                 let bb = kind.block_bytes();
                 // Row 0's first super-block and the last row's last one at the extremes.
-                for blk in [&mut data[..bb]] {
-                    match kind {
-                        Kind::Q6K => {
-                            blk[..192].fill(0);
-                            blk[192..208].fill(0x80);
-                        }
-                        Kind::Q4K => blk[4..144].fill(0xff),
+                match kind {
+                    Kind::Q6K => {
+                        data[..192].fill(0);
+                        data[192..208].fill(0x80);
                     }
+                    Kind::Q4K => data[4..144].fill(0xff),
                 }
                 let last = data.len() - bb;
                 match kind {

@@ -608,7 +608,7 @@ pub fn tile_portable(x: &PackedQ8, r: usize, w: &PackedQ8, c: usize) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::{PackedQ8, BLOCK, GROUP};
-    use crate::model::amx::{release, TileConfig};
+    use crate::model::amx::{for_row_chunks, TileConfig};
     use std::arch::asm;
     use std::arch::x86_64::*;
 
@@ -663,20 +663,11 @@ mod amx {
         }
         // rows base..base+cols of `src` exist, `s.b` holds nbp blocks.
         lay_out_weights(src, nbp, base, cols, &mut s.b);
-        let mut current = 0;
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = M.min(m - r0);
+        for_row_chunks(m, config, |r0, rows| {
             // Every pointer below stays inside its buffer (rows r0..r0+rows of `xp` and `out`).
-            if rows != current {
-                config(rows).load();
-                current = rows;
-            }
             dots(xp.as_ptr().add(r0 * nbp * BLOCK), nbp * BLOCK, s.b.as_ptr(), nbp, s.dots.as_mut_ptr());
             epilogue(&s.dots, nbp, &xq.scales[r0 * nbp..], &s.ws, rows, out.add(r0 * ldo), ldo, cols);
-            r0 += rows;
-        }
-        release();
+        });
     }
 
     /// Weight rows `r0..r0+rows` (at most 16) of an eight-bit interleaved quant array as the
