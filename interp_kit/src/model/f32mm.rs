@@ -1,9 +1,14 @@
 //! The f32 gradient path's two products with a frozen weight `W` (`[n, k]`, row-major: the dense
-//! copy the f32 path keeps), on AVX-512 and candle's worker pool, reading `W` where it lies:
+//! copy the f32 path keeps), and the f32 prefill's product with a quantized weight, on AVX-512
+//! and candle's worker pool, reading `W` where it lies:
 //!
-//! - **forward** `y = x Wᵀ` (`x` `[m, k]`): both operands are contiguous along the depth `k`, so a
-//!   tile of 4 rows of `x` by 6 rows of `W` keeps 24 vectors of 16 partial sums, one FMA per 16
-//!   products, and sums each vector's lanes at the end of each depth block of [`KD`] ([`xwt`]);
+//! - **forward** `y = x Wᵀ` (`x` `[m, k]`): `x` is first laid out in blocks of 64 rows, depth-major
+//!   (each depth's 64 values side by side; `x` is small beside `W`). A tile of 6 rows of `W` by
+//!   one such block broadcasts one value of each row of `W` against four vectors of 16 rows of
+//!   `x`: 24 vectors of sums, one FMA per 16 products and no lane sums. The depth runs in blocks
+//!   of [`KT`] (the block of `x`, 16 KiB, stays in L1) whose partial sums wait in a small buffer
+//!   ([`xwt`]). [`xwt_rows`] does the same with `W` given row by row (the quantized weight,
+//!   dequantized by each task into a buffer in cache);
 //! - **backward** `dx = g W` (`g` `[m, n]`): `W`'s rows are contiguous along the output, so a tile
 //!   of 8 rows of `g` by 48 output columns broadcasts one value of `g` against three vectors of a
 //!   row of `W`, with no lane sums ([`xw`]); the depth `n` runs in blocks of [`KC`] rows of `W`
@@ -11,13 +16,13 @@
 //!
 //! candle's matmul (the `gemm` crate) copies the operand that is not contiguous along the output
 //! into panels on every call: in the forward that operand is `W`, so every call repacked the
-//! whole weight, a quarter of the f32 gradient pass's time (BENCHMARKS.md, session 23). Here
-//! nothing is copied, and the memory is the dense copy's alone.
+//! whole weight, a quarter of the f32 gradient pass's time (BENCHMARKS.md, session 23). Here `W`
+//! is never copied (only the small `x` is laid out), and the memory is the dense copy's alone.
 //!
-//! **Numerics.** f32 products and sums, in another order than the gemm's. The forward sums each
-//! output in 16 lane-wise partial sums per depth block, adds the lanes, and adds the blocks in
-//! order. The backward keeps one running sum per output along `n`, in order (between depth blocks
-//! it waits in the output, unrounded beyond f32). Each output depends only on its own row (no
+//! **Numerics.** f32 products and sums, in another order than the gemm's. The forward keeps one
+//! running sum per output along the depth, in order (one FMA per product, the sum stored between
+//! depth blocks unrounded beyond f32). The backward keeps one running sum per output along `n`,
+//! in order (between depth blocks it waits in the output, unrounded beyond f32). Each output depends only on its own row (no
 //! result changes with the batch: the blocks are constants), and the order is fixed (run to run
 //! identical). The tests compare both with an f64 sum, within `depth * eps * sum|terms|`.
 //!
@@ -25,14 +30,15 @@
 use super::qgemm::SendPtr;
 use crate::base::cpu::SimdLevel;
 
-/// Rows of `x` and rows of `W` per forward tile.
-const FR: usize = 4;
+/// Rows of `x` per forward tile ([`V`] vectors of 16) and rows of `W` per forward tile.
+const V: usize = 4;
+const RB: usize = 16 * V;
 const FC: usize = 6;
 /// Rows of `W` per forward task (a multiple of [`FC`]).
 const F_TASK: usize = 8 * FC;
-/// Depth per forward block: the block of every row of `x` (400 KiB at 100 rows) stays in L2
-/// while the task's rows of `W` pass over it. A constant, so that no result depends on the batch.
-const KD: usize = 1024;
+/// Depth per forward block: a block of `x` (`KT x RB`, 16 KiB) stays in L1 while the task's rows
+/// of `W` pass over it.
+const KT: usize = 64;
 /// Rows of `g` and 16-column vectors per backward tile.
 const BR: usize = 8;
 const BV: usize = 3;
@@ -56,37 +62,131 @@ pub fn xwt(level: SimdLevel, x: &[f32], m: usize, w: &[f32], n: usize, k: usize,
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let xt = transpose_rows(x, m, k);
+    let blocks = m.div_ceil(RB);
+    let per = task_cols(n);
     let yp = SendPtr(y.as_mut_ptr());
     super::qgemm::par_tasks(
-        n.div_ceil(F_TASK),
-        || (),
-        |_, t| {
+        n.div_ceil(per) * blocks,
+        || super::qgemm::uninit::<f32>(F_TASK * RB),
+        |partial, t| {
             let yp = &yp;
-            let (c0, c1) = (t * F_TASK, n.min((t + 1) * F_TASK));
-            let mut d0 = 0;
-            while d0 < k {
-                let d1 = k.min(d0 + KD);
-                let mut c = c0;
-                while c < c1 {
-                    let cols = FC.min(c1 - c);
-                    let mut r = 0;
-                    while r < m {
-                        let rows = FR.min(m - r);
-                        // SAFETY: `applies` and the level check above say the CPU has AVX-512F;
-                        // rows r..r+rows of x, rows c..c+cols of W, depths d0..d1 and that part of
-                        // y are in range, and this task alone writes columns c0..c1 of y.
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            avx::dot_dispatch(rows, cols, x.as_ptr().add(r * k + d0), w.as_ptr().add(c * k + d0), k, d1 - d0, yp.0.add(r * n + c), n, d0 > 0)
-                        };
-                        r += rows;
-                    }
-                    c += cols;
-                }
-                d0 = d1;
+            let (ct, b) = (t / blocks, t % blocks);
+            let (c0, c1) = (ct * per, n.min((ct + 1) * per));
+            // SAFETY: AVX-512F (the assert above); this task alone writes rows of block b and
+            // columns c0..c1 of y (`m x n`).
+            unsafe { block(&xt, m, b, &w[c0 * k..c1 * k], k, partial, yp.0.add(c0), n) };
+        },
+    );
+}
+
+/// [`xwt`] with `W` given by rows: `row(c, out)` writes row `c` of `W` (`k` values) into `out`.
+/// Each task writes its [`F_TASK`] rows into a buffer of its thread (in cache, where a whole
+/// dequantized copy would be another pass through memory) and multiplies every row of `x` by
+/// them as [`xwt`] does: the same bits as [`xwt`] on the matrix that `row` gives.
+/// The f32 prefill on a quantized weight ([`super::layers::DequantRowsMatMul`]).
+pub fn xwt_rows(level: SimdLevel, x: &[f32], m: usize, row: &(dyn Fn(usize, &mut [f32]) + Sync), n: usize, k: usize, y: &mut [f32]) {
+    assert!(
+        applies(level) && level <= crate::base::cpu::detected() && x.len() == m * k && y.len() == m * n,
+        "f32mm::xwt_rows: level {level}, x {} / y {} values for m {m}, n {n}, k {k}",
+        x.len(),
+        y.len()
+    );
+    if m == 0 || n == 0 || k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let xt = transpose_rows(x, m, k);
+    let per = task_cols(n);
+    let yp = SendPtr(y.as_mut_ptr());
+    super::qgemm::par_tasks(
+        n.div_ceil(per),
+        || (super::qgemm::uninit::<f32>(F_TASK * k), super::qgemm::uninit::<f32>(F_TASK * RB)),
+        |(buf, partial), t| {
+            let yp = &yp;
+            let (c0, c1) = (t * per, n.min((t + 1) * per));
+            let w = &mut buf[..(c1 - c0) * k];
+            for (c, out) in (c0..c1).zip(w.chunks_exact_mut(k)) {
+                row(c, out);
+            }
+            for b in 0..m.div_ceil(RB) {
+                // SAFETY: AVX-512F (the assert above); this task alone writes columns c0..c1 of y.
+                unsafe { block(&xt, m, b, w, k, partial, yp.0.add(c0), n) };
             }
         },
     );
+}
+
+/// Rows of `W` per forward task: [`F_TASK`], fewer (a multiple of [`FC`]) where `n` would give
+/// the pool's threads under four tasks each. No result depends on it.
+fn task_cols(n: usize) -> usize {
+    let threads = candle_core::utils::barrier_pool().n_workers() + 1;
+    n.div_ceil(4 * threads).div_ceil(FC).saturating_mul(FC).clamp(FC, F_TASK)
+}
+
+/// `x` (`m x k`) in blocks of [`RB`] rows, each stored depth-major (`[k][RB]`: the block's rows
+/// side by side at each depth), the rows past `m` zero. Transposed on the pool, a block per task.
+fn transpose_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let blocks = m.div_ceil(RB);
+    let mut xt = super::qgemm::uninit::<f32>(blocks * k * RB);
+    let out = SendPtr(xt.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(blocks, |bs| {
+        for b in bs {
+            let out = &out;
+            // SAFETY: block b's `k * RB` values belong to this task alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(b * k * RB), k * RB) };
+            let rows = RB.min(m - b * RB);
+            for (d, lane) in dst.chunks_exact_mut(RB).enumerate() {
+                for (r, v) in lane.iter_mut().enumerate() {
+                    *v = if r < rows { x[(b * RB + r) * k + d] } else { 0.0 };
+                }
+            }
+        }
+    });
+    xt
+}
+
+/// Rows `b RB..` (block `b` of `xt`, [`transpose_rows`]) by columns `0..w.len() / k` of
+/// `y = x Wᵀ` (`w`: those rows of `W`, row stride `k`) into `y` (row stride `n`): tiles of
+/// [`FC`] weight rows by [`RB`] rows of `x`, over the depth in blocks of [`KT`] whose partial sums
+/// wait in `partial` (`[cols][RB]`).
+///
+/// # Safety
+/// AVX-512F; `y` points at `m` rows of `n` values, of which no other thread writes block `b`'s rows
+/// of the first `w.len() / k` columns meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(xt: &[f32], m: usize, b: usize, w: &[f32], k: usize, partial: &mut [f32], y: *mut f32, n: usize) {
+    let cols_all = w.len() / k;
+    assert!(partial.len() >= cols_all * RB && xt.len() >= (b + 1) * k * RB);
+    let xb = xt.as_ptr().add(b * k * RB);
+    let rows = RB.min(m - b * RB);
+    let nv = rows.div_ceil(16);
+    let mut d0 = 0;
+    while d0 < k {
+        let len = KT.min(k - d0);
+        let mut c = 0;
+        while c < cols_all {
+            let cols = FC.min(cols_all - c);
+            // SAFETY: depths d0..d0+len of block b, rows c..c+cols of w and their `cols * RB`
+            // partial sums are in range.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx::tile_dispatch(cols, nv, xb.add(d0 * RB), w.as_ptr().add(c * k + d0), k, len, partial.as_mut_ptr().add(c * RB), d0 > 0)
+            };
+            c += cols;
+        }
+        d0 += len;
+    }
+    for r in 0..rows {
+        let yr = y.add((b * RB + r) * n);
+        for c in 0..cols_all {
+            *yr.add(c) = partial[c * RB + r];
+        }
+    }
 }
 
 /// `dx = g W` into `dx` (`m x k`, every value written). Needs [`applies`].
@@ -148,60 +248,56 @@ mod avx {
         if left >= 16 { 0xffff } else { (1u16 << left) - 1 }
     }
 
-    /// `y[r][c] (+)= x[r] · w[c]` over `len` depths for an `R x C` tile: `x` and `w` rows at stride
-    /// `k`, `y` at row stride `ldy`; `add`: added to what `y` holds (a later depth block).
+    /// `acc[c][0..RB] (+)= sum over d < len of w[c][d] xt[d][0..RB]` for `C` rows of `W` (at
+    /// stride `k`) and the [`super::RB`] rows of a block of `x` stored depth-major (`xt`); `acc`:
+    /// `C x RB` partial sums, read first where `add` (a later depth block). One FMA per product,
+    /// in depth order.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn dot<const R: usize, const C: usize>(x: *const f32, w: *const f32, k: usize, len: usize, y: *mut f32, ldy: usize, add: bool) {
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let full = len / 16 * 16;
-        let mut d = 0;
-        while d < full {
-            let wv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(w.wrapping_add(c * k + d)));
-            for r in 0..R {
-                let xv = _mm512_loadu_ps(x.wrapping_add(r * k + d));
-                for c in 0..C {
-                    acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-                }
-            }
-            d += 16;
-        }
-        if d < len {
-            let mask = tail_mask(len - d);
-            let wv: [__m512; C] = std::array::from_fn(|c| _mm512_maskz_loadu_ps(mask, w.wrapping_add(c * k + d)));
-            for r in 0..R {
-                let xv = _mm512_maskz_loadu_ps(mask, x.wrapping_add(r * k + d));
-                for c in 0..C {
-                    acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-                }
-            }
-        }
-        for r in 0..R {
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<const C: usize, const V: usize>(xt: *const f32, w: *const f32, k: usize, len: usize, acc: *mut f32, add: bool) {
+        const RB: usize = super::RB;
+        let mut a = [[_mm512_setzero_ps(); V]; C];
+        if add {
             for c in 0..C {
-                let s = _mm512_reduce_add_ps(acc[r][c]);
-                let o = y.add(r * ldy + c);
-                *o = if add { *o + s } else { s };
+                for v in 0..V {
+                    a[c][v] = _mm512_loadu_ps(acc.add(c * RB + 16 * v));
+                }
+            }
+        }
+        for d in 0..len {
+            let xv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(xt.add(d * RB + 16 * v)));
+            for c in 0..C {
+                let wb = _mm512_set1_ps(*w.add(c * k + d));
+                for v in 0..V {
+                    a[c][v] = _mm512_fmadd_ps(wb, xv[v], a[c][v]);
+                }
+            }
+        }
+        for c in 0..C {
+            for v in 0..V {
+                _mm512_storeu_ps(acc.add(c * RB + 16 * v), a[c][v]);
             }
         }
     }
 
-    /// [`dot`] at a run-time shape (`rows` in 1..=4, `cols` in 1..=6).
+    /// [`tile`] at a run-time number of weight rows (`cols` in 1..=6) and of vectors of 16 rows
+    /// of `x` (`nv` in 1..=4).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dot_dispatch(rows: usize, cols: usize, x: *const f32, w: *const f32, k: usize, len: usize, y: *mut f32, ldy: usize, add: bool) {
+    pub(super) unsafe fn tile_dispatch(cols: usize, nv: usize, xt: *const f32, w: *const f32, k: usize, len: usize, acc: *mut f32, add: bool) {
         macro_rules! by_c {
-            ($r:literal) => {
+            ($v:literal) => {
                 match cols {
-                    1 => dot::<$r, 1>(x, w, k, len, y, ldy, add),
-                    2 => dot::<$r, 2>(x, w, k, len, y, ldy, add),
-                    3 => dot::<$r, 3>(x, w, k, len, y, ldy, add),
-                    4 => dot::<$r, 4>(x, w, k, len, y, ldy, add),
-                    5 => dot::<$r, 5>(x, w, k, len, y, ldy, add),
-                    _ => dot::<$r, 6>(x, w, k, len, y, ldy, add),
+                    1 => tile::<1, $v>(xt, w, k, len, acc, add),
+                    2 => tile::<2, $v>(xt, w, k, len, acc, add),
+                    3 => tile::<3, $v>(xt, w, k, len, acc, add),
+                    4 => tile::<4, $v>(xt, w, k, len, acc, add),
+                    5 => tile::<5, $v>(xt, w, k, len, acc, add),
+                    _ => tile::<6, $v>(xt, w, k, len, acc, add),
                 }
             };
         }
-        match rows {
+        match nv {
             1 => by_c!(1),
             2 => by_c!(2),
             3 => by_c!(3),
@@ -286,7 +382,13 @@ mod tests {
             eprintln!("no AVX-512 here: the gemm keeps these products");
             return;
         }
-        for &(m, n, k) in &[(1, 1, 1), (3, 7, 17), (4, 6, 16), (5, 13, 33), (9, 50, 100), (17, 97, 48), (2, 1100, 40), (33, 64, 896), (5, 14, 2100)] {
+        let shapes = [
+            (1, 1, 1), (3, 7, 17), (4, 6, 16), (5, 13, 33), (9, 50, 100), (17, 97, 48), (2, 1100, 40), (33, 64, 896), (5, 14, 2100),
+            // several blocks of 64 rows of x (the last of 1, 2, 3 or 4 vectors of 16), several
+            // depth blocks, weight rows under and over a task
+            (70, 13, 130), (100, 128, 200), (130, 50, 65), (192, 7, 64), (81, 100, 3),
+        ];
+        for &(m, n, k) in &shapes {
             let x = normal(m * k, (m * 31 + k) as u64);
             let w = normal(n * k, (n * 7 + k) as u64);
             let g = normal(m * n, (m + n) as u64);
@@ -306,6 +408,10 @@ mod tests {
                     check(&format!("dx[{i},{d}]"), dx[i * k + d], &mut (0..n).map(|c| g[i * n + c] as f64 * w[c * k + d] as f64), n);
                 }
             }
+            // Given by rows, the same bits.
+            let mut yr = vec![f32::NAN; m * n];
+            xwt_rows(level, &x, m, &|c, out: &mut [f32]| out.copy_from_slice(&w[c * k..(c + 1) * k]), n, k, &mut yr);
+            assert_eq!(yr, y, "({m},{n},{k}) xwt_rows differs from xwt");
             // Row i alone gives the same bits as row i in the batch.
             let i = m / 2;
             let (mut y1, mut dx1) = (vec![0f32; n], vec![0f32; k]);

@@ -317,6 +317,44 @@ pub fn dequantize_par(q: &QTensor) -> Result<Tensor> {
     }
 }
 
+/// The f32 prefill's product `x Wᵀ` with a quantized weight on CPUs with AVX-512
+/// ([`QuantPath::DequantGemm`] there): each task of [`super::f32mm::xwt_rows`] dequantizes its
+/// rows of `W` by [`with_dequantized_rows`] (the bits of [`dequantize_par`]) into a buffer in
+/// cache and multiplies by them, so no f32 copy of the whole weight is written and read back,
+/// and no panel is packed. f32 products and sums, in [`super::f32mm`]'s order.
+pub struct DequantRowsMatMul<'a>(pub &'a QTensor);
+
+impl DequantRowsMatMul<'_> {
+    /// Whether it runs `q`'s product for `x` of dtype `x` (the model's dense dtype `dense`) at
+    /// `level`: a 2-d host matrix of a block type [`with_dequantized_rows`] reads, f32 throughout,
+    /// and the f32 kernels of [`super::f32mm`]; else the transient copy and the gemm.
+    pub fn applies(q: &QTensor, x: DType, dense: DType, level: SimdLevel) -> bool {
+        x == DType::F32
+            && dense == DType::F32
+            && super::f32mm::applies(level)
+            && q.shape().rank() == 2
+            && dequant_path(q.device().location(), q.dtype(), 2) != DequantPath::Candle
+    }
+}
+
+impl candle_core::CustomOp1 for DequantRowsMatMul<'_> {
+    fn name(&self) -> &'static str {
+        "dequant-rows-matmul-f32"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = self.0;
+        let (n, k) = q.shape().dims2()?;
+        let level = crate::base::cpu::level();
+        qgemm::cpu_fwd_xwt("dequantized-rows matmul", s, l, n, k, |x, m, y| {
+            with_dequantized_rows(q, |row| {
+                super::f32mm::xwt_rows(level, x, m, row, n, k, y);
+                Ok(())
+            })?
+            .with_context(|| format!("no row dequantizer for a {:?} weight", q.dtype()))
+        })
+    }
+}
+
 /// `data` as GGML blocks of type `T`, where its length and alignment allow.
 fn as_blocks<T: candle_core::quantized::k_quants::GgmlType>(data: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
@@ -516,6 +554,9 @@ impl Linear {
                     QuantPath::Q8_0Kernel => x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?,
                     QuantPath::Q8_0Packed => x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedMatMul(packed_q8(q, packed)?))?,
                     QuantPath::KQuantInt8 => x.contiguous()?.apply_op1_no_bwd(&kquant::KQuantMatMul(q))?,
+                    QuantPath::DequantGemm if DequantRowsMatMul::applies(q, x.dtype(), *dtype, level) => {
+                        x.contiguous()?.apply_op1_no_bwd(&DequantRowsMatMul(q))?
+                    }
                     QuantPath::DequantGemm => {
                         // Prefill: candle's quantized matmul re-reads every weight row per token;
                         // a transient f32 copy and a tiled gemm are several times faster.
@@ -1104,6 +1145,38 @@ mod tests {
         }
         let q4 = QTensor::quantize(&x, GgmlDType::Q4_0).unwrap();
         assert!(with_dequantized_rows(&q4, |_| Ok(())).unwrap().is_none(), "Q4_0 goes to candle");
+    }
+
+    /// The f32 prefill's product on a quantized weight, dequantized a task's rows at a time, gives
+    /// the bits of the product by the whole dequantized matrix ([`dequantize_par`], then
+    /// `f32mm::xwt`), for each block type it reads, on 3-d input; and is within f32 rounding of
+    /// candle's matmul by that matrix.
+    #[test]
+    fn dequantized_rows_are_the_product_by_the_dequantized_weight() {
+        let level = crate::base::cpu::level();
+        let mut rng = crate::base::rng::Rng::new(11);
+        for (t, n, k) in [(GgmlDType::Q8_0, 100, 96), (GgmlDType::Q4K, 53, 512), (GgmlDType::Q6K, 7, 256), (GgmlDType::Q5K, 60, 256)] {
+            let wv: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+            let q = QTensor::quantize(&Tensor::from_vec(wv, (n, k), &Device::Cpu).unwrap(), t).unwrap();
+            if !DequantRowsMatMul::applies(&q, DType::F32, DType::F32, level) {
+                eprintln!("{t:?}: no AVX-512 here (level {level}): the transient copy and the gemm run");
+                continue;
+            }
+            let m = 2 * 37;
+            let xv: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let x = Tensor::from_vec(xv.clone(), (2, 37, k), &Device::Cpu).unwrap();
+            let got = x.apply_op1_no_bwd(&DequantRowsMatMul(&q)).unwrap();
+            assert_eq!(got.dims(), &[2, 37, n]);
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            let w = dequantize_par(&q).unwrap();
+            let wf: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+            let mut want = vec![0f32; m * n];
+            super::super::f32mm::xwt(level, &xv, m, &wf, n, k, &mut want);
+            assert_eq!(got, want, "{t:?}");
+            let gemm: Vec<f32> = x.broadcast_matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let worst = got.iter().zip(&gemm).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-3, "{t:?}: {worst} from candle's matmul");
+        }
     }
 
     /// `dequantize_par` agrees with candle on every path it takes on the CPU (the GPU path *is*
