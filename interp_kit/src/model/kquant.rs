@@ -1,7 +1,7 @@
 //! Q4_K and Q6_K weights multiplied in their GGUF blocks by int8 activations on AVX-512 VNNI:
 //! the inference path's quantized prefill (`Model::int8_prefill`) for the K-quant matrices of a
-//! llama.cpp `Q4_K_M` file (the embedded model's `ffn_down`), which otherwise go through a
-//! transient f32 copy of the weight and an f32 gemm.
+//! llama.cpp `Q4_K_M` file (the embedded model's `ffn_down`), which otherwise go through the f32
+//! prefill (f32 activations by the dequantized weight, `layers::QuantPath::DequantGemm`).
 //!
 //! **Arithmetic.** A K-quant super-block holds 256 weights of one row as small unsigned integers
 //! `u` with one integer scale `sc` per group of 16 (Q6_K: `sc` per 16 values, `w = d sc (u - 32)`;

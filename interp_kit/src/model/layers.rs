@@ -270,9 +270,9 @@ impl Weight {
     }
 }
 
-/// From this many rows (tokens x batch) on, a quantized linear layer multiplies with a
-/// transient dequantized copy of its weight (gemm) instead of quantized dot products, unless
-/// `Model::int8_prefill` sends a Q8_0 layer to the packed int8 kernel (VNNI CPUs).
+/// From this many rows (tokens x batch) on, a quantized linear layer multiplies f32 activations by
+/// its dequantized weight ([`QuantPath::DequantGemm`]) instead of quantized dot products, unless
+/// `Model::int8_prefill` sends it to the int8 kernels (VNNI CPUs).
 pub const DENSE_MIN_ROWS: usize = 16;
 
 /// Without AVX-512 VNNI: from this many rows on (below [`DENSE_MIN_ROWS`]), a Q8_0 linear layer uses
@@ -434,8 +434,10 @@ pub enum QuantPath {
     /// [`kquant`]: a Q4_K / Q6_K weight read in its GGUF blocks against int8 activations, on CPUs
     /// with AVX-512 VNNI, for prefill ([`DENSE_MIN_ROWS`] rows or more) with `Model::int8_prefill`.
     KQuantInt8,
-    /// A transient dequantized copy ([`dequantize_par`], on the weight's device) and a gemm:
-    /// [`DENSE_MIN_ROWS`] rows or more (prefill).
+    /// f32 activations by the dequantized weight, [`DENSE_MIN_ROWS`] rows or more (prefill): on
+    /// CPUs with AVX-512, [`DequantRowsMatMul`] (each task dequantizes its rows into a buffer in
+    /// cache); elsewhere a transient dequantized copy ([`dequantize_par`], on the weight's device)
+    /// and a gemm.
     DequantGemm,
     /// candle's `QMatMul` on the weight's device (CPU: int8 dot products; CUDA: candle's
     /// quantized mat-vec and matmul kernels).
@@ -554,9 +556,12 @@ impl Linear {
                     QuantPath::Q8_0Kernel => x.contiguous()?.apply_op1_no_bwd(&qgemm::Q8_0MatMul(q.clone()))?,
                     QuantPath::Q8_0Packed => x.contiguous()?.apply_op1_no_bwd(&q8_packed::PackedMatMul(packed_q8(q, packed)?))?,
                     QuantPath::KQuantInt8 => x.contiguous()?.apply_op1_no_bwd(&kquant::KQuantMatMul(q))?,
-                    QuantPath::DequantGemm if DequantRowsMatMul::applies(q, x.dtype(), *dtype, level) => {
-                        x.contiguous()?.apply_op1_no_bwd(&DequantRowsMatMul(q))?
-                    }
+                    QuantPath::DequantGemm if DequantRowsMatMul::applies(q, x.dtype(), *dtype, level) => match cached.get() {
+                        // The dense copy exists (the gradient path made it): the same kernel reads
+                        // it in place, to the same bits, with nothing to dequantize.
+                        Some(w) => frozen_matmul(x, w)?,
+                        None => x.contiguous()?.apply_op1_no_bwd(&DequantRowsMatMul(q))?,
+                    },
                     QuantPath::DequantGemm => {
                         // Prefill: candle's quantized matmul re-reads every weight row per token;
                         // a transient f32 copy and a tiled gemm are several times faster.
@@ -1155,7 +1160,7 @@ mod tests {
     fn dequantized_rows_are_the_product_by_the_dequantized_weight() {
         let level = crate::base::cpu::level();
         let mut rng = crate::base::rng::Rng::new(11);
-        for (t, n, k) in [(GgmlDType::Q8_0, 100, 96), (GgmlDType::Q4K, 53, 512), (GgmlDType::Q6K, 7, 256), (GgmlDType::Q5K, 60, 256)] {
+        for (t, n, k) in [(GgmlDType::Q8_0, 100, 96), (GgmlDType::Q4K, 53, 4864), (GgmlDType::Q6K, 7, 256), (GgmlDType::Q5K, 60, 256)] {
             let wv: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
             let q = QTensor::quantize(&Tensor::from_vec(wv, (n, k), &Device::Cpu).unwrap(), t).unwrap();
             if !DequantRowsMatMul::applies(&q, DType::F32, DType::F32, level) {
@@ -1176,6 +1181,17 @@ mod tests {
             let gemm: Vec<f32> = x.broadcast_matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let worst = got.iter().zip(&gemm).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-3, "{t:?}: {worst} from candle's matmul");
+            // A layer's f32 prefill: the same bits before and after its dense copy exists (the
+            // gradient path makes it; the prefill then reads it instead of dequantizing).
+            let layer = Linear { weight: Weight::quant(Arc::new(q), DType::F32).unwrap(), bias: None, name: "test".into() };
+            let prefill = || -> Vec<f32> {
+                let y = layer.forward_with(&x, false, false, false, ComputeDtype::F32).unwrap();
+                y.flatten_all().unwrap().to_vec1().unwrap()
+            };
+            let differ = |y: Vec<f32>| y.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ(prefill()), 0, "{t:?}: f32 prefill without the dense copy: values that differ");
+            layer.weight.dense().unwrap();
+            assert_eq!(differ(prefill()), 0, "{t:?}: f32 prefill from the dense copy: values that differ");
         }
     }
 

@@ -118,8 +118,9 @@ pub struct Model {
     /// int8 per 32-value block, as decode and llama.cpp do, in the tiled VNNI kernel
     /// (`model::q8_packed`), and by the Q4_K / Q6_K weights in their GGUF blocks with activations
     /// quantized per 256 values (`model::kquant`, llama.cpp's `Q8_K`). Only on CPUs with AVX-512 VNNI
-    /// (elsewhere it changes nothing). Default false: prefill keeps f32 activations (a transient
-    /// dequantized copy and gemm). The error it adds is measured in BENCHMARKS.md.
+    /// (elsewhere it changes nothing). Default false: prefill keeps f32 activations by the
+    /// dequantized weights (`layers::QuantPath::DequantGemm`). The error it adds is measured in
+    /// BENCHMARKS.md.
     pub int8_prefill: bool,
     /// The arithmetic of the frozen linear layers on the gradient path (gradients, LoRA
     /// training): f32 (default, the reference) or bf16 operands with f32 sums (`model::bf16`:
